@@ -1,0 +1,45 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Nothing phones home from tests; set before any mlflow/prefect import.
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def mnist5k():
+    """The embedded 5,000 real MNIST digits, split 4000/500/500."""
+    from vae.config import DataConfig
+    from vae.data import load
+    return load(DataConfig())
+
+
+@pytest.fixture(scope="session")
+def small_cfg():
+    """The seed's model on 1,000 embedded digits: a few seconds per epoch budget."""
+    from vae.config import Config, DataConfig, TrainConfig
+    return Config(data=DataConfig(subset=1000), train=TrainConfig(epochs=2, batch_size=64, progress=False))
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, small_cfg):
+    """A VAE trained for 4 epochs on 1,000 digits, shared by the tests that need a fitted model."""
+    from vae.training import fit
+    out = tmp_path_factory.mktemp("trained")
+    result = fit(small_cfg.replace(train={"epochs": 4}), out=out)
+    return out, result
+
+
+def run_cli(*args, env=None, timeout=600):
+    """`python -m vae ARGS` in a subprocess: the real exit code, stdout and stderr."""
+    import subprocess
+    e = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "vae", *map(str, args)], capture_output=True, text=True,
+                          env=e, timeout=timeout)

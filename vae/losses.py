@@ -1,0 +1,69 @@
+"""Losses and likelihood estimates, all in nats per image.
+
+Reduction, everywhere in this file: sum over pixels and latent dimensions, one value per image (B,).
+Callers take the mean over images. Source: Kingma & Welling (2013), "Auto-Encoding Variational Bayes",
+eq. 10 and Appendix B (the closed-form KL to N(0, I)); Burda, Grosse & Salakhutdinov (2015),
+"Importance Weighted Autoencoders", eq. 8 (the K-sample bound).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def recon_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """-log p(x|z) under a Bernoulli decoder; BCE-with-logits is stable where sigmoid + BCE is not.
+    With grey-level targets (the seed's choice) this is the cross-entropy, not a normalised likelihood."""
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+
+
+def kl_std_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) = -1/2 sum(1 + logvar - mu^2 - exp(logvar))."""
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=-1)
+
+
+def log_normal(z: torch.Tensor, mu: torch.Tensor | float = 0.0, logvar: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """log N(z; mu, exp(logvar) I), summed over the last dimension."""
+    logvar = torch.as_tensor(logvar, dtype=z.dtype, device=z.device)
+    return -0.5 * torch.sum(LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar), dim=-1)
+
+
+@torch.no_grad()
+def iw_log_likelihood(model, x: torch.Tensor, k: int, target: torch.Tensor | None = None,
+                      generator: torch.Generator | None = None, max_elements: int = 1 << 24) -> torch.Tensor:
+    """log p(x) >= log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x): the importance-weighted bound
+    (K=1 is the ELBO; it tightens as K grows). Returns (B,) nats. The K samples are decoded in chunks
+    of at most `max_elements` logits so that K=1000 fits in memory."""
+    target = x if target is None else target
+    mu, logvar = model.encode(x)  # (B, L)
+    std = torch.exp(0.5 * logvar)
+    b, latent = mu.shape
+    chunk = max(1, min(k, max_elements // max(1, b * target.shape[-1])))
+    # All K draws at once (K*B*L floats is small), so the estimate does not depend on the chunking.
+    eps_all = torch.randn(k, b, latent, generator=generator, device=mu.device, dtype=mu.dtype)
+    log_w = []
+    for start in range(0, k, chunk):
+        eps = eps_all[start:start + chunk]
+        kc = eps.shape[0]
+        z = mu + std * eps  # (kc, B, L)
+        logits = model.decode(z.reshape(kc * b, latent)).reshape(kc, b, -1)
+        log_px_z = -recon_bce(logits, target.expand(kc, b, target.shape[-1]))
+        log_q = log_normal(eps, 0.0, 0.0) - 0.5 * logvar.sum(-1)  # change of variables z = mu + std * eps
+        log_w.append(log_px_z + log_normal(z) - log_q)  # (kc, B)
+    return torch.logsumexp(torch.cat(log_w), dim=0) - math.log(k)
+
+
+def iwae_loss(model, x: torch.Tensor, target: torch.Tensor, k: int, eps: torch.Tensor) -> torch.Tensor:
+    """The IWAE training objective: -(K-sample bound), (B,) nats; eps is (K, B, L). K=1 is the -ELBO."""
+    mu, logvar = model.encode(x)
+    std = torch.exp(0.5 * logvar)
+    z = mu + std * eps
+    kk, b, latent = eps.shape
+    logits = model.decode(z.reshape(kk * b, latent)).reshape(kk, b, -1)
+    log_w = (-recon_bce(logits, target.expand(kk, b, target.shape[-1])) + log_normal(z)
+             - log_normal(eps, 0.0, 0.0) + 0.5 * logvar.sum(-1))
+    return -(torch.logsumexp(log_w, dim=0) - math.log(kk))

@@ -1,0 +1,203 @@
+"""fit(): one training loop for 1 process or N DDP processes. Nothing here knows MLflow, Optuna or Prefect:
+trackers and pruners come in as `callbacks(epoch, metrics)`.
+
+Determinism: every random draw of epoch e (the permutation, eps, noise, binarization) comes from one
+generator seeded with (seed, e), and every rank draws the whole global batch's worth then keeps its slice.
+So N processes see the same numbers as 1 process on the same global batches, and a run resumed at an
+epoch boundary continues exactly as the uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from vae import checkpoint as ckpt
+from vae.config import Config
+from vae.data import Dataset, load
+from vae.distributed import DistContext, all_reduce_sum, barrier, distributed
+from vae.errors import CheckpointError, DivergedError
+from vae.evaluation import elbo_metrics
+from vae.losses import kl_std_normal, recon_bce
+from vae.models import PIXELS, build_model
+
+Callback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class FitResult:
+    metrics: dict[str, float]  # the last epoch's train and validation metrics
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoint: Path | None = None
+    fingerprint: str = ""
+    epochs_run: int = 0  # epochs trained by this call (fewer than cfg.train.epochs after a resume)
+    seconds: float = 0.0
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
+
+
+def corrupt(x: torch.Tensor, noise: str, level: float, u: torch.Tensor | None) -> torch.Tensor:
+    """Denoising input. u: (B, 784) draws, N(0,1) for gaussian, U(0,1) otherwise; None when noise='none'."""
+    if noise == "gaussian":
+        return (x + level * u).clamp_(0, 1)
+    if noise == "masking":  # each pixel zeroed with probability `level`
+        return x.masked_fill(u < level, 0.0)
+    if noise == "salt-pepper":  # `level` of the pixels flipped to 0 or 1, half each
+        out = x.masked_fill(u < level / 2, 0.0)
+        return out.masked_fill((u >= level / 2) & (u < level), 1.0)
+    return x
+
+
+def _log(ctx: DistContext, msg: str) -> None:
+    if ctx.is_main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _check_resume(state: dict[str, Any], cfg: Config, fingerprint: str, path: Path) -> None:
+    old = Config.from_dict(state["config"])
+    if old.model != cfg.model or old.data != cfg.data:
+        raise CheckpointError(f"checkpoint {path} was trained with a different model or data config "
+                              f"({old.model}, {old.data}): resume with the same settings or use another --out")
+    if state["fingerprint"] != fingerprint:
+        raise CheckpointError(f"checkpoint {path} was trained on data with fingerprint "
+                              f"{state['fingerprint'][:12]}, not {fingerprint[:12]}: the dataset changed")
+
+
+def fit(cfg: Config, out: str | Path | None = None, resume: bool = False, data: Dataset | None = None,
+        callbacks: Sequence[Callback] = ()) -> FitResult:
+    """Train cfg's model; write out/checkpoint.pt every epoch (rank 0). Under torchrun this is one rank."""
+    with distributed(cfg.train.device) as ctx:
+        return _fit(cfg, Path(out) if out is not None else None, resume, data, callbacks, ctx)
+
+
+def _fit(cfg: Config, out: Path | None, resume: bool, data: Dataset | None, callbacks: Sequence[Callback],
+         ctx: DistContext) -> FitResult:
+    t_start = time.perf_counter()
+    tc, dev = cfg.train, ctx.device
+    path = out / ckpt.FILENAME if out is not None else None
+    if path is not None and path.exists() and not resume:
+        raise CheckpointError(f"{path} already exists: pass --resume to continue that run, or choose another --out")
+    if data is None:  # rank 0 downloads if needed; the others read the verified cache afterwards
+        data = load(cfg.data, download=True) if ctx.is_main else None
+        barrier(ctx)
+        data = data or load(cfg.data, download=False)
+
+    torch.manual_seed(tc.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = build_model(cfg.model).to(dev)
+    fused = dev.type in ("cpu", "cuda")
+    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=fused)
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    if resume and path is not None and path.exists():
+        state = ckpt.load(path, map_location=dev)
+        _check_resume(state, cfg, data.fingerprint, path)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        for group in opt.param_groups:  # the loaded state carries the old lr; this run's config wins
+            group["lr"] = tc.lr
+        history, start_epoch = list(state["history"]), int(state["epoch"])
+        _log(ctx, f"resuming {path} at epoch {start_epoch + 1}/{tc.epochs}")
+    elif resume:
+        _log(ctx, f"no checkpoint in {out}: starting from scratch")
+
+    net = DDP(model, device_ids=[dev] if dev.type == "cuda" else None) if ctx.is_distributed else model
+    images = data.train.images.to(dev)  # uint8 (N, 28, 28), 47 MB for MNIST; scaled per batch
+    n, bs, latent = images.shape[0], tc.batch_size, cfg.model.latent
+    steps = math.ceil(n / bs)
+    variational = model.is_variational
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=tc.bf16 and dev.type == "cuda")
+    show_bar = ctx.is_main and tc.progress and sys.stderr.isatty()
+
+    for epoch in range(start_epoch, tc.epochs):
+        t0 = time.perf_counter()
+        net.train()
+        gen = epoch_generator(tc.seed, epoch, dev)
+        perm = torch.randperm(n, generator=gen, device=dev)
+        sums = torch.zeros(4, device=dev)  # loss, recon, kl, images: summed without a sync per step
+        bar = _progress(steps, f"epoch {epoch + 1}/{tc.epochs}") if show_bar else None
+        for s in range(steps):
+            idx = perm[s * bs:(s + 1) * bs]
+            gb = idx.shape[0]
+            # Draw the whole global batch's randomness on every rank, then keep this rank's slice.
+            eps = torch.randn(gb, latent, generator=gen, device=dev) if variational else None
+            u_bin = torch.rand(gb, PIXELS, generator=gen, device=dev) if cfg.data.binarize == "dynamic" else None
+            u_noise = None
+            if tc.noise != "none":
+                draw = torch.randn if tc.noise == "gaussian" else torch.rand
+                u_noise = draw(gb, PIXELS, generator=gen, device=dev)
+            lo, hi = _shard(gb, ctx)
+            x = images[idx[lo:hi]].view(-1, PIXELS).float().div_(255)
+            if u_bin is not None:
+                x = (u_bin[lo:hi] < x).float()
+            inp = corrupt(x, tc.noise, tc.noise_level, u_noise[lo:hi] if u_noise is not None else None)
+            with autocast:
+                o = net(inp, eps=eps[lo:hi] if eps is not None else None)
+            recon = recon_bce(o.recon_logits.float(), x)
+            kl = kl_std_normal(o.mu.float(), o.logvar.float()) if variational else torch.zeros_like(recon)
+            loss_sum = (recon + tc.beta * kl).sum()
+            # DDP averages gradients over ranks; scaling by world/global-batch makes the update that of the
+            # mean over the global batch, however unevenly its last batch splits.
+            opt.zero_grad(set_to_none=True)
+            (loss_sum * (ctx.world_size / gb)).backward()
+            if tc.clip_grad is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad)
+            opt.step()
+            sums += torch.stack([loss_sum.detach(), recon.sum().detach(), kl.sum().detach(),
+                                 torch.tensor(float(hi - lo), device=dev)])
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        all_reduce_sum(sums, ctx)
+        loss, rec, kl_mean = (sums[:3] / sums[3]).tolist()
+        seconds = time.perf_counter() - t0
+        if not math.isfinite(loss):
+            raise DivergedError(f"training diverged at epoch {epoch + 1}: the loss is {loss}; the last good "
+                                f"checkpoint ({path or 'none written'}) is kept. Lower --lr or set --clip-grad")
+        val = elbo_metrics(model, data.val.images, cfg, ctx=ctx, seed=tc.seed)
+        row = {"epoch": epoch + 1, "train_loss": loss, "train_recon": rec, "train_kl": kl_mean,
+               "epoch_seconds": seconds, "images_per_second": n / seconds,
+               **{f"val_{k}": v for k, v in val.items()}}
+        history.append(row)
+        if ctx.is_main and path is not None:
+            ckpt.save({"config": cfg.to_dict(), "epoch": epoch + 1, "model": model.state_dict(),
+                       "optimizer": opt.state_dict(), "history": history, "fingerprint": data.fingerprint,
+                       "dataset": data.name, "torch": str(torch.__version__)}, path)
+        _log(ctx, _format_row(row, tc.epochs))
+        for cb in callbacks:
+            cb(epoch + 1, row)
+
+    result = FitResult(history[-1] if history else {}, history, path if ctx.is_main else None,
+                       data.fingerprint, tc.epochs - start_epoch, time.perf_counter() - t_start)
+    _log(ctx, f"done: {result.epochs_run} epoch(s) in {result.seconds:.1f} s on {ctx.world_size} process(es), "
+              f"{dev.type}; final val -ELBO {result.metrics.get('val_neg_elbo', float('nan')):.2f} nats"
+              + (f"; checkpoint {path}" if path is not None else ""))
+    return result
+
+
+def _shard(global_batch: int, ctx: DistContext) -> tuple[int, int]:
+    """This rank's [lo, hi) of a global batch, contiguous and as even as possible."""
+    base, extra = divmod(global_batch, ctx.world_size)
+    lo = ctx.rank * base + min(ctx.rank, extra)
+    return lo, lo + base + (1 if ctx.rank < extra else 0)
+
+
+def _format_row(row: dict[str, float], epochs: int) -> str:
+    val = row.get("val_neg_elbo", row.get("val_bce"))
+    return (f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.2f}  val "
+            f"{'-ELBO' if 'val_neg_elbo' in row else 'BCE'} {val:.2f} nats  "
+            f"{row['epoch_seconds']:.1f} s ({row['images_per_second']:.0f} img/s)")
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr)
