@@ -32,7 +32,36 @@ def _json_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# `vae train` flag -> (config section, field, type, help).
+TRAIN_FLAGS: dict[str, tuple[str, str, Any, str]] = {
+    "--dataset": ("data", "dataset", str, "mnist-5k (embedded), mnist, fashion-mnist, or idx:PATH"),
+    "--data-dir": ("data", "data_dir", str, "download cache ($VAE_DATA_DIR or ~/.cache/vae)"),
+    "--mirror": ("data", "mirror", str, "base URL holding the official gz files ($VAE_MNIST_MIRROR)"),
+    "--split-seed": ("data", "split_seed", int, "seed of the train/val/test split"),
+    "--subset": ("data", "subset", int, "train on the first N training images only"),
+    "--binarize": ("data", "binarize", str, "none, or dynamic: fresh Bernoulli pixels every epoch"),
+    "--model": ("model", "kind", str, "vae (the seed's MLP), ae, or conv-vae"),
+    "--latent": ("model", "latent", int, "latent dimensions"),
+    "--hidden": ("model", "hidden", _hidden, "hidden widths, e.g. 400 or 200,200"),
+    "--activation": ("model", "activation", str, "relu or tanh"),
+    "--epochs": ("train", "epochs", int, "epochs in total (a resumed run continues up to this)"),
+    "--batch-size": ("train", "batch_size", int, "global batch, split across processes"),
+    "--lr": ("train", "lr", float, "Adam learning rate"),
+    "--beta": ("train", "beta", float, "weight of the KL term"),
+    "--noise": ("train", "noise", str, "denoising: none, gaussian, masking or salt-pepper"),
+    "--noise-level": ("train", "noise_level", float, "noise std (gaussian) or fraction of pixels"),
+    "--seed": ("train", "seed", int, "seed of weights, batches and noise"),
+    "--clip-grad": ("train", "clip_grad", float, "clip the gradient norm to this value"),
+    "--device": ("train", "device", str, "auto, cpu or cuda"),
+    "--bf16": ("train", "bf16", bool, "bf16 autocast (CUDA only)"),
+}
+
+# Modules that add subcommands: each has add_commands(sub) -> {command: handler(args) -> dict}.
+# They must import nothing heavy at module level (`vae --help` stays quick).
+EXTENSIONS: tuple[str, ...] = ()
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     parser = argparse.ArgumentParser(prog="vae", description="Variational autoencoders on 28x28 grey images.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -47,25 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model (one process, or N under torchrun)",
                        description="Train a VAE/AE; writes OUT/checkpoint.pt every epoch and OUT/history.json.")
-    _data_args(p)
-    d, m, t = DataConfig(), ModelConfig(), TrainConfig()
-    p.add_argument("--split-seed", type=int, default=d.split_seed)
-    p.add_argument("--subset", type=int, help="train on the first N training images only")
-    p.add_argument("--binarize", default=d.binarize, help="none, or dynamic: fresh Bernoulli pixels every epoch")
-    p.add_argument("--model", default=m.kind, help="vae (the seed's MLP), ae, or conv-vae")
-    p.add_argument("--latent", type=int, default=m.latent)
-    p.add_argument("--hidden", type=_hidden, default=m.hidden, help="hidden widths, e.g. 400 or 200,200")
-    p.add_argument("--activation", default=m.activation, help="relu or tanh")
-    p.add_argument("--epochs", type=int, default=t.epochs)
-    p.add_argument("--batch-size", type=int, default=t.batch_size, help="global batch, split across processes")
-    p.add_argument("--lr", type=float, default=t.lr)
-    p.add_argument("--beta", type=float, default=t.beta, help="weight of the KL term")
-    p.add_argument("--noise", default=t.noise, help="denoising: none, gaussian, masking or salt-pepper")
-    p.add_argument("--noise-level", type=float, default=t.noise_level)
-    p.add_argument("--seed", type=int, default=t.seed)
-    p.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
-    p.add_argument("--device", default=t.device, help="auto, cpu or cuda")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    # Flags left out keep the value of --config (or the defaults): argparse.SUPPRESS tells them apart.
+    for flag, (section, name, kind, text) in TRAIN_FLAGS.items():
+        default = getattr(getattr(Config(), section), name)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        if kind is bool:
+            p.add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=text)
+        else:
+            p.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, help=f"{text} (default {shown})")
+    p.add_argument("--config", help="a JSON file holding a whole config (as in history.json's 'config'); "
+                                    "flags given beside it override its values")
     p.add_argument("--nproc", type=int, default=1, help="processes on this machine (launches torchrun)")
     p.add_argument("--out", help="run folder (default runs/<model>-<dataset>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -90,16 +110,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="grid.png, or samples.npy for (N, 28, 28) float pixels")
-    return parser
+
+    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "data": cmd_data}
+    import importlib
+    for name in EXTENSIONS:
+        commands.update(importlib.import_module(name).add_commands(sub))
+    return parser, commands
 
 
 def _config_from_args(a: argparse.Namespace) -> Config:
-    return Config(
-        DataConfig(a.dataset, a.data_dir, a.mirror, a.split_seed, a.subset, a.binarize),
-        ModelConfig(a.model, a.latent, a.hidden, a.activation),
-        TrainConfig(a.epochs, a.batch_size, a.lr, a.beta, a.noise, a.noise_level, a.seed, a.clip_grad,
-                    a.device, a.bf16, not a.no_progress),
-    )
+    base = Config()
+    if a.config:
+        try:
+            base = Config.from_dict(json.loads(Path(a.config).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"--config {a.config} cannot be read ({e}): expected a JSON config file") from None
+    changes: dict[str, dict[str, Any]] = {"data": {}, "model": {}, "train": {}}
+    for section, name, _, _ in TRAIN_FLAGS.values():
+        if hasattr(a, name):
+            changes[section][name] = getattr(a, name)
+    if getattr(a, "no_progress", False):
+        changes["train"]["progress"] = False
+    return base.replace(**changes)
 
 
 def _under_torchrun() -> bool:
@@ -197,9 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     argv = sys.argv[1:] if argv is None else list(argv)
-    a = build_parser().parse_args(argv)
+    parser, commands = build_parser()
+    a = parser.parse_args(argv)
     a.argv = argv  # re-used verbatim when `train --nproc N` relaunches itself under torchrun
-    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "data": cmd_data}
     try:
         result = commands[a.command](a)
     except VAEError as e:
