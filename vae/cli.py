@@ -57,8 +57,9 @@ TRAIN_FLAGS: dict[str, tuple[str, str, Any, str]] = {
 }
 
 # Modules that add subcommands: each has add_commands(sub) -> {command: handler(args) -> dict}.
+# A handler that prints its own text for humans sets args.printed = True when --json is absent.
 # They must import nothing heavy at module level (`vae --help` stays quick).
-EXTENSIONS: tuple[str, ...] = ()
+EXTENSIONS: tuple[str, ...] = ("vae.cli_registry",)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -237,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     except VAEError as e:
         print(f"vae: error: {e}", file=sys.stderr)
         return 2
-    if getattr(a, "json", False):
+    if getattr(a, "printed", False):  # the handler wrote its own human-readable output
+        pass
+    elif getattr(a, "json", False):
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(result, default=str))
     else:

@@ -1,0 +1,104 @@
+"""The promotion gate and rollback against a real MLflow registry (SQLite store in a temporary folder)."""
+import json
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from vae import registry, serving
+from vae.cli import main
+from vae.errors import ConfigError
+
+FP = "f" * 64
+
+
+@pytest.fixture()
+def store(tmp_path, trained):
+    """A tracking URI and a logged pyfunc model of the `trained` checkpoint to register versions of."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("registry-test")
+    with mlflow.start_run() as run:
+        info = serving.log_model(trained[0], name="model")
+    yield uri, info.model_uri, run.info.run_id
+    mlflow.set_tracking_uri(None)
+
+
+def add(store, value, fingerprint=FP):
+    uri, model_uri, run_id = store
+    return registry.register(uri, "vae-test", model_uri, run_id,
+                             {"neg_elbo": value, "fingerprint": fingerprint, "dataset": "mnist-5k", "split": "test"})
+
+
+def aliases(uri):
+    client = MlflowClient(uri, uri)
+    return {a: str(v) for a, v in client.get_registered_model("vae-test").aliases.items()}
+
+
+def test_first_version_is_promoted_then_only_a_clear_improvement_is(store):
+    uri = store[0]
+    v1 = add(store, 100.0)
+    assert aliases(uri) == {"challenger": v1}
+    d = registry.promote(uri, "vae-test", v1, min_improvement=0.5)
+    assert d.promote and "no champion" in d.reason
+    assert aliases(uri) == {"challenger": v1, "champion": v1}
+
+    worse = add(store, 101.0)
+    d = registry.promote(uri, "vae-test", worse, min_improvement=0.5)
+    assert not d.promote and d.improvement == pytest.approx(-1.0)
+    assert aliases(uri) == {"challenger": worse, "champion": v1}
+
+    tie = add(store, 99.6)  # better by 0.4 nats, inside the 0.5 margin
+    assert not registry.promote(uri, "vae-test", tie, min_improvement=0.5).promote
+    assert aliases(uri)["champion"] == v1
+
+    better = add(store, 99.0)
+    d = registry.promote(uri, "vae-test", better, min_improvement=0.5)
+    assert d.promote and d.improvement == pytest.approx(1.0)
+    assert aliases(uri) == {"challenger": better, "champion": better}
+
+    tags = MlflowClient(uri, uri).get_model_version("vae-test", tie).tags
+    assert tags["promotion.decision"] == "rejected" and tags["promotion.compared_to"] == v1
+
+
+def test_rollback_walks_back_the_champion_history(store):
+    uri = store[0]
+    v1, v2, v3 = add(store, 100.0), add(store, 98.0), add(store, 96.0)
+    for v in (v1, v2, v3):
+        assert registry.promote(uri, "vae-test", v, 0.5).promote
+    assert registry.rollback(uri, "vae-test") == {"name": "vae-test", "champion": v2, "rolled_back": v3}
+    assert aliases(uri)["champion"] == v2
+    assert registry.rollback(uri, "vae-test")["champion"] == v1
+    with pytest.raises(ConfigError, match="no previous champion"):
+        registry.rollback(uri, "vae-test")
+    assert aliases(uri)["champion"] == v1
+    log = json.loads(MlflowClient(uri, uri).get_registered_model("vae-test").tags["rollback_log"])
+    assert [(e["from"], e["to"]) for e in log] == [(v3, v2), (v2, v1)]
+
+
+def test_versions_scored_on_different_data_are_not_compared(store):
+    uri = store[0]
+    v1 = add(store, 100.0)
+    registry.promote(uri, "vae-test", v1, 0.5)
+    other = add(store, 50.0, fingerprint="0" * 64)
+    with pytest.raises(ConfigError, match="different data"):
+        registry.promote(uri, "vae-test", other, 0.5)
+    assert aliases(uri)["champion"] == v1
+    assert registry.promote(uri, "vae-test", other, 0.5, force=True).promote
+
+
+def test_registry_cli_lists_promotes_and_rolls_back(store, capsys):
+    uri = store[0]
+    v1, v2 = add(store, 100.0), add(store, 90.0)
+    base = ["--name", "vae-test", "--tracking-uri", uri]
+    assert main(["registry", "promote", "--version", v1, *base]) == 0
+    assert main(["registry", "promote", "--version", v2, *base]) == 0
+    capsys.readouterr()
+    assert main(["registry", "list", *base, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["versions"]
+    assert [(r["version"], r["aliases"]) for r in rows] == [(v1, []), (v2, ["challenger", "champion"])]
+    assert main(["registry", "rollback", *base]) == 0
+    assert f"champion is v{v1} again" in capsys.readouterr().out
+    assert main(["registry", "promote", "--version", "99", *base]) == 2
+    assert "has no version '99'" in capsys.readouterr().err
+    assert main(["registry", "list", "--name", "nope", "--tracking-uri", uri]) == 2

@@ -1,0 +1,169 @@
+"""The MLflow model registry: register a version, gate promotion, roll back. Aliases, not stages.
+
+`challenger` is the newest candidate; `champion` is the version in use. A candidate becomes champion only
+if its test -ELBO (nats/image, lower is better), measured on the same split and dataset fingerprint as the
+champion's, beats the champion's by at least `min_improvement` nats. Each decision is written as tags on
+the candidate version (and, by the pipeline, on its run). The registered model's tag `champion_history`
+(a JSON list of versions) is what `rollback` walks back.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from vae.errors import ConfigError
+
+METRIC = "test_neg_elbo"
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def model_name(dataset: str) -> str:
+    """vae-mnist-5k, vae-fashion-mnist, vae-idx-<folder name>."""
+    if dataset.startswith("idx:"):
+        dataset = "idx-" + dataset.rstrip("/").rsplit("/", 1)[-1]
+    return "vae-" + re.sub(r"[^A-Za-z0-9._-]+", "-", dataset).strip("-")
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+    candidate: str
+    candidate_value: float
+    champion: str | None = None
+    champion_value: float | None = None
+    min_improvement: float = 0.0
+    forced: bool = False
+
+    @property
+    def improvement(self) -> float | None:
+        """Nats by which the candidate beats the champion (positive: better)."""
+        return None if self.champion_value is None else self.champion_value - self.candidate_value
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "improvement": self.improvement, "metric": METRIC}
+
+
+def decide(candidate: str, candidate_value: float, champion: str | None, champion_value: float | None,
+           min_improvement: float, force: bool = False) -> Decision:
+    kw = dict(candidate=candidate, candidate_value=candidate_value, champion=champion,
+              champion_value=champion_value, min_improvement=min_improvement, forced=force)
+    if force:
+        return Decision(True, "forced by hand", **kw)
+    if champion is None:
+        return Decision(True, "no champion yet: the first version is promoted", **kw)
+    gain = champion_value - candidate_value
+    if gain > min_improvement:
+        return Decision(True, f"beats champion v{champion} by {gain:.3f} nats (> {min_improvement})", **kw)
+    return Decision(False, f"does not beat champion v{champion} by more than {min_improvement} nats "
+                           f"(improvement {gain:.3f})", **kw)
+
+
+def _client(tracking_uri: str | None) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str):
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _version(client: MlflowClient, name: str, version: str | int):
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException:
+        raise ConfigError(f"model {name!r} has no version {version!r}: see `vae registry list --name {name}`") from None
+
+
+def _history(client: MlflowClient, name: str) -> list[str]:
+    return json.loads(client.get_registered_model(name).tags.get("champion_history", "[]"))
+
+
+def register(tracking_uri: str | None, name: str, model_uri: str, run_id: str, metrics: dict[str, Any]) -> str:
+    """A new version of `name` from a logged model, tagged with its test metrics, and made `challenger`."""
+    client = _client(tracking_uri)
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="VAE models trained by the vae pipeline; "
+                                                         "aliases: champion (in use), challenger (newest)")
+    tags = {METRIC: f"{metrics['neg_elbo']:.6f}", "fingerprint": metrics["fingerprint"],
+            "dataset": metrics["dataset"], "split": metrics.get("split", "test")}
+    mv = client.create_model_version(name, model_uri, run_id=run_id, tags=tags)
+    client.set_registered_model_alias(name, CHALLENGER, str(mv.version))
+    return str(mv.version)
+
+
+def promote(tracking_uri: str | None, name: str, version: str | int, min_improvement: float = 0.0,
+            force: bool = False, champion_value: float | None = None) -> Decision:
+    """Make `version` champion if it passes the gate (or force). champion_value: the champion's test -ELBO
+    re-measured on the candidate's data, when the caller has it (the pipeline does when fingerprints differ)."""
+    if not min_improvement >= 0:
+        raise ConfigError(f"min_improvement={min_improvement} is invalid: expected a number of nats >= 0")
+    client = _client(tracking_uri)
+    cand = _version(client, name, version)
+    champ = _alias_version(client, name, CHAMPION)
+    if champ is not None and str(champ.version) == str(cand.version):
+        return Decision(False, f"v{cand.version} is already champion", str(cand.version), float(cand.tags[METRIC]))
+    if champ is not None and champion_value is None and not force:
+        if champ.tags.get("fingerprint") != cand.tags.get("fingerprint") or champ.tags.get("split") != cand.tags.get("split"):
+            raise ConfigError(
+                f"champion v{champ.version} and v{cand.version} were evaluated on different data "
+                f"(fingerprints {champ.tags.get('fingerprint', '?')[:12]} and {cand.tags.get('fingerprint', '?')[:12]}): "
+                f"compare them on the same test split (the pipeline re-evaluates the champion), or pass --force")
+        champion_value = float(champ.tags[METRIC])
+    d = decide(str(cand.version), float(cand.tags[METRIC]), str(champ.version) if champ else None,
+               champion_value, min_improvement, force)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for key, value in {"promotion.decision": "promoted" if d.promote else "rejected",
+                       "promotion.reason": d.reason, "promotion.time": stamp,
+                       "promotion.compared_to": d.champion or "none",
+                       "promotion.improvement": "" if d.improvement is None else f"{d.improvement:.6f}"}.items():
+        client.set_model_version_tag(name, str(cand.version), key, value)
+    if d.promote:
+        client.set_registered_model_alias(name, CHAMPION, str(cand.version))
+        client.set_registered_model_tag(name, "champion_history", json.dumps(_history(client, name) + [str(cand.version)]))
+    return d
+
+
+def rollback(tracking_uri: str | None, name: str) -> dict[str, Any]:
+    """Point `champion` back at the previous champion; the history keeps what happened."""
+    client = _client(tracking_uri)
+    history = _history(client, name)
+    if len(history) < 2:
+        raise ConfigError(f"model {name!r} has no previous champion to roll back to (history: {history or 'empty'})")
+    current, previous = history[-1], history[-2]
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.set_registered_model_tag(name, "champion_history", json.dumps(history[:-1]))
+    log = json.loads(client.get_registered_model(name).tags.get("rollback_log", "[]"))
+    log.append({"from": current, "to": previous, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    client.set_registered_model_tag(name, "rollback_log", json.dumps(log))
+    client.set_model_version_tag(name, current, "rolled_back", "true")
+    return {"name": name, "champion": previous, "rolled_back": current}
+
+
+def list_versions(tracking_uri: str | None, name: str) -> list[dict[str, Any]]:
+    client = _client(tracking_uri)
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        raise ConfigError(f"no registered model named {name!r} in {tracking_uri or 'the default store'}") from None
+    by_version: dict[str, list[str]] = {}
+    for alias, version in model.aliases.items():  # search results leave aliases empty on some stores
+        by_version.setdefault(str(version), []).append(alias)
+    rows = []
+    for mv in client.search_model_versions(f"name='{name}'"):
+        rows.append({"version": str(mv.version), "aliases": sorted(by_version.get(str(mv.version), [])),
+                     "run_id": mv.run_id,
+                     METRIC: float(mv.tags[METRIC]) if METRIC in mv.tags else None,
+                     "fingerprint": mv.tags.get("fingerprint", ""), "decision": mv.tags.get("promotion.decision", ""),
+                     "created": mv.creation_timestamp})
+    return sorted(rows, key=lambda r: int(r["version"]))
