@@ -52,6 +52,9 @@ TRAIN_FLAGS: dict[str, tuple[str, str, Any, str]] = {
     "--noise-level": ("train", "noise_level", float, "noise std (gaussian) or fraction of pixels"),
     "--seed": ("train", "seed", int, "seed of weights, batches and noise"),
     "--clip-grad": ("train", "clip_grad", float, "clip the gradient norm to this value"),
+    "--objective": ("train", "objective", str, "elbo, or iwae: the K-sample importance-weighted bound"),
+    "--k": ("train", "k", int, "importance samples per image for --objective iwae"),
+    "--lr-schedule": ("train", "lr_schedule", str, "constant, or exp: geometric decay to lr/10 by the last epoch"),
     "--device": ("train", "device", str, "auto, cpu or cuda"),
     "--bf16": ("train", "bf16", bool, "bf16 autocast (CUDA only)"),
 }
@@ -59,7 +62,7 @@ TRAIN_FLAGS: dict[str, tuple[str, str, Any, str]] = {
 # Modules that add subcommands: each has add_commands(sub) -> {command: handler(args) -> dict}.
 # A handler that prints its own text for humans sets args.printed = True when --json is absent.
 # They must import nothing heavy at module level (`vae --help` stays quick).
-EXTENSIONS: tuple[str, ...] = ("vae.cli_registry",)
+EXTENSIONS: tuple[str, ...] = ("vae.cli_registry", "vae.cli_tune")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:

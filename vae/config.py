@@ -16,6 +16,8 @@ ACTIVATIONS = ("relu", "tanh")
 NOISES = ("none", "gaussian", "masking", "salt-pepper")
 BINARIZE = ("none", "dynamic")
 DEVICES = ("auto", "cpu", "cuda")
+OBJECTIVES = ("elbo", "iwae")
+LR_SCHEDULES = ("constant", "exp")
 
 
 def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
@@ -77,6 +79,9 @@ class TrainConfig:
     noise_level: float = 0.3
     seed: int = 0
     clip_grad: float | None = None  # max gradient norm; None: no clipping
+    objective: str = "elbo"  # "iwae": the K-sample importance-weighted bound (Burda et al. 2015)
+    k: int = 1  # importance samples per image for objective="iwae"
+    lr_schedule: str = "constant"  # "exp": lr decays geometrically to lr/10 at the last epoch
     device: str = "auto"
     bf16: bool = False  # autocast on CUDA
     progress: bool = True
@@ -94,6 +99,11 @@ class TrainConfig:
         _check(self.clip_grad is None or (_is_num(self.clip_grad) and self.clip_grad > 0),
                "clip_grad", self.clip_grad, "a number > 0 or None")
         _check(self.device in DEVICES, "device", self.device, f"one of {', '.join(DEVICES)}")
+        _check(self.objective in OBJECTIVES, "objective", self.objective, f"one of {', '.join(OBJECTIVES)}")
+        _check(_is_int(self.k) and 1 <= self.k <= 5000, "k", self.k, "an integer from 1 to 5000")
+        _check(self.objective == "iwae" or self.k == 1, "k", self.k, "1 unless objective='iwae'")
+        _check(self.lr_schedule in LR_SCHEDULES, "lr_schedule", self.lr_schedule,
+               f"one of {', '.join(LR_SCHEDULES)}")
 
 
 @dataclass(frozen=True)
@@ -120,8 +130,14 @@ class Config:
         unknown = sorted(set(d) - {"data", "model", "train"})
         if unknown:
             raise ConfigError(f"unknown config section(s) {unknown}: expected data, model, train")
-        return cls(build(DataConfig, d.get("data")), build(ModelConfig, d.get("model")),
-                   build(TrainConfig, d.get("train")))
+        cfg = cls(build(DataConfig, d.get("data")), build(ModelConfig, d.get("model")),
+                  build(TrainConfig, d.get("train")))
+        cfg.__post_init__()
+        return cfg
+
+    def __post_init__(self) -> None:
+        _check(self.train.objective != "iwae" or self.model.kind != "ae", "objective", self.train.objective,
+               "'elbo' for the plain autoencoder (it has no posterior to importance-sample)")
 
     def replace(self, **sections: dict[str, Any]) -> Config:
         """Copy with some fields changed, e.g. cfg.replace(train={"epochs": 3})."""

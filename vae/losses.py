@@ -57,13 +57,14 @@ def iw_log_likelihood(model, x: torch.Tensor, k: int, target: torch.Tensor | Non
     return torch.logsumexp(torch.cat(log_w), dim=0) - math.log(k)
 
 
+def iwae_bound(out, target: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """-(K-sample bound) from a forward pass with eps of shape (K, B, L): (B,) nats. K=1 is the -ELBO
+    estimated with that one sample. log q(z|x) = log N(eps; 0, I) - 1/2 sum(logvar) (z = mu + sigma * eps)."""
+    log_w = (-recon_bce(out.recon_logits, target.expand_as(out.recon_logits)) + log_normal(out.z)
+             - log_normal(eps) + 0.5 * out.logvar.sum(-1))  # (K, B)
+    return -(torch.logsumexp(log_w, dim=0) - math.log(eps.shape[0]))
+
+
 def iwae_loss(model, x: torch.Tensor, target: torch.Tensor, k: int, eps: torch.Tensor) -> torch.Tensor:
-    """The IWAE training objective: -(K-sample bound), (B,) nats; eps is (K, B, L). K=1 is the -ELBO."""
-    mu, logvar = model.encode(x)
-    std = torch.exp(0.5 * logvar)
-    z = mu + std * eps
-    kk, b, latent = eps.shape
-    logits = model.decode(z.reshape(kk * b, latent)).reshape(kk, b, -1)
-    log_w = (-recon_bce(logits, target.expand(kk, b, target.shape[-1])) + log_normal(z)
-             - log_normal(eps, 0.0, 0.0) + 0.5 * logvar.sum(-1))
-    return -(torch.logsumexp(log_w, dim=0) - math.log(kk))
+    """The IWAE training objective for `model` on x; eps is (K, B, L)."""
+    return iwae_bound(model(x, eps=eps), target, eps)

@@ -59,15 +59,16 @@ class VAE(nn.Module):
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None, sample: bool = True) -> Output:
         """eps: the N(0, I) draw for z = mu + sigma * eps, passed in so that DDP ranks and resumed runs
-        draw exactly what one uninterrupted process would; sample=False decodes z = mu."""
+        draw exactly what one uninterrupted process would; (B, L), or (K, B, L) for K samples per image,
+        which gives (K, B, 784) logits. sample=False decodes z = mu."""
         mu, logvar = self.encode(x)
-        if sample:
-            if eps is None:
-                eps = torch.randn_like(mu)
-            z = mu + torch.exp(0.5 * logvar) * eps
-        else:
-            z = mu
-        return Output(self.decode(z), mu, logvar, z)
+        if not sample:
+            return Output(self.decode(mu), mu, logvar, mu)
+        if eps is None:
+            eps = torch.randn_like(mu)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        logits = self.decode(z.reshape(-1, z.shape[-1])).reshape(*z.shape[:-1], -1)
+        return Output(logits, mu, logvar, z)
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:

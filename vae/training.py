@@ -25,7 +25,7 @@ from vae.data import Dataset, load
 from vae.distributed import DistContext, all_reduce_sum, barrier, distributed
 from vae.errors import CheckpointError, DivergedError
 from vae.evaluation import elbo_metrics
-from vae.losses import kl_std_normal, recon_bce
+from vae.losses import iwae_bound, kl_std_normal, recon_bce
 from vae.models import PIXELS, build_model
 
 Callback = Callable[[int, dict[str, float]], None]
@@ -43,6 +43,19 @@ class FitResult:
 
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
+
+
+def lr_at(tc, epoch: int) -> float:
+    """Learning rate of an epoch. "exp" decays geometrically from lr to lr/10 over the run: a compressed
+    stand-in for the IWAE paper's schedule (lr 1e-3 * 10^(-i/7) for 3^i epochs, i = 0..7)."""
+    if tc.lr_schedule == "exp" and tc.epochs > 1:
+        return tc.lr * 10 ** (-epoch / (tc.epochs - 1))
+    return tc.lr
+
+
+def _float(o):
+    """The output in float32 (under bf16 autocast the logits arrive in bf16)."""
+    return type(o)(o.recon_logits.float(), o.mu.float(), o.logvar.float(), o.z.float())
 
 
 def corrupt(x: torch.Tensor, noise: str, level: float, u: torch.Tensor | None) -> torch.Tensor:
@@ -102,8 +115,6 @@ def _fit(cfg: Config, out: Path | None, resume: bool, data: Dataset | None, call
         _check_resume(state, cfg, data.fingerprint, path)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        for group in opt.param_groups:  # the loaded state carries the old lr; this run's config wins
-            group["lr"] = tc.lr
         history, start_epoch = list(state["history"]), int(state["epoch"])
         _log(ctx, f"resuming {path} at epoch {start_epoch + 1}/{tc.epochs}")
     elif resume:
@@ -111,39 +122,37 @@ def _fit(cfg: Config, out: Path | None, resume: bool, data: Dataset | None, call
 
     net = DDP(model, device_ids=[dev] if dev.type == "cuda" else None) if ctx.is_distributed else model
     images = data.train.images.to(dev)  # uint8 (N, 28, 28), 47 MB for MNIST; scaled per batch
-    n, bs, latent = images.shape[0], tc.batch_size, cfg.model.latent
+    n, bs = images.shape[0], tc.batch_size
     steps = math.ceil(n / bs)
     variational = model.is_variational
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=tc.bf16 and dev.type == "cuda")
     show_bar = ctx.is_main and tc.progress and sys.stderr.isatty()
+    iwae = tc.objective == "iwae"
 
     for epoch in range(start_epoch, tc.epochs):
         t0 = time.perf_counter()
         net.train()
         gen = epoch_generator(tc.seed, epoch, dev)
+        for group in opt.param_groups:  # a function of the epoch, so a resumed run gets the same rate
+            group["lr"] = lr_at(tc, epoch)
         perm = torch.randperm(n, generator=gen, device=dev)
         sums = torch.zeros(4, device=dev)  # loss, recon, kl, images: summed without a sync per step
         bar = _progress(steps, f"epoch {epoch + 1}/{tc.epochs}") if show_bar else None
         for s in range(steps):
             idx = perm[s * bs:(s + 1) * bs]
             gb = idx.shape[0]
-            # Draw the whole global batch's randomness on every rank, then keep this rank's slice.
-            eps = torch.randn(gb, latent, generator=gen, device=dev) if variational else None
-            u_bin = torch.rand(gb, PIXELS, generator=gen, device=dev) if cfg.data.binarize == "dynamic" else None
-            u_noise = None
-            if tc.noise != "none":
-                draw = torch.randn if tc.noise == "gaussian" else torch.rand
-                u_noise = draw(gb, PIXELS, generator=gen, device=dev)
-            lo, hi = _shard(gb, ctx)
-            x = images[idx[lo:hi]].view(-1, PIXELS).float().div_(255)
-            if u_bin is not None:
-                x = (u_bin[lo:hi] < x).float()
-            inp = corrupt(x, tc.noise, tc.noise_level, u_noise[lo:hi] if u_noise is not None else None)
+            x, inp, eps_local = draw_batch(images, idx, gen, cfg, variational, _shard(gb, ctx))
             with autocast:
-                o = net(inp, eps=eps[lo:hi] if eps is not None else None)
-            recon = recon_bce(o.recon_logits.float(), x)
-            kl = kl_std_normal(o.mu.float(), o.logvar.float()) if variational else torch.zeros_like(recon)
-            loss_sum = (recon + tc.beta * kl).sum()
+                o = net(inp, eps=eps_local)
+            if iwae:
+                per_image = iwae_bound(_float(o), x, eps_local)
+                recon = recon_bce(o.recon_logits[0].float(), x)  # reported: the first sample's terms
+                kl = kl_std_normal(o.mu.float(), o.logvar.float())
+                loss_sum = per_image.sum()
+            else:
+                recon = recon_bce(o.recon_logits.float(), x)
+                kl = kl_std_normal(o.mu.float(), o.logvar.float()) if variational else torch.zeros_like(recon)
+                loss_sum = (recon + tc.beta * kl).sum()
             # DDP averages gradients over ranks; scaling by world/global-batch makes the update that of the
             # mean over the global batch, however unevenly its last batch splits.
             opt.zero_grad(set_to_none=True)
@@ -152,7 +161,7 @@ def _fit(cfg: Config, out: Path | None, resume: bool, data: Dataset | None, call
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad)
             opt.step()
             sums += torch.stack([loss_sum.detach(), recon.sum().detach(), kl.sum().detach(),
-                                 torch.tensor(float(hi - lo), device=dev)])
+                                 torch.tensor(float(x.shape[0]), device=dev)])
             if bar is not None:
                 bar.update(1)
         if bar is not None:
@@ -182,6 +191,26 @@ def _fit(cfg: Config, out: Path | None, resume: bool, data: Dataset | None, call
               f"{dev.type}; final val -ELBO {result.metrics.get('val_neg_elbo', float('nan')):.2f} nats"
               + (f"; checkpoint {path}" if path is not None else ""))
     return result
+
+
+def draw_batch(images: torch.Tensor, idx: torch.Tensor, gen: torch.Generator, cfg: Config, variational: bool,
+               shard: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(target, input, eps) of this rank's slice [lo, hi) of the global batch `idx`. The randomness of the
+    whole global batch is drawn on every rank, in a fixed order, and sliced: the same numbers whatever
+    the number of ranks. Dynamic binarization draws fresh Bernoulli pixels each time it is called."""
+    tc, dev, gb = cfg.train, images.device, idx.shape[0]
+    k_shape = (tc.k,) if tc.objective == "iwae" else ()
+    eps = torch.randn(*k_shape, gb, cfg.model.latent, generator=gen, device=dev) if variational else None
+    u_bin = torch.rand(gb, PIXELS, generator=gen, device=dev) if cfg.data.binarize == "dynamic" else None
+    u_noise = None
+    if tc.noise != "none":
+        u_noise = (torch.randn if tc.noise == "gaussian" else torch.rand)(gb, PIXELS, generator=gen, device=dev)
+    lo, hi = shard
+    x = images[idx[lo:hi]].view(-1, PIXELS).float().div_(255)
+    if u_bin is not None:
+        x = (u_bin[lo:hi] < x).float()
+    inp = corrupt(x, tc.noise, tc.noise_level, u_noise[lo:hi] if u_noise is not None else None)
+    return x, inp, eps[..., lo:hi, :] if eps is not None else None
 
 
 def _shard(global_batch: int, ctx: DistContext) -> tuple[int, int]:
