@@ -62,7 +62,7 @@ TRAIN_FLAGS: dict[str, tuple[str, str, Any, str]] = {
 # Modules that add subcommands: each has add_commands(sub) -> {command: handler(args) -> dict}.
 # A handler that prints its own text for humans sets args.printed = True when --json is absent.
 # They must import nothing heavy at module level (`vae --help` stays quick).
-EXTENSIONS: tuple[str, ...] = ("vae.cli_registry", "vae.cli_tune")
+EXTENSIONS: tuple[str, ...] = ("vae.cli_registry", "vae.cli_tune", "vae.cli_uses")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -109,11 +109,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     _json_arg(p)
 
     p = sub.add_parser("sample", help="new images from the prior")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="run folder, checkpoint.pt, or MLflow model URI (models:/NAME@ALIAS)")
     p.add_argument("--n", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0, help="z ~ N(0, T^2 I): below 1, cleaner and less varied")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="grid.png, or samples.npy for (N, 28, 28) float pixels")
+    p.add_argument("--tracking-uri", help="MLflow store for model URIs (default $MLFLOW_TRACKING_URI)")
+    p.add_argument("--device", default="auto")
+    _json_arg(p)
 
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "data": cmd_data}
     import importlib
@@ -204,19 +207,11 @@ def cmd_sample(a: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"--out {out} is invalid: expected a .png (image grid) or .npy (array) file name")
     if not out.parent.exists():
         raise ConfigError(f"--out {out} is invalid: folder {out.parent} does not exist")
-    import torch
-
-    from vae.checkpoint import load_model
-    model, _, _ = load_model(a.checkpoint)
+    from vae import apps, io
+    model, _, _ = apps.load(a.checkpoint, a.tracking_uri, a.device)
     if not model.is_variational:
         raise ConfigError(f"{a.checkpoint} holds a plain autoencoder, which has no prior to sample from")
-    images = model.sample(a.n, a.temperature, generator=torch.Generator().manual_seed(a.seed))
-    if out.suffix == ".npy":
-        import numpy as np
-        np.save(out, images.reshape(-1, 28, 28).numpy())
-    else:
-        from vae.figures import _grid
-        _grid(images, out, nrow=8)
+    io.save_images(apps.sample(model, a.n, a.temperature, a.seed), out)
     return {"out": str(out), "n": a.n, "temperature": a.temperature}
 
 

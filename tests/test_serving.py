@@ -1,0 +1,183 @@
+"""The registered pyfunc behind a real `mlflow models serve`: the answers equal the in-process ones, bad
+requests get a 400 with a message, and registry URIs work wherever the CLI takes a MODEL."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vae.cli import main
+
+NAME = "vae-serving-test"
+URI = f"models:/{NAME}@champion"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, trained):
+    """A temporary SQLite store holding `trained` as version 1 of NAME, aliased champion."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from vae.serving import log_model, using_store
+    tmp = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    with using_store(uri):
+        client = MlflowClient(uri)
+        exp = client.create_experiment("serving-test", artifact_location=str(tmp / "artifacts"))
+        with mlflow.start_run(experiment_id=exp) as run:
+            info = log_model(trained[0], registered_model_name=NAME)
+        client.set_registered_model_alias(NAME, "champion", info.registered_model_version)
+    return {"uri": uri, "run_id": run.info.run_id, "tmp": tmp}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(registry):
+    """`mlflow models serve -m models:/NAME@champion` on 127.0.0.1; SIGTERM (then SIGKILL) to its process
+    group at the end, whatever happened."""
+    port = _free_port()
+    bin_dir = Path(sys.executable).parent  # the scoring server execs `uvicorn` from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry["uri"], "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    log = open(registry["tmp"] / "serve.log", "wb")
+    proc = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", URI, "--env-manager", "local",
+                             "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow models serve exited with {proc.returncode}: "
+                            f"{(registry['tmp'] / 'serve.log').read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(f"{url}/ping", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail("mlflow models serve did not answer /ping within 120 s")
+                time.sleep(0.5)
+        yield url
+    finally:
+        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(wait)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        log.close()
+
+
+def post(url: str, body) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(f"{url}/invocations", data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def images(mnist5k):
+    return mnist5k.test.images[:8].reshape(8, 784).numpy().astype(np.float32) / 255
+
+
+@pytest.mark.slow
+def test_rest_answers_equal_the_in_process_answers(server, registry, images):
+    import mlflow
+
+    from vae.serving import predict, resolve_model
+    before = (mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI"))
+    model, cfg, state = resolve_model(URI, registry["uri"])
+    assert (mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI"),
+            os.environ.get("MLFLOW_REGISTRY_URI")) == before  # mlflow's global state is left as it was
+    assert state["source"]["run_id"] == registry["run_id"]
+    for params, shape in (({"op": "encode"}, (8, 20)), ({"op": "reconstruct"}, (8, 784)),
+                          ({"op": "score"}, (8,)), ({"op": "score", "kind": "recon"}, (8,)),
+                          ({"op": "sample", "n": 5, "seed": 3, "temperature": 0.7}, (5, 784))):
+        status, body = post(server, {"inputs": images.tolist(), "params": params})
+        assert status == 200, body
+        got = np.asarray(body["predictions"], np.float32)
+        want = predict(model, cfg, images, params)
+        assert got.shape == want.shape == shape, params
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=str(params))
+    # default op: reconstruct, pixel probabilities
+    status, body = post(server, {"inputs": images.tolist()})
+    assert status == 200 and 0 <= np.min(body["predictions"]) and np.max(body["predictions"]) <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("body, message", [
+    ({"inputs": [[0.5] * 100], "params": {"op": "encode"}}, "(-1, 784)"),
+    ({"inputs": [["a"] * 784], "params": {"op": "encode"}}, "could not convert string to float"),
+    ({"inputs": [[0.5] * 784], "params": {"op": "fly"}}, "op='fly' is invalid: expected one of reconstruct"),
+    ({"inputs": [[2.0] * 784], "params": {"op": "encode"}}, "pixels must be numbers in [0, 1]"),
+    ({"inputs": [[-0.1] * 784], "params": {"op": "score"}}, "pixels must be numbers in [0, 1]"),
+    ({"inputs": [[0.5] * 784], "params": {"op": "sample", "n": 0}}, "n=0 is invalid"),
+    ({"inputs": [[0.5] * 784], "params": {"op": "sample", "n": "many"}}, "for value `many`"),
+    ({"inputs": [[0.5] * 784], "params": {"op": "score", "kind": "psnr"}}, "kind='psnr' is invalid"),
+    ({"params": {"op": "encode"}}, "input fields"),
+    (b"{not json", "JSON"),
+    (b'{"inputs": [[NaN' + b", 0.5" * 783 + b"]]}", "pixels must be numbers in [0, 1]"),
+])
+def test_malformed_requests_get_400_with_a_message(server, body, message):
+    status, answer = post(server, body)
+    assert status == 400, answer
+    assert message in answer.get("message", ""), answer
+    assert "stack_trace" not in answer or message not in answer["stack_trace"]
+
+
+@pytest.mark.slow
+def test_the_cli_takes_registry_uris(registry, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry["uri"])
+    monkeypatch.chdir(tmp_path)
+    assert main(["sample", URI, "--n", "6", "--temperature", "0.8", "--out", "s.npy"]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (6, 28, 28)
+    assert main(["encode", f"models:/{NAME}/1", "--limit", "5", "--out", "z.npy"]) == 0
+    assert np.load(tmp_path / "z.npy").shape == (5, 20)
+    assert main(["reconstruct", f"runs:/{registry['run_id']}/model", "--limit", "4", "--out", "r.npy"]) == 0
+    capsys.readouterr()
+
+    for ref, message in ((f"models:/{NAME}@nobody", "nobody"), ("models:/no-such-model/1", "no-such-model")):
+        assert main(["sample", ref, "--out", "x.png"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("vae: error: model ") and message in err and len(err.splitlines()) == 1, err
+    assert main(["sample", URI, "--out", "x.png", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.npy", "s.npy", "z.npy"]  # no store, no x.png
+
+
+@pytest.mark.slow
+def test_report_is_attached_to_the_models_run(registry, trained, tmp_path, monkeypatch, capsys):
+    from mlflow import MlflowClient
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry["uri"])
+    out = tmp_path / "report.html"
+    assert main(["report", URI, "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["logged_to"].endswith("/report")
+    client = MlflowClient(registry["uri"])
+    names = {a.path for a in client.list_artifacts(registry["run_id"], "report")}
+    assert names == {"report/report.html", "report/report_files"}
+    pngs = {a.path.rsplit("/", 1)[1] for a in client.list_artifacts(registry["run_id"], "report/report_files")}
+    assert {"samples.png", "reconstructions.png", "compression.png", "denoising.png"} <= pngs
+    # a run folder names its run with --run-id; an unknown run is refused before any work
+    assert main(["report", str(trained[0]), "--out", str(tmp_path / "other.html"), "--run-id", "nope"]) == 2
+    assert "run_id='nope' is invalid" in capsys.readouterr().err and not (tmp_path / "other.html").exists()
