@@ -17,17 +17,18 @@ def store(tmp_path, trained):
     """A tracking URI and a logged pyfunc model of the `trained` checkpoint to register versions of."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("registry-test")
-    with mlflow.start_run() as run:
+    from vae.tracking import experiment_id
+    with mlflow.start_run(experiment_id=experiment_id("registry-test")) as run:  # artifacts beside the db
         info = serving.log_model(trained[0], name="model")
-    yield uri, info.model_uri, run.info.run_id
+    yield uri, info.model_uri, run.info.run_id, info.model_id
     mlflow.set_tracking_uri(None)
 
 
 def add(store, value, fingerprint=FP):
-    uri, model_uri, run_id = store
+    uri, model_uri, run_id, model_id = store
     return registry.register(uri, "vae-test", model_uri, run_id,
-                             {"neg_elbo": value, "fingerprint": fingerprint, "dataset": "mnist-5k", "split": "test"})
+                             {"neg_elbo": value, "fingerprint": fingerprint, "dataset": "mnist-5k", "split": "test"},
+                             model_id=model_id)
 
 
 def aliases(uri):

@@ -87,7 +87,8 @@ def _history(client: MlflowClient, name: str) -> list[str]:
     return json.loads(client.get_registered_model(name).tags.get("champion_history", "[]"))
 
 
-def register(tracking_uri: str | None, name: str, model_uri: str, run_id: str, metrics: dict[str, Any]) -> str:
+def register(tracking_uri: str | None, name: str, model_uri: str, run_id: str, metrics: dict[str, Any],
+             model_id: str | None = None) -> str:
     """A new version of `name` from a logged model, tagged with its test metrics, and made `challenger`."""
     client = _client(tracking_uri)
     try:
@@ -97,7 +98,8 @@ def register(tracking_uri: str | None, name: str, model_uri: str, run_id: str, m
                                                          "aliases: champion (in use), challenger (newest)")
     tags = {METRIC: f"{metrics['neg_elbo']:.6f}", "fingerprint": metrics["fingerprint"],
             "dataset": metrics["dataset"], "split": metrics.get("split", "test")}
-    mv = client.create_model_version(name, model_uri, run_id=run_id, tags=tags)
+    # model_id: a remote server accepts a models:/m-... source only together with the id of that model
+    mv = client.create_model_version(name, model_uri, run_id=run_id, tags=tags, model_id=model_id)
     client.set_registered_model_alias(name, CHALLENGER, str(mv.version))
     return str(mv.version)
 

@@ -1,0 +1,142 @@
+"""The Prefect pipeline end to end on a tiny budget, under a real (temporary) Prefect server, with real
+SQLite stores for MLflow and Optuna; a live `mlflow server` and a live `prefect server` where the issue
+asks for one."""
+import json
+import os
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import start_server, stop_server, wait_http
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def tiny(tmp_path, **kw):
+    params = dict(dataset="mnist-5k", subset=300, trials=2, tune_epochs=1, epochs=2, iw_samples=10,
+                  tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", storage=f"sqlite:///{tmp_path}/optuna.db",
+                  workdir=str(tmp_path / "work"), model_name="vae-test", min_improvement=0.5)
+    params.update(kw)
+    return params
+
+
+def task_states(flow_state):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def read():
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
+            return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+    import asyncio
+    return asyncio.run(read())
+
+
+def test_bad_parameters_fail_before_any_work(tmp_path):
+    import subprocess
+    import sys
+    for args, message in ((["--trials", "0"], "trials=0 is invalid"), (["--dataset", "cifar"], "dataset='cifar'"),
+                          (["--min-improvement", "-1"], "min_improvement=-1.0 is invalid")):
+        r = subprocess.run([sys.executable, "-m", "flows.pipeline", *args], cwd=tmp_path, capture_output=True,
+                           text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        assert r.returncode == 2 and message in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from flows.pipeline import vae_pipeline
+    monkeypatch.chdir(tmp_path)
+    params = tiny(tmp_path)
+
+    monkeypatch.setenv("VAE_PIPELINE_FAIL_AFTER", "train")
+    failed = vae_pipeline(**params, return_state=True)
+    assert failed.is_failed()
+    monkeypatch.delenv("VAE_PIPELINE_FAIL_AFTER")
+
+    state = vae_pipeline(**params, return_state=True)
+    assert state.is_completed()
+    result = state.result()
+    states = task_states(state)
+    assert states["tune"] == "Cached" and states["train_best"] == "Cached", states
+    assert states["evaluate"] == "Completed" and states["register"] == "Completed"
+
+    reg, decision, metrics = result["registered"], result["decision"], result["metrics"]
+    assert reg["version"] == "1" and decision["promote"]  # the first version becomes champion
+    client = MlflowClient(params["tracking_uri"], params["tracking_uri"])
+    model = client.get_registered_model("vae-test")
+    assert {k: str(v) for k, v in model.aliases.items()} == {"champion": "1", "challenger": "1"}
+    run = client.get_run(reg["run_id"])
+    assert run.data.metrics["test_neg_elbo"] == pytest.approx(metrics["neg_elbo"])
+    assert run.data.tags["promotion.decision"] == "promoted"
+    artifacts = {a.path for a in client.list_artifacts(reg["run_id"], "figures")}
+    assert {"figures/samples.png", "figures/reconstructions.png", "figures/loss_curves.png"} <= artifacts
+    assert metrics["fingerprint"] == result["study"]["fingerprint"]
+
+    # The same inputs again: everything up to evaluation is reused; the new version ties the champion
+    # (same model, same numbers), so the gate keeps the champion.
+    again = vae_pipeline(**params, return_state=True)
+    assert task_states(again)["evaluate"] == "Cached"
+    second = again.result()
+    assert second["registered"]["version"] == "2" and not second["decision"]["promote"]
+    model = client.get_registered_model("vae-test")
+    assert {k: str(v) for k, v in model.aliases.items()} == {"champion": "1", "challenger": "2"}
+
+
+def test_pipeline_against_a_live_mlflow_server(harness, tmp_path, monkeypatch):
+    from flows.pipeline import vae_pipeline
+    monkeypatch.chdir(tmp_path)
+    proc, url = start_server(["mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/srv.db",
+                              "--artifacts-destination", str(tmp_path / "srv-artifacts"), "--workers", "1"],
+                             health="/health", env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    try:
+        result = vae_pipeline(**tiny(tmp_path, tracking_uri=url, trials=1))
+        assert result["decision"]["promote"]
+        with urllib.request.urlopen(f"{url}/api/2.0/mlflow/registered-models/alias?name=vae-test&alias=champion") as r:
+            version = json.load(r)["model_version"]
+        assert version["version"] == "1"
+        tags = {t["key"]: t["value"] for t in version.get("tags", [])}
+        assert tags["promotion.decision"] == "promoted"
+        assert float(tags["test_neg_elbo"]) == pytest.approx(result["metrics"]["neg_elbo"], abs=1e-4)
+    finally:
+        stop_server(proc)
+
+
+def test_deployments_with_cron_schedules_register_on_a_live_prefect_server(tmp_path):
+    import subprocess
+    import sys
+    port_env = {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_API_HOST": "127.0.0.1"}
+    server, url = start_server(["prefect", "server", "start", "--host", "127.0.0.1"], health="/api/health",
+                               env=port_env, port_env="PREFECT_SERVER_API_PORT", timeout=120)
+    api = f"{url}/api"
+    env = {**os.environ, **port_env, "PREFECT_API_URL": api}
+    serve = subprocess.Popen([sys.executable, "-m", "flows.deploy", "--cron", "15 3 * * *", "--trials", "2"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = __import__("time").time() + 90
+        found = {}
+        while __import__("time").time() < deadline and len(found) < 2:
+            req = urllib.request.Request(f"{api}/deployments/filter", data=b"{}", method="POST",
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req) as r:
+                found = {d["name"]: d for d in json.load(r)}
+            __import__("time").sleep(1)
+        assert set(found) == {"nightly", "weekly"}, found
+        crons = [s["schedule"]["cron"] for s in found["nightly"]["schedules"]]
+        assert crons == ["15 3 * * *"]
+        assert found["nightly"]["parameters"]["trials"] == 2
+        assert [s["schedule"]["cron"] for s in found["weekly"]["schedules"]] == ["0 4 * * 0"]
+    finally:
+        stop_server(serve)
+        stop_server(server)

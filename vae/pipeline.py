@@ -1,0 +1,260 @@
+"""The pipeline's steps as plain functions: flows/pipeline.py wraps each in a Prefect task.
+
+Tuning and training run as `vae ... --json` subprocesses (torchrun when nproc > 1), never as forks inside
+the orchestrator. Evaluation, logging and registration run in-process. Every step takes and returns
+small JSON-able dicts, so Prefect can persist them and reuse them when a rerun reaches the same inputs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from vae.config import Config, DataConfig
+from vae.errors import ConfigError, VAEError
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class PipelineParams:
+    dataset: str = "mnist-5k"
+    trials: int = 4
+    tune_epochs: int = 3
+    epochs: int = 10  # the full budget for the best configuration
+    nproc: int = 1
+    subset: int | None = None  # train on fewer images (quick runs and tests)
+    study: str | None = None  # default: vae-<dataset>
+    storage: str | None = None  # Optuna storage URL; default: sqlite under mlruns/
+    tracking_uri: str | None = None  # MLflow; default $MLFLOW_TRACKING_URI or sqlite under mlruns/
+    model_name: str | None = None  # registered model; default vae-<dataset>
+    min_improvement: float = 0.5  # nats of test -ELBO a challenger must gain to become champion
+    iw_samples: int = 100
+    workdir: str = "runs/pipeline"
+
+    def __post_init__(self) -> None:
+        DataConfig(dataset=self.dataset, subset=self.subset)  # validates the data fields
+        for name in ("trials", "tune_epochs", "epochs", "nproc", "iw_samples"):
+            v = getattr(self, name)
+            low = 0 if name == "iw_samples" else 1
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ConfigError(f"{name}={v!r} is invalid: expected an integer >= {low}")
+        if not isinstance(self.min_improvement, (int, float)) or not self.min_improvement >= 0:
+            raise ConfigError(f"min_improvement={self.min_improvement!r} is invalid: expected nats >= 0")
+        if self.model_name is not None and not self.model_name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ConfigError(f"model_name={self.model_name!r} is invalid: expected letters, digits, '-', '_' or '.'")
+
+    @property
+    def registered_name(self) -> str:
+        from vae.registry import model_name
+        return self.model_name or model_name(self.dataset)
+
+    @property
+    def study_name(self) -> str:
+        return self.study or self.registered_name
+
+    def resolved_tracking_uri(self) -> str:
+        from vae.tracking import default_tracking_uri
+        return self.tracking_uri or default_tracking_uri()
+
+
+class StepError(VAEError):
+    """A pipeline step's subprocess failed; the message carries its last error line."""
+
+
+def run_vae(args: list[str], log: Log = print) -> dict[str, Any]:
+    """`python -m vae ARGS --json`: forwards its stderr lines to `log`, returns its JSON result."""
+    cmd = [sys.executable, "-m", "vae", *args, "--json"]
+    log("$ " + " ".join(cmd[2:]))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    tail: list[str] = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        line = line.rstrip()
+        if line:
+            log(line)
+            tail = (tail + [line])[-20:]
+    out = proc.stdout.read() if proc.stdout else ""
+    if proc.wait() != 0:
+        last = next((x for x in reversed(tail) if "error" in x.lower()), tail[-1] if tail else "no output")
+        raise StepError(f"`vae {args[0]}` exited with {proc.returncode}: {last}")
+    lines = [x for x in out.splitlines() if x.startswith("{")]
+    if not lines:
+        raise StepError(f"`vae {args[0]}` printed no JSON result")
+    return json.loads(lines[-1])
+
+
+def fetch_step(p: PipelineParams) -> dict[str, Any]:
+    from vae import data
+    data.fetch(p.dataset)
+    return data.info(DataConfig(dataset=p.dataset, subset=p.subset))
+
+
+def tune_step(p: PipelineParams, fingerprint: str, log: Log = print) -> dict[str, Any]:
+    args = ["tune", "--dataset", p.dataset, "--trials", str(p.trials), "--epochs", str(p.tune_epochs),
+            "--nproc", str(p.nproc), "--study", p.study_name, "--tracking-uri", p.resolved_tracking_uri(),
+            "--experiment", p.registered_name, "--out", str(Path(p.workdir) / "studies" / p.study_name)]
+    if p.storage:
+        args += ["--storage", p.storage]
+    if p.subset:
+        args += ["--subset", str(p.subset)]
+    result = run_vae(args, log)
+    result["fingerprint"] = fingerprint
+    return result
+
+
+def train_step(p: PipelineParams, best_config: dict[str, Any], fingerprint: str, log: Log = print) -> dict[str, Any]:
+    """Train the best configuration for the full budget. The run folder is named after the config and the
+    data, so a rerun after a crash resumes it instead of starting over."""
+    cfg = Config.from_dict(best_config).replace(train={"epochs": p.epochs, "progress": False},
+                                                data={"subset": p.subset})
+    key = hashlib.sha256(json.dumps([cfg.to_dict(), fingerprint], sort_keys=True).encode()).hexdigest()[:12]
+    out = Path(p.workdir) / f"train-{key}"
+    out.mkdir(parents=True, exist_ok=True)
+    config_file = out / "config.json"
+    config_file.write_text(json.dumps(cfg.to_dict(), indent=2))
+    args = ["train", "--config", str(config_file), "--out", str(out), "--nproc", str(p.nproc)]
+    if (out / "checkpoint.pt").exists():
+        args.append("--resume")
+    return run_vae(args, log)
+
+
+def evaluate_step(p: PipelineParams, checkpoint: str) -> dict[str, Any]:
+    from vae import evaluate
+    figures = Path(checkpoint).parent / "figures"
+    return evaluate(checkpoint, iw_samples=p.iw_samples, figures_dir=figures)
+
+
+def register_step(p: PipelineParams, study: dict[str, Any], trained: dict[str, Any],
+                  metrics: dict[str, Any]) -> dict[str, Any]:
+    """One MLflow run for the candidate (params, per-epoch and test metrics, figures, the pyfunc model),
+    then a new registered version with the alias `challenger`."""
+    import mlflow
+
+    from vae import registry, serving
+    from vae.tracking import configure, experiment_id
+    uri = configure(p.resolved_tracking_uri())
+    mlflow.set_experiment(experiment_id=experiment_id(p.registered_name))
+    history = json.loads((Path(trained["out"]) / "history.json").read_text())["history"]
+    with mlflow.start_run(run_name=f"pipeline-{p.registered_name}") as run:
+        mlflow.set_tags({"vae.step": "pipeline", "dataset": metrics["dataset"], "fingerprint": metrics["fingerprint"],
+                         "study": study.get("study", ""), "study_parent_run_id": study.get("parent_run_id", "")})
+        mlflow.log_params(_flat(trained["config"]))
+        for row in history:
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        for path in metrics.get("figures", {}).values():
+            mlflow.log_artifact(path, artifact_path="figures")
+        mlflow.log_dict({"params": asdict(p), "study": study, "metrics": metrics}, "pipeline.json")
+        info = serving.log_model(trained["checkpoint"], name="model")
+        version = registry.register(uri, p.registered_name, info.model_uri, run.info.run_id, metrics,
+                                    model_id=info.model_id)
+    return {"run_id": run.info.run_id, "model_uri": info.model_uri, "version": version,
+            "name": p.registered_name, "tracking_uri": uri}
+
+
+def promote_step(p: PipelineParams, registered: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """Gate the challenger against the champion on the same data: if the champion was scored on other data
+    (its fingerprint differs), score it again on this run's test split first."""
+    from mlflow import MlflowClient
+
+    from vae import registry
+    uri, name = registered["tracking_uri"], registered["name"]
+    champion_value = None
+    client = MlflowClient(uri, uri)
+    try:
+        champ = client.get_model_version_by_alias(name, registry.CHAMPION)
+    except Exception:
+        champ = None
+    if champ is not None and champ.tags.get("fingerprint") != metrics["fingerprint"]:
+        champion_value = _rescore(uri, name, metrics["dataset"], p.subset)
+    d = registry.promote(uri, name, registered["version"], p.min_improvement, champion_value=champion_value)
+    import mlflow
+    with mlflow.start_run(run_id=registered["run_id"]):
+        mlflow.log_dict(d.as_dict(), "promotion.json")
+        mlflow.set_tags({"promotion.decision": "promoted" if d.promote else "rejected", "promotion.reason": d.reason})
+        if d.improvement is not None:
+            mlflow.log_metric("promotion_improvement", d.improvement)
+    return d.as_dict()
+
+
+def _champion(uri: str, name: str):
+    """(model, cfg) of models:/name@champion, the weights read with torch.load(weights_only=True)."""
+    from vae.serving import resolve_model
+    model, cfg, _ = resolve_model(f"models:/{name}@champion", uri)
+    return model, cfg
+
+
+def _rescore(uri: str, name: str, dataset: str, subset: int | None) -> float:
+    from vae.data import load
+    from vae.evaluation import elbo_metrics
+    model, cfg = _champion(uri, name)
+    data = load(DataConfig(dataset=dataset, subset=subset))
+    return elbo_metrics(model, data.test.images, cfg)["neg_elbo"]
+
+
+def reevaluate_champion(p: PipelineParams, log: Log = print) -> dict[str, Any]:
+    """Score the champion on this data set's current test split; log it on its run and version."""
+    import dataclasses
+    import time
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from vae.data import load
+    from vae.evaluation import evaluate
+    from vae.registry import CHAMPION
+    from vae.tracking import configure
+    uri, name = configure(p.resolved_tracking_uri()), p.registered_name
+    client = MlflowClient(uri, uri)
+    try:
+        mv = client.get_model_version_by_alias(name, CHAMPION)
+    except Exception:
+        raise ConfigError(f"model {name!r} has no champion in {uri}: run the pipeline first") from None
+    model, cfg = _champion(uri, name)
+    data = load(DataConfig(dataset=p.dataset))
+    cfg = dataclasses.replace(cfg, data=DataConfig(dataset=p.dataset))
+    metrics = evaluate(model, cfg, data, iw_samples=p.iw_samples)
+    with mlflow.start_run(run_id=mv.run_id):
+        mlflow.log_metrics({f"reeval_{k}": v for k, v in metrics.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=int(time.time()))
+    client.set_model_version_tag(name, str(mv.version), "reevaluated",
+                                 json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                             "neg_elbo": metrics["neg_elbo"], "fingerprint": metrics["fingerprint"]}))
+    log(f"champion {name} v{mv.version}: test -ELBO {metrics['neg_elbo']:.3f} nats on {metrics['fingerprint'][:12]}")
+    return {"name": name, "version": str(mv.version), **metrics}
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def summary_markdown(p: PipelineParams, study: dict, metrics: dict, registered: dict, decision: dict) -> str:
+    rows = [("test -ELBO (nats/image)", metrics.get("neg_elbo")), ("reconstruction", metrics.get("recon")),
+            ("KL", metrics.get("kl")), ("recon at z = mu", metrics.get("recon_at_mean")),
+            (f"IW NLL (K={metrics.get('iw_samples', 0)})", metrics.get("iw_nll")),
+            ("active units", metrics.get("active_units"))]
+    table = "\n".join(f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |"
+                      for k, v in rows if v is not None)
+    return (f"# {registered['name']} v{registered['version']}\n\n"
+            f"Dataset `{metrics['dataset']}`, fingerprint `{metrics['fingerprint'][:12]}`; "
+            f"{metrics['images']} test images.\n\n| metric | value |\n|---|---|\n{table}\n\n"
+            f"**Promotion:** {'promoted to champion' if decision['promote'] else 'stays challenger'}: "
+            f"{decision['reason']}.\n\n"
+            f"Study `{study.get('study')}`: best trial {study.get('best_trial')} "
+            f"(val -ELBO {study.get('best_value', float('nan')):.3f}).\n\n"
+            f"MLflow run `{registered['run_id']}` at `{registered['tracking_uri']}`.\n")
