@@ -64,6 +64,12 @@ def latent_map(model: VAE, images_u8: torch.Tensor, labels: torch.Tensor, path: 
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels[:n].numpy(), cmap="tab10", s=3, vmin=-0.5, vmax=9.5)
     fig.colorbar(sc, ax=ax, ticks=range(10), label="label")
     ax.set_title(title)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure as PNG and free it (figures pile up in pyplot's registry otherwise)."""
+    import matplotlib.pyplot as plt
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -85,9 +91,7 @@ def loss_curves(history: list[dict], path: Path) -> None:
     ax.set_ylabel("nats per image")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_figures(model: VAE, split, out: Path, history: list[dict] | None = None, seed: int = 0) -> dict[str, str]:

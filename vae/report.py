@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from vae import apps
+from vae.figures import save_figure
 
 DENOISE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5)
 COMPRESSION_BITS = (32, 16, 8, 6, 4, 2)
@@ -151,9 +152,7 @@ def _plot_compression(rows, path: Path) -> None:
     ax.set_xlabel("bytes per image (latent code); the uint8 image is 784")
     ax.set_ylabel("reconstruction PSNR (dB)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _plot_denoising(rows, path: Path) -> None:
@@ -168,9 +167,7 @@ def _plot_denoising(rows, path: Path) -> None:
     ax.set_ylabel("PSNR against the clean image (dB)")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _plot_scores(hist: dict[str, np.ndarray], thr: float, path: Path) -> None:
@@ -186,9 +183,7 @@ def _plot_scores(hist: dict[str, np.ndarray], thr: float, path: Path) -> None:
     ax.set_xlabel("anomaly score (nats per image, log scale)")
     ax.set_ylabel("images")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}

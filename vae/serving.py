@@ -118,15 +118,8 @@ def log_model(checkpoint: str | Path, name: str = "model", registered_model_name
 
 def tracking_uri(explicit: str | None = None) -> str:
     """--tracking-uri, else $MLFLOW_TRACKING_URI, else the project's default local store."""
-    if explicit:
-        return explicit
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    try:
-        from vae.tracking import default_tracking_uri
-    except ImportError:  # written alongside; the same default, computed here until it lands
-        return f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}"
-    return default_tracking_uri()
+    from vae.tracking import default_tracking_uri
+    return explicit or default_tracking_uri()
 
 
 def _check_store(uri: str) -> None:
