@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument("--dataset", default=f"idx:{SHARED}" if SHARED.exists() else "mnist-5k")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--trials", type=int, default=16)
+    p.add_argument("--space", help="a space file instead of the built-in MLP space")
     p.add_argument("--json")
     a = p.parse_args()
     rows = {}
@@ -57,7 +58,7 @@ def main() -> None:
     r = vae_worker(a.dataset, a.epochs, seed=0)
     rows["vae train, seed config"] = {**r, "seconds": time.time() - t0}
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "space.toml").write_text(SPACE)
+        (Path(tmp) / "space.toml").write_text(Path(a.space).read_text() if a.space else SPACE)
         t0 = time.time()
         study = vae_cli("tune", "--dataset", a.dataset, "--trials", str(a.trials), "--epochs", str(a.epochs),
                         "--space", f"{tmp}/space.toml", "--storage", f"sqlite:///{tmp}/optuna.db",
