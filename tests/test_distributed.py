@@ -1,7 +1,6 @@
 """Real DDP over gloo on this machine's CPU: torchrun processes, c10d rendezvous, SIGKILL and resume."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -9,7 +8,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from tests.conftest import free_port, run_cli
 from vae import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
@@ -17,11 +16,6 @@ pytestmark = pytest.mark.slow
 # 999 images in global batches of 128: the last batch (103) splits unevenly, 52/51, over two ranks.
 ARGS = ["train", "--subset", "999", "--epochs", "2", "--batch-size", "128", "--no-progress"]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def assert_same_weights(a, b, atol=2e-5):

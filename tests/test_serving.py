@@ -3,7 +3,6 @@ requests get a 400 with a message, and registry URIs work wherever the CLI takes
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.conftest import free_port
 
 from vae.cli import main
 
@@ -38,17 +39,12 @@ def registry(tmp_path_factory, trained):
     return {"uri": uri, "run_id": run.info.run_id, "tmp": tmp}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def server(registry):
     """`mlflow models serve -m models:/NAME@champion` on 127.0.0.1; SIGTERM (then SIGKILL) to its process
     group at the end, whatever happened."""
-    port = _free_port()
+    port = free_port()
     bin_dir = Path(sys.executable).parent  # the scoring server execs `uvicorn` from PATH
     env = {**os.environ, "MLFLOW_TRACKING_URI": registry["uri"], "PATH": f"{bin_dir}:{os.environ['PATH']}",
            "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",

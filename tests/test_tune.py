@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import free_port, run_cli
 from vae.cli import main
 from vae.config import Config
 
@@ -30,11 +29,6 @@ model = "vae"
 """
 BASE = ["tune", "--subset", "300", "--epochs", "2"]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def one_json(stdout: str) -> dict:
