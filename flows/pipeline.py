@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"run_id": reg["run_id"], "model": reg["name"], "version": reg["version"],
                       "promoted": dec["promote"], "test_neg_elbo": result["metrics"]["neg_elbo"],
                       "stage_seconds": result["seconds"], "tune": {k: result["study"].get(k) for k in
-                      ("tracking_seconds", "train_seconds", "finish_seconds", "counts", "best_params")}}))
+                      ("finish_seconds", "counts", "best_params")}}))
     print(f"\nMLflow: run `mlflow ui --backend-store-uri {reg['tracking_uri']}` and open http://127.0.0.1:5000 "
           f"(experiment {reg['name']}, run {reg['run_id']}); registered model {reg['name']} v{reg['version']} "
           f"({'champion' if dec['promote'] else 'challenger'}).", file=sys.stderr)
