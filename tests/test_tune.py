@@ -74,6 +74,7 @@ def stop(proc: subprocess.Popen) -> None:
     ("[lr]\nlow = 1e-4\nhihg = 1e-2\n", "[lr] has unknown key(s) ['hihg']"),
     ("[hidden_width]\nlow = 64.5\nhigh = 128\n", "[hidden_width] low=64.5 is invalid: expected an integer"),
     ("[lr\nlow = 1\n", "cannot be parsed"),
+    ("lr_schedule = [\"exp\", \"cosine\"]\n", "[lr_schedule] lr_schedule='cosine' is invalid"),
 ])
 def test_an_invalid_space_file_exits_2_naming_the_entry_and_writes_nothing(tmp_path, monkeypatch, capsys,
                                                                              text, message):
@@ -129,8 +130,10 @@ def test_the_space_file_overrides_defaults_and_maps_onto_the_config(tmp_path):
     assert cfg.model.hidden == (params["hidden_width"],) * 2 and params["hidden_width"] in (16, 32)
     assert cfg.train.batch_size in (32, 64) and Config.from_dict(cfg.to_dict()) == cfg
     yaml = tmp_path / "space.yaml"
-    yaml.write_text("lr: {low: 0.001, high: 0.002}\nmodel: [conv-vae]\n")
-    assert load_space(yaml, base)["model"] == {"choices": ["conv-vae"]}
+    yaml.write_text("lr: {low: 0.001, high: 0.002}\nmodel: [conv-vae]\nlr_schedule: [constant, exp]\n")
+    space = load_space(yaml, base)
+    assert space["model"] == {"choices": ["conv-vae"]} and space["lr_schedule"] == {"choices": ["constant", "exp"]}
+    assert to_config(base, {"lr_schedule": "exp"}).train.lr_schedule == "exp"
 
 
 # ---------------------------------------------------------------------------------------- studies that run

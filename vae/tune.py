@@ -51,6 +51,7 @@ PARAMS: dict[str, tuple[type, str, str]] = {
     "lr": (float, "train", "lr"), "beta": (float, "train", "beta"), "batch_size": (int, "train", "batch_size"),
     "latent": (int, "model", "latent"), "model": (str, "model", "kind"), "activation": (str, "model", "activation"),
     "hidden_width": (int, "model", "hidden"), "hidden_depth": (int, "model", "hidden"),
+    "lr_schedule": (str, "train", "lr_schedule"),
 }
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("hyperband", "median", "none", "threshold:X")
