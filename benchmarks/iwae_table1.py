@@ -55,15 +55,17 @@ def main() -> None:
                  ModelConfig(kind="vae", latent=50, hidden=(200, 200), activation="tanh"),
                  TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=1e-3, lr_schedule="exp",
                              objective=a.objective, k=a.k, progress=False))
-    data = load(cfg.data)
-    ckpt = Path(a.out) / "checkpoint.pt"
-    if a.init and not ckpt.exists():
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(a.init, ckpt.with_suffix(".tmp"))
-        ckpt.with_suffix(".tmp").replace(ckpt)
     init_epoch = 0
     if a.init:
+        if not Path(a.init).is_file():
+            raise SystemExit(f"--init {a.init} is not a file: expected a checkpoint.pt of a run of this model")
         init_epoch = int(torch.load(a.init, map_location="cpu", weights_only=False)["epoch"])
+        ckpt = Path(a.out) / "checkpoint.pt"
+        if not ckpt.exists():  # copied whole or not at all; a rerun continues from --out
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(a.init, ckpt.with_suffix(".tmp"))
+            ckpt.with_suffix(".tmp").replace(ckpt)
+    data = load(cfg.data)
     t0 = time.time()
     result = fit(cfg, out=a.out, resume=True, data=data)
     train_seconds = time.time() - t0

@@ -25,7 +25,7 @@ from train_speed import SHARED, seed_worker, vae_worker  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # The built-in space is MLP-only; --space benchmarks/spaces/conv.toml searches the convolutional VAE
-# (about 30 s per epoch of full MNIST on one CPU thread here).
+# (35-40 s per epoch of full MNIST on one CPU thread here, from the study's trial histories).
 SPACE = """\
 model = "vae"
 lr = {low = 5e-4, high = 5e-3, log = true}
