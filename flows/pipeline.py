@@ -17,6 +17,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import timedelta
+from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -98,9 +99,14 @@ def vae_pipeline(dataset: str = "mnist-5k", trials: int = 4, tune_epochs: int = 
     _fail_after("tune")
     with clock("train"):
         trained = train_best(p, best["best_config"], data["fingerprint"])
+        # The cache (under PREFECT_HOME) outlives runs/: a hit made by another checkout, or before runs/ was
+        # deleted, names files that are not here. Train again, and evaluate again what was trained again.
+        stale = not (Path(trained["out"]) / "history.json").is_file() or not Path(trained["checkpoint"]).is_file()
+        if stale:
+            trained = train_best.with_options(refresh_cache=True)(p, best["best_config"], data["fingerprint"])
     _fail_after("train")
     with clock("evaluate"):
-        metrics = evaluate(p, trained["checkpoint"], data["fingerprint"])
+        metrics = evaluate.with_options(refresh_cache=stale)(p, trained["checkpoint"], data["fingerprint"])
     _fail_after("evaluate")
     with clock("register"):
         registered = register(p, best, trained, metrics)
