@@ -25,7 +25,7 @@ SHARED = REPO.parent / "shared" / "data" / "mnist"
 def run(dataset: str, epochs: int, digits: list[int], device: str, seed: int, tmp: Path) -> dict:
     import numpy as np
 
-    from vae import apps
+    from vae import uses
     from vae.checkpoint import load_model
     from vae.config import Config, DataConfig, TrainConfig
     from vae.data import load
@@ -37,7 +37,7 @@ def run(dataset: str, epochs: int, digits: list[int], device: str, seed: int, tm
     labels = data.test.labels.numpy()
     rows = []
     for d in digits:
-        one = apps.one_class(data, (d,))
+        one = uses.one_class(data, (d,))
         cfg = Config(data=DataConfig(dataset), train=TrainConfig(epochs=epochs, seed=seed, device=device,
                                                                  progress=False))
         t0 = time.perf_counter()
@@ -47,9 +47,9 @@ def run(dataset: str, epochs: int, digits: list[int], device: str, seed: int, tm
         row = {"digit": d, "train_images": len(one.train.labels), "train_seconds": round(train_s, 1),
                "val_neg_elbo": round(result.metrics["val_neg_elbo"], 2)}
         for kind in ("neg-elbo", "recon"):
-            s = apps.scores(model, x, kind)
-            row[f"auroc_{kind}"] = apps.auroc(s, labels != d)
-            row[f"per_class_{kind}"] = apps.per_class_auroc(s, labels, (d,))
+            s = uses.scores(model, x, kind)
+            row[f"auroc_{kind}"] = uses.auroc(s, labels != d)
+            row[f"per_class_{kind}"] = uses.per_class_auroc(s, labels, (d,))
         rows.append(row)
         print(f"digit {d}: {row['train_images']} images, {train_s:.1f} s, AUROC -ELBO {row['auroc_neg-elbo']:.4f}, "
               f"recon {row['auroc_recon']:.4f}", file=sys.stderr, flush=True)

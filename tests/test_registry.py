@@ -5,7 +5,8 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from vae import registry, serving
+from vae.tracking import models as serving
+from vae.tracking import registry
 from vae.cli import main
 from vae.errors import ConfigError
 
@@ -17,7 +18,7 @@ def store(tmp_path, trained):
     """A tracking URI and a logged pyfunc model of the `trained` checkpoint to register versions of."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
-    from vae.tracking import experiment_id
+    from vae.tracking.store import experiment_id
     with mlflow.start_run(experiment_id=experiment_id("registry-test")) as run:  # artifacts beside the db
         info = serving.log_model(trained[0], name="model")
     yield uri, info.model_uri, run.info.run_id, info.model_id

@@ -27,7 +27,8 @@ def registry(tmp_path_factory, trained):
     import mlflow
     from mlflow import MlflowClient
 
-    from vae.serving import log_model, using_store
+    from vae.tracking.models import log_model
+    from vae.tracking.store import using_store
     tmp = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     with using_store(uri):
@@ -100,7 +101,7 @@ def images(mnist5k):
 def test_rest_answers_equal_the_in_process_answers(server, registry, images):
     import mlflow
 
-    from vae.serving import predict, resolve_model
+    from vae.tracking.models import predict, resolve_model
     before = (mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI"))
     model, cfg, state = resolve_model(URI, registry["uri"])
     assert (mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI"),

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from tests.conftest import run_cli
-from vae import apps, io
+from vae import io, uses
+from vae.checkpoint import load_model
 from vae.cli import main
 
 
@@ -27,7 +28,7 @@ def good(tmp_path_factory):
     from vae.training import fit
     out = tmp_path_factory.mktemp("good")
     fit(Config(train=TrainConfig(epochs=8, progress=False)), out=out)
-    model, cfg, _ = apps.load(str(out))
+    model, cfg, _ = load_model(str(out))
     return out, model, cfg
 
 
@@ -37,7 +38,7 @@ def zeros_only(tmp_path_factory, mnist5k):
     from vae.config import Config, TrainConfig
     from vae.training import fit
     out = tmp_path_factory.mktemp("zeros")
-    fit(Config(train=TrainConfig(epochs=15, progress=False)), out=out, data=apps.one_class(mnist5k, (0,)))
+    fit(Config(train=TrainConfig(epochs=15, progress=False)), out=out, data=uses.one_class(mnist5k, (0,)))
     return out
 
 
@@ -52,19 +53,19 @@ def test_auroc_is_the_pairwise_rank_statistic():
     s = rng.integers(0, 6, 200).astype(float)  # many ties
     pos = rng.random(200) < 0.3
     pairs = [(a > b) + 0.5 * (a == b) for a in s[pos] for b in s[~pos]]
-    assert apps.auroc(s, pos) == pytest.approx(np.mean(pairs), abs=1e-12)
-    assert apps.auroc([1, 2, 3, 4], [False, False, True, True]) == 1.0
-    assert apps.auroc([4, 3, 2, 1], [False, False, True, True]) == 0.0
+    assert uses.auroc(s, pos) == pytest.approx(np.mean(pairs), abs=1e-12)
+    assert uses.auroc([1, 2, 3, 4], [False, False, True, True]) == 1.0
+    assert uses.auroc([4, 3, 2, 1], [False, False, True, True]) == 0.0
     with pytest.raises(ValueError, match="both normal and anomalous"):
-        apps.auroc([1, 2], [True, True])
+        uses.auroc([1, 2], [True, True])
 
 
 def test_threshold_quantile_and_quantization():
-    assert apps.threshold(np.arange(101.0), 0.9) == pytest.approx(90.0)
+    assert uses.threshold(np.arange(101.0), 0.9) == pytest.approx(90.0)
     z = np.random.default_rng(1).normal(size=(50, 4)).astype(np.float32)
-    assert np.array_equal(apps.quantize(z, 32), z)
-    errors = [np.abs(apps.quantize(z, b) - z).max() for b in (16, 8, 4, 2)]
-    assert errors == sorted(errors) and errors[0] < 1e-2 and len(np.unique(apps.quantize(z, 2)[:, 0])) <= 4
+    assert np.array_equal(uses.quantize(z, 32), z)
+    errors = [np.abs(uses.quantize(z, b) - z).max() for b in (16, 8, 4, 2)]
+    assert errors == sorted(errors) and errors[0] < 1e-2 and len(np.unique(uses.quantize(z, 2)[:, 0])) <= 4
 
 
 # ---------------------------------------------------------------- sample, reconstruct, encode, decode
@@ -105,9 +106,9 @@ def test_every_input_format_gives_the_same_codes(trained, tmp_path, mnist5k):
     from PIL import Image
 
     from vae.data import write_idx
-    model, _, _ = apps.load(str(trained[0]))
+    model, _, _ = load_model(str(trained[0]))
     u8 = mnist5k.test.images[:5].numpy()
-    want = apps.encode(model, u8.reshape(5, 784).astype(np.float32) / 255)
+    want = uses.encode(model, u8.reshape(5, 784).astype(np.float32) / 255)
     folder = tmp_path / "pngs"
     folder.mkdir()
     for i, im in enumerate(u8):
@@ -120,7 +121,7 @@ def test_every_input_format_gives_the_same_codes(trained, tmp_path, mnist5k):
     for source, n in ((folder, 5), (tmp_path / "rgb.png", 1), (tmp_path / "u8.npy", 5), (tmp_path / "flat.npy", 5),
                       (tmp_path / "t-images-idx3-ubyte.gz", 5)):
         x, labels = io.read_images(source)
-        np.testing.assert_allclose(apps.encode(model, x), want[:n], atol=1e-5, err_msg=str(source))
+        np.testing.assert_allclose(uses.encode(model, x), want[:n], atol=1e-5, err_msg=str(source))
     assert np.array_equal(io.read_images(tmp_path / "t-images-idx3-ubyte.gz")[1], mnist5k.test.labels[:5].numpy())
 
 
@@ -209,14 +210,14 @@ def test_one_class_anomaly_detection(zeros_only, tmp_path, capsys):
     table = np.loadtxt(tmp_path / "scores.csv", delimiter=",", skiprows=1)
     assert table.shape == (500, 4) and np.array_equal(table[:, 2], table[:, 1] > r["threshold"])
     # the same from Python, on a file: scores of the zeros are the lowest
-    model, _, _ = apps.load(str(zeros_only))
+    model, _, _ = load_model(str(zeros_only))
     x, labels, _ = io.read_dataset("mnist-5k", "test")
-    s = apps.scores(model, x)
+    s = uses.scores(model, x)
     assert np.median(s[labels == 0]) < np.median(s[labels != 0])
     np.save(tmp_path / "x.npy", x[:20])
     f = cli_json(capsys, "anomaly", zeros_only, "--normal-classes", "0", "--score", tmp_path / "x.npy",
                  "--kind", "recon")
-    assert f["images"] == 20 and "auroc" not in f and f["flagged"] == int((apps.scores(model, x[:20], "recon") >
+    assert f["images"] == 20 and "auroc" not in f and f["flagged"] == int((uses.scores(model, x[:20], "recon") >
                                                                           f["threshold"]).sum())
 
 
@@ -252,8 +253,8 @@ def test_augmentation_keeps_the_class_and_is_an_idx_dataset(good, tmp_path, caps
     assert real > 0.8 and agree > 0.7, (float(real), float(agree))
     # 2) the majority label of the 5 nearest real training digits in latent space
     model = good[1]
-    z_train = torch.from_numpy(apps.encode(model, mnist5k.train.images.reshape(-1, 784).numpy() / np.float32(255)))
-    z_made = torch.from_numpy(apps.encode(model, made.numpy()))
+    z_train = torch.from_numpy(uses.encode(model, mnist5k.train.images.reshape(-1, 784).numpy() / np.float32(255)))
+    z_made = torch.from_numpy(uses.encode(model, made.numpy()))
     nearest_labels = mnist5k.train.labels[torch.cdist(z_made, z_train).topk(5, largest=False).indices]
     assert (torch.mode(nearest_labels, 1).values == intended).float().mean() > 0.85
     # new images, not copies of training images
@@ -263,7 +264,7 @@ def test_augmentation_keeps_the_class_and_is_an_idx_dataset(good, tmp_path, caps
     # --with-real adds the real training split; the same seed gives the same images
     r2 = cli_json(capsys, "augment", good[0], "--per-class", 40, "--with-real", "--out", tmp_path / "aug2")
     assert r2["train_images"] == 400 + len(mnist5k.train.labels)
-    images, labels = apps.augment(good[1], mnist5k.train.images.numpy(), mnist5k.train.labels.numpy(), 40)
+    images, labels = uses.augment(good[1], mnist5k.train.images.numpy(), mnist5k.train.labels.numpy(), 40)
     assert np.array_equal(read_idx(tmp_path / "aug" / "train-images-idx3-ubyte.gz").numpy(), images)
     assert np.array_equal(read_idx(tmp_path / "aug2" / "train-labels-idx1-ubyte.gz").numpy(),
                           np.concatenate([mnist5k.train.labels.numpy(), labels]))

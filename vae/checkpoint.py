@@ -7,6 +7,7 @@ history. The random streams need no saving: every draw of epoch e comes from a g
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,12 @@ from vae.models import VAE, build_model
 
 FORMAT = "vae-checkpoint/1"
 FILENAME = "checkpoint.pt"
+URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")  # models:/..., runs:/..., s3://...; not C:\ or a relative path
+
+
+def is_model_uri(ref: str | Path) -> bool:
+    """True for an MLflow model URI (models:/NAME@ALIAS, runs:/ID/model), False for a local path."""
+    return bool(URI.match(str(ref))) and len(str(ref).split(":", 1)[0]) > 1
 
 
 def checkpoint_path(path: str | Path) -> Path:

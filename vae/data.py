@@ -23,9 +23,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from vae.config import DataConfig
-from vae.errors import ConfigError, DataError
+from vae.errors import ConfigError, DataError, DownloadError
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,14 @@ class Dataset:
     val: Split
     test: Split
     fingerprint: str  # sha256 over split names, sizes, image and label bytes
+
+
+def pixels(images: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """uint8 images (N, 28, 28) or (N, 784) -> float32 (N, 784) in [0, 1], as a tensor on the same device or
+    as a numpy array, whichever came in. The one place pixels are scaled."""
+    if isinstance(images, np.ndarray):
+        return images.reshape(len(images), -1).astype(np.float32) / 255
+    return images.reshape(images.shape[0], -1).float().div_(255)
 
 
 def default_data_dir() -> Path:
@@ -171,10 +180,13 @@ def _get(url: str, folder: Path, filename: str, md5: str) -> str:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=".part")
     try:
         h = hashlib.md5()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, \
+                tqdm(total=response.length, unit="B", unit_scale=True, desc=filename, leave=False,
+                     disable=None) as bar:  # disable=None: a bar on a terminal only
             while chunk := response.read(1 << 20):
                 h.update(chunk)
                 out.write(chunk)
+                bar.update(len(chunk))
         if h.hexdigest() == md5:
             os.replace(tmp, folder / filename)
         return h.hexdigest()
@@ -202,7 +214,7 @@ def _download(filename: str, md5: str, mirrors: Sequence[str], folder: Path) -> 
         if not pending:
             break
     tried = "; ".join(f"{url}: {p}" for url, p in problems.items())
-    raise DataError(f"could not download {filename} (expected md5 {md5}) after {attempt + 1} "
+    raise DownloadError(f"could not download {filename} (expected md5 {md5}) after {attempt + 1} "
                     f"round(s): {tried}")
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from vae.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -35,7 +37,6 @@ class DistContext:
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            from vae.errors import ConfigError
             raise ConfigError("device='cuda' is invalid: no CUDA device is visible; use --device cpu or auto")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")

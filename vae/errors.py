@@ -1,8 +1,11 @@
-"""The exceptions a user can cause. The CLI turns each into one line on stderr and exit code 2."""
+"""The exceptions a user can meet. The CLI turns each into one line on stderr and its `exit_code`:
+2 for bad usage or settings (nothing was started), 1 for a run that started and failed."""
 
 
 class VAEError(Exception):
     """Base for errors caused by input: bad configuration, bad files, bad data."""
+
+    exit_code = 2
 
 
 class ConfigError(VAEError, ValueError):
@@ -13,9 +16,17 @@ class DataError(VAEError):
     """A data source is unknown, missing, corrupted or malformed; the message names the file."""
 
 
+class DownloadError(DataError):
+    """Every mirror failed for a file (network, server or checksum): a run that failed, not bad input."""
+
+    exit_code = 1
+
+
 class CheckpointError(VAEError):
     """A checkpoint is missing, unreadable or does not match the requested run."""
 
 
 class DivergedError(VAEError):
     """Training produced a non-finite loss; the last good checkpoint is kept."""
+
+    exit_code = 1

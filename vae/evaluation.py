@@ -18,13 +18,15 @@ from typing import Any
 import torch
 
 from vae.config import Config
+from vae.data import Dataset, pixels
 from vae.distributed import DistContext, all_reduce_sum
-from vae.losses import iw_log_likelihood, kl_std_normal, recon_bce
-from vae.models import PIXELS, VAE
+from vae.figures import write_figures
+from vae.losses import iw_log_likelihood, neg_elbo, recon_bce
+from vae.models import VAE
 
 
 def _targets(images_u8: torch.Tensor, cfg: Config, gen: torch.Generator) -> torch.Tensor:
-    x = images_u8.reshape(-1, PIXELS).float().div_(255)
+    x = pixels(images_u8)
     if cfg.data.binarize == "dynamic":  # a fixed stochastic binarization of the evaluation set
         x = (torch.rand(x.shape, generator=gen, device=x.device) < x).float()
     return x
@@ -49,10 +51,9 @@ def elbo_metrics(model: VAE, images_u8: torch.Tensor, cfg: Config, ctx: DistCont
         if model.is_variational:
             mu, logvar = model.encode(x)
             eps = torch.randn(mu.shape, generator=gen, device=dev)
-            recon = recon_bce(model.decode(mu + torch.exp(0.5 * logvar) * eps), x)
-            kl = kl_std_normal(mu, logvar)
+            loss, recon, kl = neg_elbo(model.decode(mu + torch.exp(0.5 * logvar) * eps), x, mu, logvar)
             at_mean = recon_bce(model.decode(mu), x)
-            sums += torch.stack([(recon + kl).sum(), recon.sum(), kl.sum(), at_mean.sum(),
+            sums += torch.stack([loss.sum(), recon.sum(), kl.sum(), at_mean.sum(),
                                  torch.tensor(float(x.shape[0]), device=dev)])
         else:
             logits = model(x).recon_logits
@@ -84,15 +85,15 @@ def iw_nll(model: VAE, images_u8: torch.Tensor, cfg: Config, k: int, seed: int =
 @torch.no_grad()
 def active_units(model: VAE, images_u8: torch.Tensor, threshold: float = 0.01) -> int:
     dev = next(model.parameters()).device
-    mus = torch.cat([model.encode(images_u8[s:s + 2000].to(dev).reshape(-1, PIXELS).float() / 255)[0]
+    mus = torch.cat([model.encode(pixels(images_u8[s:s + 2000].to(dev)))[0]
                      for s in range(0, images_u8.shape[0], 2000)])
     return int((mus.var(dim=0) > threshold).sum().item())
 
 
-def evaluate(model: VAE, cfg: Config, data, split: str = "test", iw_samples: int = 0,
+def evaluate(model: VAE, cfg: Config, data: Dataset, split: str = "test", iw_samples: int = 0,
              figures_dir: str | Path | None = None, history: list[dict] | None = None,
              seed: int = 0) -> dict[str, Any]:
-    """All metrics on one split of `data` (a vae.data.Dataset), and the figures when figures_dir is given."""
+    """All metrics on one split of `data`, and the figures when figures_dir is given."""
     part = getattr(data, split)
     metrics: dict[str, Any] = dict(elbo_metrics(model, part.images, cfg, seed=seed))
     if model.is_variational:
@@ -103,7 +104,6 @@ def evaluate(model: VAE, cfg: Config, data, split: str = "test", iw_samples: int
     metrics.update({"split": split, "images": int(part.images.shape[0]), "dataset": data.name,
                     "fingerprint": data.fingerprint})
     if figures_dir is not None:
-        from vae.figures import write_figures
         metrics["figures"] = write_figures(model, part, Path(figures_dir), history=history, seed=seed)
     return metrics
 

@@ -5,10 +5,25 @@ from pathlib import Path
 
 import torch
 
-from vae.models import PIXELS, VAE
+from vae.data import pixels
+from vae.models import VAE
+
+# matplotlib (~0.5 s) and torchvision (~1 s) are imported where a figure is drawn: training and evaluation
+# import this module, and most of their runs draw nothing.
 
 
-def _grid(images: torch.Tensor, path: Path, nrow: int) -> None:
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display on servers and workers)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def image_grid(images: torch.Tensor, path: Path, nrow: int) -> None:
+    """(N, 784) pixels in [0, 1] as one PNG grid with white gutters."""
     from torchvision.utils import save_image
     save_image(images.reshape(-1, 1, 28, 28).cpu(), path, nrow=nrow, padding=2, pad_value=1.0)
 
@@ -16,15 +31,15 @@ def _grid(images: torch.Tensor, path: Path, nrow: int) -> None:
 @torch.no_grad()
 def reconstruction_grid(model: VAE, images_u8: torch.Tensor, path: Path, n: int = 8) -> None:
     """Originals on the top row, their reconstructions (decoded from z = mu) below, as the seed shows them."""
-    x = images_u8[:n].reshape(-1, PIXELS).float().div(255).to(next(model.parameters()).device)
+    x = pixels(images_u8[:n]).to(next(model.parameters()).device)
     recon = torch.sigmoid(model(x, sample=False).recon_logits)
-    _grid(torch.cat([x, recon]), path, nrow=n)
+    image_grid(torch.cat([x, recon]), path, nrow=n)
 
 
 @torch.no_grad()
 def sample_grid(model: VAE, path: Path, n: int = 64, temperature: float = 1.0, seed: int = 0) -> None:
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    _grid(model.sample(n, temperature, generator=gen), path, nrow=8)
+    image_grid(model.sample(n, temperature, generator=gen), path, nrow=8)
 
 
 @torch.no_grad()
@@ -35,24 +50,21 @@ def interpolation_grid(model: VAE, images_u8: torch.Tensor, labels: torch.Tensor
     for a in range(min(8, images_u8.shape[0])):
         b = next((j for j in range(images_u8.shape[0]) if labels[j] != labels[a]), (a + 1) % images_u8.shape[0])
         pairs.append((a, b))
-    x = images_u8.reshape(-1, PIXELS).float().div(255).to(dev)
+    x = pixels(images_u8).to(dev)
     rows = []
     for a, b in pairs:
         za, zb = model.encode(x[a:a + 1])[0], model.encode(x[b:b + 1])[0]
         t = torch.linspace(0, 1, steps, device=dev).unsqueeze(1)
         rows.append(torch.sigmoid(model.decode(za + t * (zb - za))))
-    _grid(torch.cat(rows), path, nrow=steps)
+    image_grid(torch.cat(rows), path, nrow=steps)
 
 
 @torch.no_grad()
 def latent_map(model: VAE, images_u8: torch.Tensor, labels: torch.Tensor, path: Path, n: int = 5000) -> None:
     """Posterior means of up to n images in 2-D (PCA when the latent space is larger), coloured by label."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     dev = next(model.parameters()).device
-    x = images_u8[:n].reshape(-1, PIXELS).float().div(255).to(dev)
+    x = pixels(images_u8[:n]).to(dev)
     mu = model.encode(x)[0].cpu()
     if mu.shape[1] > 2:
         centred = mu - mu.mean(0)
@@ -69,17 +81,13 @@ def latent_map(model: VAE, images_u8: torch.Tensor, labels: torch.Tensor, path: 
 
 def save_figure(fig, path: Path) -> None:
     """Write a matplotlib figure as PNG and free it (figures pile up in pyplot's registry otherwise)."""
-    import matplotlib.pyplot as plt
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
+    pyplot().close(fig)
 
 
 def loss_curves(history: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train loss")

@@ -14,8 +14,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
 
+from vae.config import DataConfig
+from vae.data import SPLITS, load, pixels, read_idx
 from vae.errors import ConfigError, DataError
+from vae.figures import image_grid
 
 EXPECTED = ("a 28x28 grey .png, a folder of them, a .npy array of shape (N, 28, 28) or (N, 784) "
             "(uint8 0-255 or floats in [0, 1]), or an idx images file (...-idx3-ubyte[.gz])")
@@ -53,7 +58,6 @@ def read_images(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _read_png(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as im:
             im.load()
@@ -65,7 +69,7 @@ def _read_png(path: Path) -> np.ndarray:
         raise DataError(f"{path}: image is {size[0]}x{size[1]}: expected 28x28 pixels")
     if grey.dtype != np.uint8:
         raise DataError(f"{path}: PNG mode {mode!r} is not 8-bit: expected a grey (L) or RGB 8-bit PNG")
-    return grey.reshape(1, 784).astype(np.float32) / 255
+    return pixels(grey.reshape(1, 784))
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -92,7 +96,7 @@ def as_pixels(a: np.ndarray, name: str) -> np.ndarray:
     if np.issubdtype(a.dtype, np.integer):
         if a.min() < 0 or a.max() > 255:
             raise DataError(f"{name}: integer pixels from {a.min()} to {a.max()}: expected 0-255")
-        return a.astype(np.float32) / 255
+        return pixels(a)
     if not np.issubdtype(a.dtype, np.floating):
         raise DataError(f"{name}: array of dtype {a.dtype}: expected uint8 0-255 or floats in [0, 1]")
     if not np.isfinite(a).all():
@@ -104,7 +108,6 @@ def as_pixels(a: np.ndarray, name: str) -> np.ndarray:
 
 
 def _read_idx_images(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    from vae.data import read_idx
     images = read_idx(path)
     if images.dim() != 3:
         raise DataError(f"{path}: an idx labels file: expected an idx images file (...-images-idx3-ubyte)")
@@ -118,19 +121,17 @@ def _read_idx_images(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
                 raise DataError(f"{candidate} holds {len(labels)} labels for {len(images)} images in {path}: "
                                 "expected one label per image")
             labels = labels.numpy()
-    return images.reshape(-1, 784).numpy().astype(np.float32) / 255, labels
+    return pixels(images.numpy()), labels
 
 
 def read_dataset(dataset: str, split: str = "test", data_dir: str | None = None, mirror: str | None = None,
                  split_seed: int = 0):
     """(float32 (N, 784), int64 labels, the Dataset) for one split of a data set."""
-    from vae.config import DataConfig
-    from vae.data import SPLITS, load
     if split not in SPLITS:
         raise ConfigError(f"split={split!r} is invalid: expected one of {', '.join(SPLITS)}")
     data = load(DataConfig(dataset, data_dir, mirror, split_seed), download=True)
     part = getattr(data, split)
-    return part.images.reshape(-1, 784).numpy().astype(np.float32) / 255, part.labels.numpy(), data
+    return pixels(part.images.numpy()), part.labels.numpy(), data
 
 
 def read_latents(path: str | Path, latent: int) -> np.ndarray:
@@ -199,10 +200,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def save_grid(images: np.ndarray, path: Path, nrow: int = 8) -> None:
     """(N, 784) pixels in [0, 1] as one PNG grid, white gutters."""
-    import torch
-
-    from vae.figures import _grid
-    atomic_write(path, lambda p: _grid(torch.as_tensor(images, dtype=torch.float32), p, nrow=nrow))
+    atomic_write(path, lambda p: image_grid(torch.as_tensor(images, dtype=torch.float32), p, nrow=nrow))
 
 
 def save_images(images: np.ndarray, path: Path, nrow: int = 8) -> None:

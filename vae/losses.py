@@ -26,6 +26,18 @@ def kl_std_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=-1)
 
 
+def neg_elbo(recon_logits: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+             beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, recon, kl), each (B,): the -ELBO recon + beta * kl with z sampled from q(z|x) (Kingma & Welling,
+    eq. 10). recon_logits may carry a leading axis of K samples, (K, B, 784): recon is then their mean.
+    Training, evaluation and the anomaly scores all use this one function."""
+    recon = recon_bce(recon_logits, target.expand_as(recon_logits))
+    if recon.dim() > 1:
+        recon = recon.mean(0)
+    kl = kl_std_normal(mu, logvar)
+    return recon + beta * kl, recon, kl
+
+
 def log_normal(z: torch.Tensor, mu: torch.Tensor | float = 0.0, logvar: torch.Tensor | float = 0.0) -> torch.Tensor:
     """log N(z; mu, exp(logvar) I), summed over the last dimension."""
     logvar = torch.as_tensor(logvar, dtype=z.dtype, device=z.device)

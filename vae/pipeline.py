@@ -6,6 +6,7 @@ small JSON-able dicts, so Prefect can persist them and reuse them when a rerun r
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,8 +17,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from vae import data as datasets
+from vae.api import evaluate
 from vae.config import Config, DataConfig
+from vae.data import load
 from vae.errors import ConfigError, VAEError
+from vae.evaluation import elbo_metrics
+from vae.evaluation import evaluate as evaluate_model
+from vae.stores import default_tracking_uri
+from vae.tracking import candidate, registry
+from vae.tracking.store import configure
 
 Log = Callable[[str], None]
 
@@ -52,15 +61,13 @@ class PipelineParams:
 
     @property
     def registered_name(self) -> str:
-        from vae.registry import model_name
-        return self.model_name or model_name(self.dataset)
+        return self.model_name or registry.model_name(self.dataset)
 
     @property
     def study_name(self) -> str:
         return self.study or self.registered_name
 
     def resolved_tracking_uri(self) -> str:
-        from vae.tracking import default_tracking_uri
         return self.tracking_uri or default_tracking_uri()
 
 
@@ -92,9 +99,8 @@ def run_vae(args: list[str], log: Log = print) -> dict[str, Any]:
 
 
 def fetch_step(p: PipelineParams) -> dict[str, Any]:
-    from vae import data
-    data.fetch(p.dataset)
-    return data.info(DataConfig(dataset=p.dataset, subset=p.subset))
+    datasets.fetch(p.dataset)
+    return datasets.info(DataConfig(dataset=p.dataset, subset=p.subset))
 
 
 def tune_step(p: PipelineParams, fingerprint: str, log: Log = print) -> dict[str, Any]:
@@ -127,120 +133,50 @@ def train_step(p: PipelineParams, best_config: dict[str, Any], fingerprint: str,
 
 
 def evaluate_step(p: PipelineParams, checkpoint: str) -> dict[str, Any]:
-    from vae import evaluate
     figures = Path(checkpoint).parent / "figures"
     return evaluate(checkpoint, iw_samples=p.iw_samples, figures_dir=figures)
 
 
 def register_step(p: PipelineParams, study: dict[str, Any], trained: dict[str, Any],
                   metrics: dict[str, Any]) -> dict[str, Any]:
-    """One MLflow run for the candidate (params, per-epoch and test metrics, figures, the pyfunc model),
-    then a new registered version with the alias `challenger`."""
-    import mlflow
-
-    from vae import registry, serving
-    from vae.tracking import configure, experiment_id
-    uri = configure(p.resolved_tracking_uri())
-    mlflow.set_experiment(experiment_id=experiment_id(p.registered_name))
-    history = json.loads((Path(trained["out"]) / "history.json").read_text())["history"]
-    with mlflow.start_run(run_name=f"pipeline-{p.registered_name}") as run:
-        mlflow.set_tags({"vae.step": "pipeline", "dataset": metrics["dataset"], "fingerprint": metrics["fingerprint"],
-                         "study": study.get("study", ""), "study_parent_run_id": study.get("parent_run_id", "")})
-        mlflow.log_params(_flat(trained["config"]))
-        for row in history:
-            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
-        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        for path in metrics.get("figures", {}).values():
-            mlflow.log_artifact(path, artifact_path="figures")
-        mlflow.log_dict({"params": asdict(p), "study": study, "metrics": metrics}, "pipeline.json")
-        info = serving.log_model(trained["checkpoint"], name="model")
-        version = registry.register(uri, p.registered_name, info.model_uri, run.info.run_id, metrics,
-                                    model_id=info.model_id)
-    return {"run_id": run.info.run_id, "model_uri": info.model_uri, "version": version,
-            "name": p.registered_name, "tracking_uri": uri}
+    """One MLflow run for the candidate, then a new registered version with the alias `challenger`."""
+    tags = {"vae.step": "pipeline", "dataset": metrics["dataset"], "fingerprint": metrics["fingerprint"],
+            "study": study.get("study", ""), "study_parent_run_id": study.get("parent_run_id", "")}
+    return candidate.log_candidate(p.resolved_tracking_uri(), p.registered_name, trained,
+                                   candidate.read_history(trained["out"]), metrics, tags,
+                                   {"params": asdict(p), "study": study, "metrics": metrics})
 
 
 def promote_step(p: PipelineParams, registered: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
     """Gate the challenger against the champion on the same data: if the champion was scored on other data
     (its fingerprint differs), score it again on this run's test split first."""
-    from mlflow import MlflowClient
-
-    from vae import registry
     uri, name = registered["tracking_uri"], registered["name"]
     champion_value = None
-    client = MlflowClient(uri, uri)
-    try:
-        champ = client.get_model_version_by_alias(name, registry.CHAMPION)
-    except Exception:
-        champ = None
+    champ = candidate.champion(uri, name)
     if champ is not None and champ.tags.get("fingerprint") != metrics["fingerprint"]:
         champion_value = _rescore(uri, name, metrics["dataset"], p.subset)
     d = registry.promote(uri, name, registered["version"], p.min_improvement, champion_value=champion_value)
-    import mlflow
-    with mlflow.start_run(run_id=registered["run_id"]):
-        mlflow.log_dict(d.as_dict(), "promotion.json")
-        mlflow.set_tags({"promotion.decision": "promoted" if d.promote else "rejected", "promotion.reason": d.reason})
-        if d.improvement is not None:
-            mlflow.log_metric("promotion_improvement", d.improvement)
+    candidate.record_decision(registered["run_id"], d.as_dict())
     return d.as_dict()
 
 
-def _champion(uri: str, name: str):
-    """(model, cfg) of models:/name@champion, the weights read with torch.load(weights_only=True)."""
-    from vae.serving import resolve_model
-    model, cfg, _ = resolve_model(f"models:/{name}@champion", uri)
-    return model, cfg
-
-
 def _rescore(uri: str, name: str, dataset: str, subset: int | None) -> float:
-    from vae.data import load
-    from vae.evaluation import elbo_metrics
-    model, cfg = _champion(uri, name)
+    model, cfg = candidate.load_champion(uri, name)
     data = load(DataConfig(dataset=dataset, subset=subset))
     return elbo_metrics(model, data.test.images, cfg)["neg_elbo"]
 
 
 def reevaluate_champion(p: PipelineParams, log: Log = print) -> dict[str, Any]:
     """Score the champion on this data set's current test split; log it on its run and version."""
-    import dataclasses
-    import time
-
-    import mlflow
-    from mlflow import MlflowClient
-
-    from vae.data import load
-    from vae.evaluation import evaluate
-    from vae.registry import CHAMPION
-    from vae.tracking import configure
     uri, name = configure(p.resolved_tracking_uri()), p.registered_name
-    client = MlflowClient(uri, uri)
-    try:
-        mv = client.get_model_version_by_alias(name, CHAMPION)
-    except Exception:
-        raise ConfigError(f"model {name!r} has no champion in {uri}: run the pipeline first") from None
-    model, cfg = _champion(uri, name)
+    mv = candidate.require_champion(uri, name)
+    model, cfg = candidate.load_champion(uri, name)
     data = load(DataConfig(dataset=p.dataset))
     cfg = dataclasses.replace(cfg, data=DataConfig(dataset=p.dataset))
-    metrics = evaluate(model, cfg, data, iw_samples=p.iw_samples)
-    with mlflow.start_run(run_id=mv.run_id):
-        mlflow.log_metrics({f"reeval_{k}": v for k, v in metrics.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=int(time.time()))
-    client.set_model_version_tag(name, str(mv.version), "reevaluated",
-                                 json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                             "neg_elbo": metrics["neg_elbo"], "fingerprint": metrics["fingerprint"]}))
+    metrics = evaluate_model(model, cfg, data, iw_samples=p.iw_samples)
+    candidate.log_reevaluation(uri, name, mv, metrics)
     log(f"champion {name} v{mv.version}: test -ELBO {metrics['neg_elbo']:.3f} nats on {metrics['fingerprint'][:12]}")
     return {"name": name, "version": str(mv.version), **metrics}
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def summary_markdown(p: PipelineParams, study: dict, metrics: dict, registered: dict, decision: dict) -> str:

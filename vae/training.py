@@ -8,6 +8,7 @@ epoch boundary continues exactly as the uninterrupted one.
 """
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -18,17 +19,19 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
 
 from vae import checkpoint as ckpt
 from vae.config import Config
-from vae.data import Dataset, load
+from vae.data import Dataset, load, pixels
 from vae.distributed import DistContext, all_reduce_sum, barrier, distributed
 from vae.errors import CheckpointError, DivergedError
 from vae.evaluation import elbo_metrics
-from vae.losses import iwae_bound, kl_std_normal, recon_bce
+from vae.losses import iwae_bound, kl_std_normal, neg_elbo, recon_bce
 from vae.models import PIXELS, build_model
 
 Callback = Callable[[int, dict[str, float]], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,7 +75,7 @@ def corrupt(x: torch.Tensor, noise: str, level: float, u: torch.Tensor | None) -
 
 def _log(ctx: DistContext, msg: str) -> None:
     if ctx.is_main:
-        print(msg, file=sys.stderr, flush=True)
+        log.info(msg)
 
 
 def _check_resume(state: dict[str, Any], cfg: Config, fingerprint: str, path: Path) -> None:
@@ -92,9 +95,51 @@ def fit(cfg: Config, out: str | Path | None = None, resume: bool = False, data: 
         return _fit(cfg, Path(out) if out is not None else None, resume, data, callbacks, ctx)
 
 
+@dataclass
+class _Run:
+    """What one fit() call trains: the model (and its DDP wrapper), the optimizer, the history so far."""
+
+    model: torch.nn.Module
+    net: torch.nn.Module
+    opt: torch.optim.Optimizer
+    data: Dataset
+    images: torch.Tensor  # uint8 (N, 28, 28) on the device, 47 MB for MNIST; scaled per batch
+    path: Path | None
+    history: list[dict[str, float]] = field(default_factory=list)
+    start_epoch: int = 0
+
+
 def _fit(cfg: Config, out: Path | None, resume: bool, data: Dataset | None, callbacks: Sequence[Callback],
          ctx: DistContext) -> FitResult:
     t_start = time.perf_counter()
+    run = _setup(cfg, out, resume, data, ctx)
+    for epoch in range(run.start_epoch, cfg.train.epochs):
+        loss, rec, kl, seconds = _train_epoch(run, cfg, epoch, ctx)
+        if not math.isfinite(loss):
+            raise DivergedError(f"training diverged at epoch {epoch + 1}: the loss is {loss}; the last good "
+                                f"checkpoint ({run.path or 'none written'}) is kept. Lower --lr or set --clip-grad")
+        val = elbo_metrics(run.model, run.data.val.images, cfg, ctx=ctx, seed=cfg.train.seed)
+        row = {"epoch": epoch + 1, "train_loss": loss, "train_recon": rec, "train_kl": kl,
+               "epoch_seconds": seconds, "images_per_second": run.images.shape[0] / seconds,
+               **{f"val_{k}": v for k, v in val.items()}}
+        run.history.append(row)
+        if ctx.is_main and run.path is not None:
+            ckpt.save({"config": cfg.to_dict(), "epoch": epoch + 1, "model": run.model.state_dict(),
+                       "optimizer": run.opt.state_dict(), "history": run.history, "fingerprint": run.data.fingerprint,
+                       "dataset": run.data.name, "torch": str(torch.__version__)}, run.path)
+        _log(ctx, _format_row(row, cfg.train.epochs))
+        for cb in callbacks:
+            cb(epoch + 1, row)
+    result = FitResult(run.history[-1] if run.history else {}, run.history, run.path if ctx.is_main else None,
+                       run.data.fingerprint, cfg.train.epochs - run.start_epoch, time.perf_counter() - t_start)
+    _log(ctx, f"done: {result.epochs_run} epoch(s) in {result.seconds:.1f} s on {ctx.world_size} process(es), "
+              f"{ctx.device.type}; final val -ELBO {result.metrics.get('val_neg_elbo', float('nan')):.2f} nats"
+              + (f"; checkpoint {run.path}" if run.path is not None else ""))
+    return result
+
+
+def _setup(cfg: Config, out: Path | None, resume: bool, data: Dataset | None, ctx: DistContext) -> _Run:
+    """Data, model, optimizer, and the state of the checkpoint being resumed, if any."""
     tc, dev = cfg.train, ctx.device
     path = out / ckpt.FILENAME if out is not None else None
     if path is not None and path.exists() and not resume:
@@ -103,13 +148,10 @@ def _fit(cfg: Config, out: Path | None, resume: bool, data: Dataset | None, call
         data = load(cfg.data, download=True) if ctx.is_main else None
         barrier(ctx)
         data = data or load(cfg.data, download=False)
-
     torch.manual_seed(tc.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     model = build_model(cfg.model).to(dev)
-    fused = dev.type in ("cpu", "cuda")
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=fused)
-    history: list[dict[str, float]] = []
-    start_epoch = 0
+    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=dev.type in ("cpu", "cuda"))
+    history, start_epoch = [], 0
     if resume and path is not None and path.exists():
         state = ckpt.load(path, map_location=dev)
         _check_resume(state, cfg, data.fingerprint, path)
@@ -119,78 +161,60 @@ def _fit(cfg: Config, out: Path | None, resume: bool, data: Dataset | None, call
         _log(ctx, f"resuming {path} at epoch {start_epoch + 1}/{tc.epochs}")
     elif resume:
         _log(ctx, f"no checkpoint in {out}: starting from scratch")
-
     net = DDP(model, device_ids=[dev] if dev.type == "cuda" else None) if ctx.is_distributed else model
-    images = data.train.images.to(dev)  # uint8 (N, 28, 28), 47 MB for MNIST; scaled per batch
-    n, bs = images.shape[0], tc.batch_size
+    return _Run(model, net, opt, data, data.train.images.to(dev), path, history, start_epoch)
+
+
+def _train_epoch(run: _Run, cfg: Config, epoch: int, ctx: DistContext) -> tuple[float, float, float, float]:
+    """One pass over the training images; returns the mean loss, recon and kl per image and the seconds."""
+    tc, dev = cfg.train, ctx.device
+    t0 = time.perf_counter()
+    run.net.train()
+    gen = epoch_generator(tc.seed, epoch, dev)
+    for group in run.opt.param_groups:  # a function of the epoch, so a resumed run gets the same rate
+        group["lr"] = lr_at(tc, epoch)
+    n, bs = run.images.shape[0], tc.batch_size
     steps = math.ceil(n / bs)
-    variational = model.is_variational
+    perm = torch.randperm(n, generator=gen, device=dev)
+    sums = torch.zeros(4, device=dev)  # loss, recon, kl, images: summed without a sync per step
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=tc.bf16 and dev.type == "cuda")
     show_bar = ctx.is_main and tc.progress and sys.stderr.isatty()
-    iwae = tc.objective == "iwae"
-
-    for epoch in range(start_epoch, tc.epochs):
-        t0 = time.perf_counter()
-        net.train()
-        gen = epoch_generator(tc.seed, epoch, dev)
-        for group in opt.param_groups:  # a function of the epoch, so a resumed run gets the same rate
-            group["lr"] = lr_at(tc, epoch)
-        perm = torch.randperm(n, generator=gen, device=dev)
-        sums = torch.zeros(4, device=dev)  # loss, recon, kl, images: summed without a sync per step
-        bar = _progress(steps, f"epoch {epoch + 1}/{tc.epochs}") if show_bar else None
+    with tqdm(total=steps, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, file=sys.stderr,
+              disable=not show_bar) as bar:
         for s in range(steps):
             idx = perm[s * bs:(s + 1) * bs]
             gb = idx.shape[0]
-            x, inp, eps_local = draw_batch(images, idx, gen, cfg, variational, _shard(gb, ctx))
+            x, inp, eps = draw_batch(run.images, idx, gen, cfg, run.model.is_variational, _shard(gb, ctx))
             with autocast:
-                o = net(inp, eps=eps_local)
-            if iwae:
-                per_image = iwae_bound(_float(o), x, eps_local)
-                recon = recon_bce(o.recon_logits[0].float(), x)  # reported: the first sample's terms
-                kl = kl_std_normal(o.mu.float(), o.logvar.float())
-                loss_sum = per_image.sum()
-            else:
-                recon = recon_bce(o.recon_logits.float(), x)
-                kl = kl_std_normal(o.mu.float(), o.logvar.float()) if variational else torch.zeros_like(recon)
-                loss_sum = (recon + tc.beta * kl).sum()
+                o = run.net(inp, eps=eps)
+            loss_sum, recon, kl = _batch_loss(o, x, eps, cfg, run.model.is_variational)
             # DDP averages gradients over ranks; scaling by world/global-batch makes the update that of the
             # mean over the global batch, however unevenly its last batch splits.
-            opt.zero_grad(set_to_none=True)
+            run.opt.zero_grad(set_to_none=True)
             (loss_sum * (ctx.world_size / gb)).backward()
             if tc.clip_grad is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad)
-            opt.step()
+                torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.clip_grad)
+            run.opt.step()
             sums += torch.stack([loss_sum.detach(), recon.sum().detach(), kl.sum().detach(),
                                  torch.tensor(float(x.shape[0]), device=dev)])
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        all_reduce_sum(sums, ctx)
-        loss, rec, kl_mean = (sums[:3] / sums[3]).tolist()
-        seconds = time.perf_counter() - t0
-        if not math.isfinite(loss):
-            raise DivergedError(f"training diverged at epoch {epoch + 1}: the loss is {loss}; the last good "
-                                f"checkpoint ({path or 'none written'}) is kept. Lower --lr or set --clip-grad")
-        val = elbo_metrics(model, data.val.images, cfg, ctx=ctx, seed=tc.seed)
-        row = {"epoch": epoch + 1, "train_loss": loss, "train_recon": rec, "train_kl": kl_mean,
-               "epoch_seconds": seconds, "images_per_second": n / seconds,
-               **{f"val_{k}": v for k, v in val.items()}}
-        history.append(row)
-        if ctx.is_main and path is not None:
-            ckpt.save({"config": cfg.to_dict(), "epoch": epoch + 1, "model": model.state_dict(),
-                       "optimizer": opt.state_dict(), "history": history, "fingerprint": data.fingerprint,
-                       "dataset": data.name, "torch": str(torch.__version__)}, path)
-        _log(ctx, _format_row(row, tc.epochs))
-        for cb in callbacks:
-            cb(epoch + 1, row)
+            bar.update(1)
+    all_reduce_sum(sums, ctx)
+    loss, rec, kl_mean = (sums[:3] / sums[3]).tolist()
+    return loss, rec, kl_mean, time.perf_counter() - t0
 
-    result = FitResult(history[-1] if history else {}, history, path if ctx.is_main else None,
-                       data.fingerprint, tc.epochs - start_epoch, time.perf_counter() - t_start)
-    _log(ctx, f"done: {result.epochs_run} epoch(s) in {result.seconds:.1f} s on {ctx.world_size} process(es), "
-              f"{dev.type}; final val -ELBO {result.metrics.get('val_neg_elbo', float('nan')):.2f} nats"
-              + (f"; checkpoint {path}" if path is not None else ""))
-    return result
+
+def _batch_loss(o, x: torch.Tensor, eps: torch.Tensor | None, cfg: Config,
+                variational: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(summed loss, per-image recon, per-image kl) of one batch's forward output."""
+    if cfg.train.objective == "iwae":
+        per_image = iwae_bound(_float(o), x, eps)
+        recon = recon_bce(o.recon_logits[0].float(), x)  # reported: the first sample's terms
+        return per_image.sum(), recon, kl_std_normal(o.mu.float(), o.logvar.float())
+    if variational:
+        loss, recon, kl = neg_elbo(o.recon_logits.float(), x, o.mu.float(), o.logvar.float(), cfg.train.beta)
+        return loss.sum(), recon, kl
+    recon = recon_bce(o.recon_logits.float(), x)
+    return recon.sum(), recon, torch.zeros_like(recon)
 
 
 def draw_batch(images: torch.Tensor, idx: torch.Tensor, gen: torch.Generator, cfg: Config, variational: bool,
@@ -206,7 +230,7 @@ def draw_batch(images: torch.Tensor, idx: torch.Tensor, gen: torch.Generator, cf
     if tc.noise != "none":
         u_noise = (torch.randn if tc.noise == "gaussian" else torch.rand)(gb, PIXELS, generator=gen, device=dev)
     lo, hi = shard
-    x = images[idx[lo:hi]].view(-1, PIXELS).float().div_(255)
+    x = pixels(images[idx[lo:hi]])
     if u_bin is not None:
         x = (u_bin[lo:hi] < x).float()
     inp = corrupt(x, tc.noise, tc.noise_level, u_noise[lo:hi] if u_noise is not None else None)
@@ -225,8 +249,3 @@ def _format_row(row: dict[str, float], epochs: int) -> str:
     return (f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.2f}  val "
             f"{'-ELBO' if 'val_neg_elbo' in row else 'BCE'} {val:.2f} nats  "
             f"{row['epoch_seconds']:.1f} s ({row['images_per_second']:.0f} img/s)")
-
-
-def _progress(total: int, desc: str):
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr)

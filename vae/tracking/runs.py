@@ -1,117 +1,33 @@
-"""MLflow for the project: where runs go, and the run tree of a tuning study.
+"""The MLflow run tree of a tuning study: one parent run per study, a child run per trial.
 
-Default store: `sqlite:///<cwd>/mlruns/mlflow.db` with artifacts under `<cwd>/mlruns/artifacts` (MLflow 3's
-own default puts mlflow.db in the working directory; keeping both under mlruns/ leaves one folder to ignore).
-Any tracking URI works, a remote `mlflow server` included. Nothing happens at import: folders are made
-and the URI is set only when a function is called.
-
-A study is one parent run; each trial is a child run (tag mlflow.parentRunId) written through MlflowClient
-by explicit run id, so several workers, each with their own trials, can share one parent (vae.tune keeps
-its id with the study). Per-epoch
-metrics go in one log_batch call per epoch: no per-step logging.
+Children are written through MlflowClient by explicit run id, so several workers, each with their own
+trials, can share one parent (vae.tune keeps its id with the study). Per-epoch metrics go in one log_batch
+call per epoch: no per-step logging.
 """
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking.context.registry import resolve_tags
+
+from vae.tracking.models import log_model
+from vae.tracking.store import configure, experiment_id, open_client
 
 STATE_TAG = "state"  # complete | pruned | fail | running: MLflow's run status has no "pruned"
 STUDY_KEY_TAG = "vae.study_key"
 STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "fail": "FAILED"}
 
 
-def default_tracking_uri() -> str:
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{Path.cwd().resolve() / 'mlruns' / 'mlflow.db'}"
-
-
-def default_artifact_root() -> Path:
-    return Path.cwd().resolve() / "mlruns" / "artifacts"
-
-
-def configure(tracking_uri: str | None) -> str:
-    """Point mlflow (fluent API and new clients) at tracking_uri, or the default; returns the URI."""
-    uri = tracking_uri or default_tracking_uri()
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in worker logs
-    db = _sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    return uri
-
-
-def git_commit() -> str | None:
-    """The commit of the checkout this package runs from, or None outside git."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    if uri.startswith("sqlite:///") and ":memory:" not in uri:
-        return Path(uri[len("sqlite:///"):])
-    return None
-
-
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on `path` (created). Two processes that first touch a fresh SQLite store at the
-    same moment both run its schema migrations; this serialises that first contact."""
-    import fcntl
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def open_client(tracking_uri: str | None = None) -> MlflowClient:
-    """An MlflowClient for tracking_uri (default: mlflow's current URI). Its constructor opens the store,
-    which on a fresh SQLite file creates the tables: serialised, or two workers starting together collide."""
-    uri = tracking_uri or mlflow.get_tracking_uri()
-    db = _sqlite_path(uri)
-    with file_lock(db.with_suffix(".lock")) if db is not None else _nothing():
-        return MlflowClient(uri)
-
-
-def experiment_id(name: str, client: MlflowClient | None = None) -> str:
-    """Id of experiment `name`, created if missing. With a local SQLite store its artifacts go beside the
-    database, in artifacts/<name> (mlruns/artifacts/<name> by default), not in MLflow's cwd-relative ./mlruns;
-    with a server, where the server decides."""
-    client = client or open_client()
-    db = _sqlite_path(client.tracking_uri)
-    with file_lock(db.with_suffix(".lock")) if db is not None else _nothing():  # names are unique: create once
-        exp = client.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
-        location = None
-        if db is not None:
-            location = (db.resolve().parent / "artifacts" / re.sub(r"[^\w.-]", "_", name)).as_uri()
-        return client.create_experiment(name, artifact_location=location)
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
+def source_tags() -> dict[str, str]:
+    """MLflow's own context tags for a run created through the client (the fluent API adds them itself):
+    mlflow.source.name/type, mlflow.user, and mlflow.source.git.commit when the code runs from a checkout."""
+    return {k: str(v) for k, v in resolve_tags().items()}
 
 
 def _now_ms() -> int:
@@ -145,7 +61,7 @@ class StudyTracker:
                     return known_id
             except mlflow.exceptions.MlflowException:
                 pass  # deleted, or kept on another tracking server: start a new parent here
-        all_tags = {STUDY_KEY_TAG: study_key, **{k: str(v)[:5000] for k, v in tags.items()}}
+        all_tags = {**source_tags(), STUDY_KEY_TAG: study_key, **{k: str(v)[:5000] for k, v in tags.items()}}
         self.parent_id = self.client.create_run(self.experiment_id, run_name=study, tags=all_tags).info.run_id
         return self.parent_id
 
@@ -194,7 +110,6 @@ class StudyTracker:
 
     def log_model(self, run_id: str, checkpoint: Path) -> str:
         """Log a trial's checkpoint as the pyfunc model of its child run; returns the model URI."""
-        from vae.serving import log_model
         was_status = self.client.get_run(run_id).info.status
         with mlflow.start_run(run_id=run_id):
             info = log_model(checkpoint)

@@ -17,12 +17,22 @@ from __future__ import annotations
 
 import os
 import tempfile
-from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import mlflow
 import numpy as np
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+
+from vae import uses
+from vae.checkpoint import checkpoint_path, is_model_uri, load_model
+from vae.errors import CheckpointError, ConfigError, DataError, VAEError
+from vae.tracking.store import check_store, tracking_uri, using_store
 
 OPS = ("reconstruct", "encode", "score", "sample")
 MAX_ROWS = 65_536  # one request; larger batches belong in `vae encode` / `vae anomaly` on files
@@ -30,16 +40,11 @@ MAX_ROWS = 65_536  # one request; larger batches belong in `vae encode` / `vae a
 
 class VAEPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from vae.checkpoint import load_model
         self.model, self.cfg, _ = load_model(context.artifacts["checkpoint"])
 
     # np.ndarray: what the tensor signature delivers; a hint mlflow derives no schema from (the explicit
     # signature governs), and without any hint it prints a warning on every import.
     def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None):
-        from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
-        from vae.errors import VAEError
         try:
             return predict(self.model, self.cfg, model_input, params or {})
         except VAEError as e:
@@ -47,7 +52,6 @@ class VAEPyfunc(mlflow.pyfunc.PythonModel):
 
 
 def _as_images(model_input) -> np.ndarray:
-    from vae.errors import DataError
     try:
         x = np.asarray(getattr(model_input, "values", model_input), dtype=np.float32)
     except (TypeError, ValueError):
@@ -64,33 +68,28 @@ def _as_images(model_input) -> np.ndarray:
 
 def predict(model, cfg, model_input, params: dict[str, Any]) -> np.ndarray:
     """The operations of a served model, in process; the REST server calls exactly this."""
-    from vae import apps
-    from vae.errors import ConfigError
     op = params.get("op", "reconstruct")
     if op not in OPS:
         raise ConfigError(f"op={op!r} is invalid: expected one of {', '.join(OPS)}")
     seed = _param(params, "seed", int, 0)
     if op == "sample":
-        return apps.sample(model, _param(params, "n", int, 16), _param(params, "temperature", float, 1.0), seed)
+        return uses.sample(model, _param(params, "n", int, 16), _param(params, "temperature", float, 1.0), seed)
     x = _as_images(model_input)
     if op == "encode":
-        return apps.encode(model, x)
+        return uses.encode(model, x)
     if op == "reconstruct":
-        return apps.reconstruct(model, x)
-    return apps.scores(model, x, str(params.get("kind", "auto")), seed=seed)
+        return uses.reconstruct(model, x)
+    return uses.scores(model, x, str(params.get("kind", "auto")), seed=seed)
 
 
 def _param(params: dict[str, Any], name: str, kind: type, default):
-    from vae.errors import ConfigError
     try:
         return kind(params.get(name, default))
     except (TypeError, ValueError):
         raise ConfigError(f"{name}={params[name]!r} is invalid: expected a {kind.__name__}") from None
 
 
-def signature():
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+def signature() -> ModelSignature:
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 784))]),
         params=ParamSchema([ParamSpec("op", "string", "reconstruct"), ParamSpec("n", "long", 16),
@@ -100,75 +99,29 @@ def signature():
 
 
 def pip_requirements() -> list[str]:
-    from importlib.metadata import version
     return [f"{p}=={version(p)}" for p in ("torch", "numpy", "mlflow")]
 
 
 def log_model(checkpoint: str | Path, name: str = "model", registered_model_name: str | None = None):
-    """Log a checkpoint as a pyfunc model in the active MLflow run; returns mlflow's ModelInfo."""
-    from vae.checkpoint import checkpoint_path
+    """Log a checkpoint as a pyfunc model in the active MLflow run; returns mlflow's ModelInfo. The `vae`
+    package travels with it (code_paths), so a server needs only the pip requirements."""
     return mlflow.pyfunc.log_model(
         name=name, python_model=VAEPyfunc(), artifacts={"checkpoint": str(checkpoint_path(checkpoint))},
-        code_paths=[str(Path(__file__).parent)], signature=signature(), pip_requirements=pip_requirements(),
+        code_paths=[str(Path(__file__).resolve().parents[1])], signature=signature(), pip_requirements=pip_requirements(),
         registered_model_name=registered_model_name,
     )
 
 
 # ---------------------------------------------------------------- loading back, attaching files
 
-def tracking_uri(explicit: str | None = None) -> str:
-    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the project's default local store."""
-    from vae.tracking import default_tracking_uri
-    return explicit or default_tracking_uri()
-
-
-def _check_store(uri: str) -> None:
-    from vae.errors import CheckpointError
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        if not db.is_file():  # mlflow would silently create an empty store there
-            raise CheckpointError(f"tracking store {uri} does not exist: set MLFLOW_TRACKING_URI or pass "
-                                  "--tracking-uri to the store holding the model")
-
-
-@contextmanager
-def using_store(uri: str) -> Iterator[None]:
-    """Point mlflow's global tracking and registry URIs at `uri` for a while, then restore them exactly
-    (globals and environment variables). Needed because mlflow 3.17 resolves models:/NAME URIs against the
-    global registry URI whatever registry_uri download_artifacts is given (a TODO in its
-    ModelsArtifactRepository), and mlflow.set_tracking_uri(previous) would pin `previous` into the
-    environment instead of restoring an unset URI."""
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri, [os.environ.get(n) for n in names])
-    try:
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-        yield
-    finally:
-        tracking_utils._tracking_uri, registry_utils._registry_uri = saved[0], saved[1]
-        for name, value in zip(names, saved[2]):
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def resolve_model(ref: str, tracking_uri_: str | None = None, device="cpu"):
     """(model, cfg, checkpoint dict) from a checkpoint path or an MLflow model URI: models:/NAME@ALIAS,
     models:/NAME/VERSION, runs:/RUN_ID/model. For a URI the dict gains "source": {uri, run_id,
     tracking_uri}, the run the model was logged in (where `vae report` attaches its page)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.models import Model
-
-    from vae.apps import is_model_uri
-    from vae.checkpoint import load_model
-    from vae.errors import CheckpointError
     if not is_model_uri(ref):
         return load_model(ref, map_location=device)
     uri = tracking_uri(tracking_uri_)
-    _check_store(uri)
+    check_store(uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file otherwise
     with tempfile.TemporaryDirectory(prefix="vae-model-") as tmp:
         try:
@@ -181,19 +134,15 @@ def resolve_model(ref: str, tracking_uri_: str | None = None, device="cpu"):
         rel = meta.flavors.get("python_function", {}).get("artifacts", {}).get("checkpoint", {}).get("path")
         if rel is None:
             raise CheckpointError(f"model {ref} has no checkpoint artifact: expected a model logged by "
-                                  "vae.serving.log_model")
+                                  "vae.tracking.models.log_model")
         model, cfg, state = load_model(Path(local) / rel, map_location=device)
     return model, cfg, {**state, "source": {"uri": ref, "run_id": meta.run_id, "tracking_uri": uri}}
 
 
 def check_run(run_id: str, tracking_uri_: str | None = None) -> None:
     """ConfigError unless the run exists: checked before a report is computed, not after."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from vae.errors import ConfigError
     uri = tracking_uri(tracking_uri_)
-    _check_store(uri)
+    check_store(uri)
     try:
         MlflowClient(uri).get_run(run_id)
     except MlflowException as e:
@@ -203,12 +152,8 @@ def check_run(run_id: str, tracking_uri_: str | None = None) -> None:
 def log_files(run_id: str, files: list[Path], folders: list[Path], artifact_path: str,
               tracking_uri_: str | None = None) -> str:
     """Attach files and folders to an existing run, under artifact_path; returns the run's artifact URI."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from vae.errors import ConfigError
     uri = tracking_uri(tracking_uri_)
-    _check_store(uri)
+    check_store(uri)
     client = MlflowClient(uri)
     try:
         run = client.get_run(run_id)

@@ -6,6 +6,7 @@ before and after, by noise kind and level); anomaly detection (AUROC of the spli
 made-up anomalies: digits turned upside down, inverted, pure noise, heavily corrupted; and the share of each
 flagged by a threshold at the 99th percentile of validation scores).
 The page and its folder of PNGs (<name>_files) are built in a temporary folder and renamed into place.
+The caller loads the model and the data; this module loads nothing.
 """
 from __future__ import annotations
 
@@ -19,19 +20,20 @@ from typing import Any
 
 import numpy as np
 
-from vae import apps
+from vae import figures
+from vae.config import Config
+from vae.data import SPLITS, Dataset, pixels
+from vae.errors import ConfigError
+from vae.evaluation import active_units, elbo_metrics
 from vae.figures import save_figure
+from vae.io import save_grid
+from vae.uses.anomaly import auroc, scores, threshold
+from vae.uses.codes import compression
+from vae.uses.denoise import corrupt, denoise
 
 DENOISE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5)
 COMPRESSION_BITS = (32, 16, 8, 6, 4, 2)
 QUANTILE = 0.99
-
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def _anomalies(x: np.ndarray, seed: int) -> dict[str, np.ndarray]:
@@ -41,8 +43,8 @@ def _anomalies(x: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     return {"upside down (rotated 180 degrees)": img[:, ::-1, ::-1].reshape(-1, 784).copy(),
             "inverted (1 - pixel)": 1 - x,
             "uniform noise": g.random(x.shape, dtype=np.float32),
-            "gaussian noise, level 0.3": apps.corrupt(x, "gaussian", 0.3, seed),
-            "masking noise, level 0.5": apps.corrupt(x, "masking", 0.5, seed)}
+            "gaussian noise, level 0.3": corrupt(x, "gaussian", 0.3, seed),
+            "masking noise, level 0.5": corrupt(x, "masking", 0.5, seed)}
 
 
 def _table(rows: list[dict[str, Any]], columns: dict[str, str]) -> str:
@@ -57,77 +59,25 @@ def _kv(d: dict[str, Any]) -> str:
     return _table([{"k": k, "v": v} for k, v in d.items()], {"k": "", "v": ""})
 
 
-def write_report(model, cfg, state: dict, out: str | Path, model_ref: str, dataset: str | None = None,
-                 split: str = "test", data_dir: str | None = None, mirror: str | None = None,
-                 seed: int = 0) -> dict[str, Any]:
-    import dataclasses
-
-    from vae import figures, io
-    from vae.data import load
-    from vae.errors import ConfigError
-    from vae.evaluation import active_units, elbo_metrics
-    if split not in ("train", "val", "test"):
+def write_report(model, cfg: Config, state: dict, data: Dataset, out: str | Path, model_ref: str,
+                 split: str = "test", seed: int = 0) -> dict[str, Any]:
+    """Measure the model on `split` of `data` and write the page `out` with its PNGs beside it."""
+    if split not in SPLITS:
         raise ConfigError(f"split={split!r} is invalid: expected train, val or test")
     out = Path(out)
-    changes = {k: v for k, v in {"dataset": dataset, "data_dir": data_dir, "mirror": mirror}.items() if v}
-    data_cfg = dataclasses.replace(cfg.data, subset=None, **changes)
-    data = load(data_cfg, download=True)
-    part = getattr(data, split)
-    x = part.images.reshape(-1, 784).numpy().astype(np.float32) / 255
-    vae = model.is_variational
     t0 = time.perf_counter()
-
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
     files = tmp / f"{out.stem}_files"
     files.mkdir()
     try:
-        metrics = elbo_metrics(model, part.images, dataclasses.replace(cfg, data=data_cfg), seed=seed)
-        if vae:
-            metrics["active_units"] = active_units(model, part.images)
-        figures.reconstruction_grid(model, part.images, files / "reconstructions.png", n=16)
-        figures.latent_map(model, part.images, part.labels, files / "latent_map.png")
-        if vae:
-            figures.sample_grid(model, files / "samples.png", n=64, seed=seed)
-            figures.interpolation_grid(model, part.images, part.labels, files / "interpolation.png")
-        if state.get("history"):
-            figures.loss_curves(state["history"], files / "loss_curves.png")
-
-        comp = apps.compression(model, x, COMPRESSION_BITS)
-        _plot_compression(comp, files / "compression.png")
-
-        den = []
-        for noise in ("gaussian", "masking"):
-            for level in DENOISE_LEVELS:
-                r = apps.denoise(model, x, noise, level, seed)
-                den.append({"noise": noise, "level": level, "psnr_noisy_db": float(r["psnr_noisy"].mean()),
-                            "psnr_denoised_db": float(r["psnr_denoised"].mean())})
-        _plot_denoising(den, files / "denoising.png")
-        examples = [x[:8]]
-        for noise, level in (("gaussian", 0.3), ("masking", 0.5)):
-            r = apps.denoise(model, x[:8], noise, level, seed)
-            examples += [r["noisy"], r["denoised"]]
-        io.save_grid(np.concatenate(examples), files / "denoising_examples.png", nrow=8)
-
-        val_x = data.val.images.reshape(-1, 784).numpy().astype(np.float32) / 255
-        thr = apps.threshold(apps.scores(model, val_x, seed=seed), QUANTILE)
-        normal = apps.scores(model, x, seed=seed)
-        anomaly_rows, hist = [], {"real digits": normal}
-        for name, xa in _anomalies(x, seed).items():
-            s = apps.scores(model, xa, seed=seed)
-            hist[name] = s
-            is_anomaly = np.r_[np.zeros(len(normal), bool), np.ones(len(s), bool)]
-            anomaly_rows.append({"anomaly": name, "auroc": apps.auroc(np.r_[normal, s], is_anomaly),
-                                 "flagged": float((s > thr).mean())})
-        anomaly_rows.append({"anomaly": "none: the real digits", "auroc": "", "flagged": float((normal > thr).mean())})
-        _plot_scores(hist, thr, files / "anomaly_scores.png")
-
+        measured = _measure(model, cfg, state, data, split, files, seed)
         info = {"model": model_ref, "kind": cfg.model.kind, "latent": cfg.model.latent,
                 "hidden": ",".join(map(str, cfg.model.hidden)), "epochs trained": state.get("epoch"),
-                "data set": data.name, "split": f"{split} ({len(x)} images)", "fingerprint": data.fingerprint,
-                "trained on fingerprint": state.get("fingerprint"),
+                "data set": data.name, "split": f"{split} ({len(getattr(data, split).labels)} images)",
+                "fingerprint": data.fingerprint, "trained on fingerprint": state.get("fingerprint"),
                 "train config": ", ".join(f"{k}={v}" for k, v in cfg.to_dict()["train"].items()
                                           if k not in ("device", "progress"))}
-        page = _page(info, metrics, comp, den, anomaly_rows, thr, files.name, vae, bool(state.get("history")))
+        page = _page(info, measured, files.name, model.is_variational, bool(state.get("history")))
         (tmp / out.name).write_text(page)
         final_files = out.parent / files.name
         if final_files.exists():
@@ -137,12 +87,62 @@ def write_report(model, cfg, state: dict, out: str | Path, model_ref: str, datas
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"out": str(out), "files": str(out.parent / files.name), "dataset": data.name,
-            "fingerprint": data.fingerprint, "metrics": metrics, "compression": comp, "denoising": den,
-            "anomaly_threshold": thr, "anomaly": anomaly_rows, "seconds": round(time.perf_counter() - t0, 2)}
+            "fingerprint": data.fingerprint, **measured, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _measure(model, cfg: Config, state: dict, data: Dataset, split: str, files: Path, seed: int) -> dict[str, Any]:
+    """Every number and figure of the page: metrics, compression, denoising, anomalies."""
+    part = getattr(data, split)
+    x = pixels(part.images.numpy())
+    metrics = elbo_metrics(model, part.images, cfg, seed=seed)
+    if model.is_variational:
+        metrics["active_units"] = active_units(model, part.images)
+    figures.reconstruction_grid(model, part.images, files / "reconstructions.png", n=16)
+    figures.latent_map(model, part.images, part.labels, files / "latent_map.png")
+    if model.is_variational:
+        figures.sample_grid(model, files / "samples.png", n=64, seed=seed)
+        figures.interpolation_grid(model, part.images, part.labels, files / "interpolation.png")
+    if state.get("history"):
+        figures.loss_curves(state["history"], files / "loss_curves.png")
+    comp = compression(model, x, COMPRESSION_BITS)
+    _plot_compression(comp, files / "compression.png")
+    den = _denoising(model, x, files, seed)
+    thr = threshold(scores(model, pixels(data.val.images.numpy()), seed=seed), QUANTILE)
+    return {"metrics": metrics, "compression": comp, "denoising": den, "anomaly_threshold": thr,
+            "anomaly": _anomaly_rows(model, x, thr, files, seed)}
+
+
+def _denoising(model, x: np.ndarray, files: Path, seed: int) -> list[dict[str, Any]]:
+    rows = []
+    for noise in ("gaussian", "masking"):
+        for level in DENOISE_LEVELS:
+            r = denoise(model, x, noise, level, seed)
+            rows.append({"noise": noise, "level": level, "psnr_noisy_db": float(r["psnr_noisy"].mean()),
+                         "psnr_denoised_db": float(r["psnr_denoised"].mean())})
+    _plot_denoising(rows, files / "denoising.png")
+    examples = [x[:8]]
+    for noise, level in (("gaussian", 0.3), ("masking", 0.5)):
+        r = denoise(model, x[:8], noise, level, seed)
+        examples += [r["noisy"], r["denoised"]]
+    save_grid(np.concatenate(examples), files / "denoising_examples.png", nrow=8)
+    return rows
+
+
+def _anomaly_rows(model, x: np.ndarray, thr: float, files: Path, seed: int) -> list[dict[str, Any]]:
+    normal = scores(model, x, seed=seed)
+    rows, hist = [], {"real digits": normal}
+    for name, xa in _anomalies(x, seed).items():
+        s = scores(model, xa, seed=seed)
+        hist[name] = s
+        is_anomaly = np.r_[np.zeros(len(normal), bool), np.ones(len(s), bool)]
+        rows.append({"anomaly": name, "auroc": auroc(np.r_[normal, s], is_anomaly), "flagged": float((s > thr).mean())})
+    rows.append({"anomaly": "none: the real digits", "auroc": "", "flagged": float((normal > thr).mean())})
+    _plot_scores(hist, thr, files / "anomaly_scores.png")
+    return rows
 
 
 def _plot_compression(rows, path: Path) -> None:
-    plt = _plt()
+    plt = figures.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     b = [r["latent_bytes"] for r in rows]
     ax.plot(b, [r["psnr_db"] for r in rows], marker="o")
@@ -156,7 +156,7 @@ def _plot_compression(rows, path: Path) -> None:
 
 
 def _plot_denoising(rows, path: Path) -> None:
-    plt = _plt()
+    plt = figures.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for noise, color in (("gaussian", "C0"), ("masking", "C1")):
         rs = [r for r in rows if r["noise"] == noise]
@@ -171,7 +171,7 @@ def _plot_denoising(rows, path: Path) -> None:
 
 
 def _plot_scores(hist: dict[str, np.ndarray], thr: float, path: Path) -> None:
-    plt = _plt()
+    plt = figures.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     values = np.concatenate(list(hist.values()))
     # log scale: the made-up anomalies score up to tens of times higher than real digits
@@ -193,12 +193,13 @@ figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}figcaption{fon
 code{background:#f4f4f4;padding:0 3px}"""
 
 
-def _page(info, metrics, comp, den, anomaly_rows, thr, files: str, vae: bool, curves: bool) -> str:
+def _page(info: dict[str, Any], measured: dict[str, Any], files: str, vae: bool, curves: bool) -> str:
     def fig(name: str, caption: str, width: int | None = None) -> str:
         w = f' width="{width}"' if width else ""
         return (f'<figure><img src="{html.escape(files)}/{name}"{w} alt="{html.escape(caption)}">'
                 f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-    m = {k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()}
+    comp, den, anomaly_rows, thr = (measured[k] for k in ("compression", "denoising", "anomaly", "anomaly_threshold"))
+    m = {k: round(v, 3) if isinstance(v, float) else v for k, v in measured["metrics"].items()}
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>VAE report: {html.escape(info['model'])}"
              f"</title><style>{CSS}</style></head><body>",
              f"<h1>What this model does</h1>{_kv(info)}",

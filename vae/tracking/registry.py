@@ -69,7 +69,7 @@ def _client(tracking_uri: str | None) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def _alias_version(client: MlflowClient, name: str, alias: str):
+def alias_version(client: MlflowClient, name: str, alias: str):
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException:
@@ -112,7 +112,7 @@ def promote(tracking_uri: str | None, name: str, version: str | int, min_improve
         raise ConfigError(f"min_improvement={min_improvement} is invalid: expected a number of nats >= 0")
     client = _client(tracking_uri)
     cand = _version(client, name, version)
-    champ = _alias_version(client, name, CHAMPION)
+    champ = alias_version(client, name, CHAMPION)
     if champ is not None and str(champ.version) == str(cand.version):
         return Decision(False, f"v{cand.version} is already champion", str(cand.version), float(cand.tags[METRIC]))
     if champ is not None and champion_value is None and not force:

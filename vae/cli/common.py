@@ -1,0 +1,58 @@
+"""What several command handlers share: the relaunch under torchrun, loading MODEL, output path checks."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from vae.checkpoint import is_model_uri, load_model
+from vae.distributed import pick_device, torchrun
+from vae.errors import ConfigError
+
+
+def shows(text):
+    """Decorator: the handler's result is printed as text(result) when --json is absent."""
+    def mark(handler):
+        handler.text = text
+        return handler
+    return mark
+
+
+def under_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or "WORLD_SIZE" in os.environ
+
+
+def drop_option(argv: list[str], name: str) -> list[str]:
+    """argv without `name VALUE` / `name=VALUE`."""
+    out, skip = [], False
+    for x in argv:
+        if skip:
+            skip = False
+        elif x == name:
+            skip = True
+        elif not x.startswith(name + "="):
+            out.append(x)
+    return out
+
+
+def check_nproc(nproc: int) -> None:
+    if nproc < 1:
+        raise ConfigError(f"nproc={nproc} is invalid: expected an integer >= 1")
+
+
+def relaunch(a: argparse.Namespace, extra: list[str] = ()) -> None:
+    """Run this same command again as `a.nproc` processes under torchrun (which sets WORLD_SIZE, so each
+    process runs the command itself) and exit with torchrun's code. The caller checks its input first, so
+    bad input fails in one line before any process starts."""
+    argv = drop_option(list(a.argv), "--nproc") + list(extra)
+    raise SystemExit(torchrun(["vae", *argv], a.nproc))
+
+
+def load_model_ref(ref: str, tracking_uri: str | None, device: str):
+    """(model in eval mode, cfg, checkpoint dict) from a run folder, a checkpoint.pt or an MLflow model URI."""
+    dev = pick_device(device)
+    if not is_model_uri(ref):
+        return load_model(ref, map_location=dev)
+    # Lazy: vae.tracking imports mlflow (~1.5 s), which only model URIs need.
+    from vae.tracking.models import resolve_model
+
+    return resolve_model(ref, tracking_uri, dev)

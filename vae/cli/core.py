@@ -1,0 +1,84 @@
+"""`vae data | train | evaluate | sample`."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from vae import api, data
+from vae.checkpoint import FILENAME, checkpoint_path
+from vae.cli.args import TRAIN_FLAGS
+from vae.cli.common import check_nproc, load_model_ref, relaunch, shows, under_torchrun
+from vae.config import Config, DataConfig
+from vae.errors import ConfigError
+from vae.evaluation import write_json
+from vae.io import check_out, save_images
+from vae.uses import sample
+
+
+def config_from_args(a: argparse.Namespace) -> Config:
+    """--config's file (or the defaults) with the flags given beside it in place."""
+    base = Config()
+    if a.config:
+        try:
+            base = Config.from_dict(json.loads(Path(a.config).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"--config {a.config} cannot be read ({e}): expected a JSON config file") from None
+    changes: dict[str, dict[str, Any]] = {"data": {}, "model": {}, "train": {}}
+    for section, name, _, _ in TRAIN_FLAGS.values():
+        if hasattr(a, name):
+            changes[section][name] = getattr(a, name)
+    if getattr(a, "no_progress", False):
+        changes["train"]["progress"] = False
+    return base.replace(**changes)
+
+
+@shows(lambda r: f"run folder: {r['out']}")
+def cmd_train(a: argparse.Namespace) -> dict[str, Any]:
+    cfg = config_from_args(a)
+    check_nproc(a.nproc)
+    out = Path(a.out or f"runs/{cfg.model.kind}-{cfg.data.dataset.replace(':', '_').replace('/', '_')}"
+                         f"-{time.strftime('%Y%m%d-%H%M%S')}")
+    if a.nproc > 1 and not under_torchrun():
+        if (out / FILENAME).exists() and not a.resume:
+            raise ConfigError(f"{out / FILENAME} already exists: pass --resume to continue, or choose another --out")
+        data.load(cfg.data, download=True)  # downloads once, and bad data fails here, before torchrun starts
+        relaunch(a, [] if a.out else ["--out", str(out)])
+    result = api.train(cfg, out=out, resume=a.resume)
+    summary = {"out": str(out), "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+               "fingerprint": result.fingerprint, "epochs_run": result.epochs_run,
+               "seconds": round(result.seconds, 3), "metrics": result.metrics, "config": cfg.to_dict()}
+    if result.checkpoint is not None:
+        write_json({**summary, "history": result.history}, out / "history.json")
+    return summary
+
+
+def cmd_evaluate(a: argparse.Namespace) -> dict[str, Any]:
+    if a.iw_samples < 0:
+        raise ConfigError(f"iw-samples={a.iw_samples} is invalid: expected an integer >= 0")
+    figures = None if a.no_figures else (a.figures or checkpoint_path(a.checkpoint).parent / "figures")
+    return api.evaluate(a.checkpoint, dataset=a.dataset, split=a.split, iw_samples=a.iw_samples,
+                        figures_dir=figures, data_dir=a.data_dir, mirror=a.mirror, device=a.device)
+
+
+def cmd_sample(a: argparse.Namespace) -> dict[str, Any]:
+    if a.n < 1:
+        raise ConfigError(f"n={a.n} is invalid: expected an integer >= 1")
+    if not a.temperature > 0:
+        raise ConfigError(f"temperature={a.temperature} is invalid: expected a number > 0")
+    out = check_out(a.out, (".png", ".npy"), "a .png (image grid) or .npy (array) file name")
+    model, _, _ = load_model_ref(a.checkpoint, a.tracking_uri, a.device)
+    if not model.is_variational:
+        raise ConfigError(f"{a.checkpoint} holds a plain autoencoder, which has no prior to sample from")
+    save_images(sample(model, a.n, a.temperature, a.seed), out)
+    return {"out": str(out), "n": a.n, "temperature": a.temperature}
+
+
+def cmd_data(a: argparse.Namespace) -> dict[str, Any]:
+    cfg = DataConfig(a.dataset, a.data_dir, a.mirror, a.split_seed)
+    if a.action == "fetch":
+        folder = data.fetch(cfg.dataset, cfg.data_dir, cfg.mirror)
+        return {**data.info(cfg), "fetched": str(folder) if folder else None}
+    return data.info(cfg)

@@ -1,0 +1,95 @@
+"""The pipeline's MLflow records: the candidate's run and registered version, the promotion decision on it,
+and a re-evaluation of the champion on new data."""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+
+from vae.errors import ConfigError
+from vae.tracking import registry
+from vae.tracking.models import log_model, resolve_model
+from vae.tracking.store import configure, experiment_id, open_client
+
+
+def _numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 1e-3}} -> {"train.lr": 1e-3}: nested configs as MLflow params."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def log_candidate(uri: str | None, name: str, trained: Mapping[str, Any], history: list[dict[str, float]],
+                  metrics: Mapping[str, Any], tags: Mapping[str, str], record: Mapping[str, Any]) -> dict[str, Any]:
+    """One MLflow run for a candidate (params, per-epoch and test metrics, figures, `record` as pipeline.json,
+    the pyfunc model), then a new version of registered model `name` with the alias `challenger`."""
+    uri = configure(uri)
+    mlflow.set_experiment(experiment_id=experiment_id(name))
+    with mlflow.start_run(run_name=f"pipeline-{name}") as run:
+        mlflow.set_tags(dict(tags))
+        mlflow.log_params(flat(trained["config"]))
+        for row in history:
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+        mlflow.log_metrics({f"test_{k}": v for k, v in _numbers(metrics).items()})
+        for path in metrics.get("figures", {}).values():
+            mlflow.log_artifact(path, artifact_path="figures")
+        mlflow.log_dict(dict(record), "pipeline.json")
+        info = log_model(trained["checkpoint"], name="model")
+        version = registry.register(uri, name, info.model_uri, run.info.run_id, dict(metrics), model_id=info.model_id)
+    return {"run_id": run.info.run_id, "model_uri": info.model_uri, "version": version, "name": name,
+            "tracking_uri": uri}
+
+
+def champion(uri: str, name: str) -> ModelVersion | None:
+    """The version under the `champion` alias, or None."""
+    return registry.alias_version(open_client(uri), name, registry.CHAMPION)
+
+
+def load_champion(uri: str, name: str):
+    """(model, cfg) of models:/name@champion, the weights read with torch.load(weights_only=True)."""
+    model, cfg, _ = resolve_model(f"models:/{name}@{registry.CHAMPION}", uri)
+    return model, cfg
+
+
+def record_decision(run_id: str, decision: Mapping[str, Any]) -> None:
+    """The promotion decision on the candidate's run: promotion.json, tags, and the improvement as a metric."""
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_dict(dict(decision), "promotion.json")
+        mlflow.set_tags({"promotion.decision": "promoted" if decision["promote"] else "rejected",
+                         "promotion.reason": decision["reason"]})
+        if decision.get("improvement") is not None:
+            mlflow.log_metric("promotion_improvement", decision["improvement"])
+
+
+def log_reevaluation(uri: str, name: str, version: ModelVersion, metrics: Mapping[str, Any]) -> None:
+    """The champion's metrics on today's data: reeval_* metrics on its run, a `reevaluated` tag on its version."""
+    with mlflow.start_run(run_id=version.run_id):
+        mlflow.log_metrics({f"reeval_{k}": v for k, v in _numbers(metrics).items()}, step=int(time.time()))
+    open_client(uri).set_model_version_tag(
+        name, str(version.version), "reevaluated",
+        json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "neg_elbo": metrics["neg_elbo"],
+                    "fingerprint": metrics["fingerprint"]}))
+
+
+def require_champion(uri: str, name: str) -> ModelVersion:
+    mv = champion(uri, name)
+    if mv is None:
+        raise ConfigError(f"model {name!r} has no champion in {uri}: run the pipeline first")
+    return mv
+
+
+def read_history(run_folder: str | Path) -> list[dict[str, float]]:
+    return json.loads((Path(run_folder) / "history.json").read_text())["history"]

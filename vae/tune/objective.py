@@ -1,0 +1,142 @@
+"""The objective of a study: suggest -> config -> fit -> return the validation -ELBO.
+
+Under torchrun rank 0 owns the Optuna trial; the other ranks follow through TorchDistributedTrial, which
+broadcasts every suggest/report/should_prune, so a pruned trial raises TrialPruned in every rank. One process
+group serves every trial of the job (fit() reuses it). Everything a trial leaves behind besides its value
+(its MLflow run, user attributes, timings, its folder) is the bookkeeper's job, on rank 0.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna_integration import TorchDistributedTrial
+
+from vae.config import Config
+from vae.data import Dataset
+from vae.distributed import DistContext, broadcast_object
+from vae.errors import DivergedError
+from vae.training import FitResult, fit
+from vae.tracking.runs import StudyTracker
+from vae.tune.space import suggest, to_config
+from vae.tune.storage import AskLock, counted
+
+
+class TrialFailed(Exception):
+    """A diverged trial: recorded as FAIL with its reason, the study goes on."""
+
+
+class Surplus(Exception):
+    """A trial created after the study already had n_trials (two workers asked at the same moment)."""
+
+
+def pruning(trial, on_rank0=None):
+    """fit() callback: report the epoch's validation -ELBO to the pruner, and stop the trial when it says so
+    (or when the value is not finite: every rank sees the same all-reduced value)."""
+    def on_epoch(epoch: int, row: dict[str, float]) -> None:
+        value = row["val_neg_elbo"]
+        if on_rank0 is not None:
+            on_rank0(epoch, row)
+        if not math.isfinite(value):
+            raise DivergedError(f"val -ELBO is {value} at epoch {epoch}")
+        trial.report(value, epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}: val -ELBO {value:.2f} nats")
+    return on_epoch
+
+
+@dataclass
+class Bookkeeper:
+    """Rank 0's record of each trial: the surplus check, the MLflow child run, user attributes, the seconds
+    spent training and tracking (for the benchmark), and the trial's folder (kept only when it completes)."""
+
+    study: optuna.Study
+    tracker: StudyTracker
+    lock: AskLock
+    out: Path
+    n_trials: int
+    ran: int = 0
+
+    def is_surplus(self, trial: optuna.Trial) -> bool:
+        self.lock.release()  # the trial exists now: other workers may count
+        trials = self.study.get_trials(deepcopy=False)
+        retry = any(t.number == trial.number and t.system_attrs.get("retry_history") for t in trials)
+        surplus = not retry and len(counted([t for t in trials if t.number < trial.number])) >= self.n_trials
+        folder = self.out / f"trial-{trial.number}"
+        if not surplus and folder.exists():  # left by a study of the same name whose storage was deleted
+            shutil.rmtree(folder)
+        if surplus:
+            trial.set_user_attr("surplus", True)
+        return surplus
+
+    def start(self, trial: optuna.Trial, params: dict[str, Any], cfg: Config, nproc: int) -> None:
+        self.ran += 1
+        self.t0, self.tracked_from = time.perf_counter(), self.tracker.seconds
+        trial.set_user_attr("config", cfg.to_dict())
+        trial.set_user_attr("nproc", nproc)
+        self.run_id = self.tracker.start_trial(trial.number, params, {
+            "epochs": cfg.train.epochs, "dataset": cfg.data.dataset, "subset": cfg.data.subset, "nproc": nproc,
+            "hidden": ",".join(map(str, cfg.model.hidden))})
+        trial.set_user_attr("mlflow_run_id", self.run_id)
+
+    def log_epoch(self, epoch: int, row: dict[str, float]) -> None:
+        self.tracker.log_epoch(self.run_id, epoch, row)
+
+    def _seconds(self, trial: optuna.Trial) -> None:
+        # training: fit less the MLflow calls made from its callback; tracking: every MLflow call of the trial
+        tracking = self.tracker.seconds - self.tracked_from
+        trial.set_user_attr("train_seconds", time.perf_counter() - self.t0 - tracking)
+
+    def failed(self, trial: optuna.Trial, error: Exception) -> None:
+        """Pruned, diverged, or a bug: the trial's MLflow run ends in every case, and its folder goes."""
+        self._seconds(trial)
+        state = "pruned" if isinstance(error, optuna.TrialPruned) else "fail"
+        reason = str(error) if isinstance(error, (optuna.TrialPruned, DivergedError)) else repr(error)
+        trial.set_user_attr("fail_reason" if state == "fail" else "pruned_reason", reason)
+        self.tracker.end_trial(self.run_id, state, reason=reason)
+        trial.set_user_attr("tracking_seconds", self.tracker.seconds - self.tracked_from)
+        shutil.rmtree(self.out / f"trial-{trial.number}", ignore_errors=True)  # only complete trials become models
+
+    def completed(self, trial: optuna.Trial, result: FitResult) -> None:
+        self._seconds(trial)
+        trial.set_user_attr("checkpoint", str(Path(result.checkpoint).resolve()))
+        final = {k: v for k, v in result.metrics.items() if k.startswith(("val_", "train_"))}
+        self.tracker.end_trial(self.run_id, "complete", metrics=final)
+        trial.set_user_attr("tracking_seconds", self.tracker.seconds - self.tracked_from)
+
+
+@dataclass
+class Objective:
+    base: Config
+    space: dict[str, dict[str, Any]]
+    data: Dataset
+    ctx: DistContext
+    out: Path
+    book: Bookkeeper | None  # rank 0 only
+
+    def __call__(self, trial: optuna.Trial | None) -> float:
+        """trial is None on ranks > 0, which follow rank 0's trial."""
+        if broadcast_object(self.book.is_surplus(trial) if self.book else None, self.ctx):
+            raise Surplus("the study already has its trials")
+        t = TorchDistributedTrial(trial) if self.ctx.is_distributed else trial
+        params = suggest(t, self.space)
+        cfg = to_config(self.base, params)
+        if self.book:
+            self.book.start(trial, params, cfg, self.ctx.world_size)
+        try:
+            result = fit(cfg, out=self.out / f"trial-{t.number}", data=self.data,
+                         callbacks=[pruning(t, self.book.log_epoch if self.book else None)])
+        except Exception as e:
+            if self.book:
+                self.book.failed(trial, e)
+            if isinstance(e, DivergedError):
+                raise TrialFailed(str(e)) from None
+            raise
+        if self.book:
+            self.book.completed(trial, result)
+        return result.metrics["val_neg_elbo"]

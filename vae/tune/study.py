@@ -1,0 +1,190 @@
+"""`tune()`: an Optuna study whose trials are fit() runs, on 1 process or N under torchrun, tracked in MLflow.
+
+Objective: validation -ELBO in nats per image after the last epoch, reported every epoch for the pruner
+(vae/tune/objective.py). The study lives in a storage shared by any number of workers (vae/tune/storage.py);
+the search space is vae/tune/space.py.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from vae.config import Config
+from vae.data import load
+from vae.distributed import DistContext, barrier, broadcast_object, distributed
+from vae.errors import ConfigError
+from vae.stores import default_study_storage, redact
+from vae.tracking.runs import StudyTracker, space_tag
+from vae.tune.objective import Bookkeeper, Objective, Surplus, TrialFailed
+from vae.tune.space import load_space
+from vae.tune.storage import AskLock, counted, make_pruner, make_sampler, next_action, open_storage
+from vae.tune.summary import summarize
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """How a study is run and where it lives; validated at construction (ConfigError naming the field)."""
+
+    n_trials: int
+    study: str | None = None  # default: vae-<dataset>
+    storage: str | None = None  # default: sqlite:///<cwd>/mlruns/optuna.db
+    timeout: float | None = None  # start no new trial after this many seconds
+    sampler: str = "tpe"
+    pruner: str = "hyperband"
+    space: str | Path | Mapping[str, Any] | None = field(default=None, hash=False)
+    out: str | Path | None = None  # default: mlruns/studies/<study>
+    tracking_uri: str | None = None
+    experiment: str = "vae-tune"
+    seed: int | None = None  # sampler seed
+    heartbeat: int | None = 30  # seconds; 0 or None: no heartbeats
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n_trials, int) or self.n_trials < 1:
+            raise ConfigError(f"trials={self.n_trials!r} is invalid: expected an integer >= 1")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ConfigError(f"timeout={self.timeout!r} is invalid: expected a number of seconds > 0")
+        if self.heartbeat is not None and self.heartbeat < 0:
+            raise ConfigError(f"heartbeat={self.heartbeat!r} is invalid: expected seconds >= 0 (0: no heartbeats)")
+        make_sampler(self.sampler, self.seed)
+
+    def study_name(self, base: Config) -> str:
+        return self.study or "vae-" + re.sub(r"[^\w.-]", "_", base.data.dataset)
+
+    def storage_url(self) -> str:
+        return self.storage or default_study_storage()
+
+    def folder(self, base: Config) -> Path:
+        return Path(self.out) if self.out is not None else Path("mlruns") / "studies" / self.study_name(base)
+
+    def check(self, base: Config) -> dict[str, dict[str, Any]]:
+        """Everything that can be wrong before a trial starts; returns the resolved search space."""
+        make_pruner(self.pruner, base.train.epochs)
+        return load_space(self.space, base)
+
+
+def tune(base: Config, n_trials: int, **settings: Any) -> dict[str, Any]:
+    """Run trials until the study holds n_trials (or `timeout` s pass); see TuneSettings for the keywords.
+    Returns the study's summary on rank 0 (other ranks return {"rank": r}). Each trial trains base with
+    drawn parameters for base.train.epochs epochs; its checkpoint stays in out/trial-<n>/ if it completes."""
+    return run_study(base, TuneSettings(n_trials, **settings))
+
+
+def run_study(base: Config, s: TuneSettings) -> dict[str, Any]:
+    space = s.check(base)
+    base = base.replace(train={"progress": False})
+    # Optuna's trial lines at INFO, unless `vae -q` (or the caller's logging) asks for less.
+    optuna.logging.set_verbosity(max(logging.INFO, logging.getLogger("vae").getEffectiveLevel()))
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    with distributed(base.train.device) as ctx:
+        data = load(base.data, download=True) if ctx.is_main else None
+        barrier(ctx)
+        data = data or load(base.data, download=False)
+        study = book = None
+        if ctx.is_main:
+            lock = AskLock(s.storage_url(), s.study_name(base))
+            study, tracker = open_study(s, base, space, data.fingerprint, lock)
+            book = Bookkeeper(study, tracker, lock, s.folder(base), s.n_trials)
+        objective = Objective(base, space, data, ctx, s.folder(base), book)
+        t_start = time.perf_counter()
+        _trial_loop(ctx, study, objective, s)
+    if not ctx.is_main:
+        return {"rank": ctx.rank}
+    t_finish = time.perf_counter()
+    summary = summarize(study, book.tracker, space, s.storage_url(), s.n_trials, s.folder(base), book.ran,
+                        t_finish - t_start)
+    summary["finish_seconds"] = round(time.perf_counter() - t_finish, 3)  # figures, table, best model
+    return summary
+
+
+def _trial_loop(ctx: DistContext, study: optuna.Study | None, objective: Objective, s: TuneSettings) -> None:
+    """Rank 0 decides each round (run, wait or stop) under the ask lock and tells the others."""
+    deadline = time.time() + s.timeout if s.timeout else None
+    heartbeat = bool(s.heartbeat) and not s.storage_url().startswith("journal:")
+    bar = tqdm(total=s.n_trials, desc="trials", unit="trial", disable=None if ctx.is_main else True,
+               file=sys.stderr, initial=len(counted(study.get_trials(deepcopy=False))) if study else 0)
+    with bar:
+        while True:
+            action = None
+            if ctx.is_main:
+                objective.book.lock.acquire()
+                action = next_action(study, s.n_trials, deadline, heartbeat)
+                if action != "run":
+                    objective.book.lock.release()
+            action = broadcast_object(action, ctx)
+            if action == "stop":
+                break
+            if action == "wait":
+                if ctx.is_main:
+                    time.sleep(1.0)
+                continue
+            if ctx.is_main:
+                try:
+                    study.optimize(objective, n_trials=1, catch=(TrialFailed, Surplus))
+                finally:
+                    objective.book.lock.release()
+                bar.update(len(counted(study.get_trials(deepcopy=False))) - bar.n)
+            else:
+                _follow(ctx, objective)
+
+
+def _follow(ctx: DistContext, objective: Objective) -> None:
+    try:
+        objective(None)
+    except (optuna.TrialPruned, TrialFailed) as e:  # rank 0's log tells the rest
+        print(f"rank {ctx.rank}: left the trial: {e}", file=sys.stderr, flush=True)
+    except Surplus:
+        pass
+
+
+def open_study(s: TuneSettings, base: Config, space: dict[str, Any], fingerprint: str,
+               lock: AskLock) -> tuple[optuna.Study, StudyTracker]:
+    """Create or load the study, check a resumed one matches, and attach its MLflow parent run (under the
+    study's lock, so that workers starting together agree on one parent)."""
+    name, url = s.study_name(base), s.storage_url()
+    st = optuna.create_study(storage=open_storage(url, s.heartbeat), study_name=name, direction="minimize",
+                             sampler=make_sampler(s.sampler, s.seed), pruner=make_pruner(s.pruner, base.train.epochs),
+                             load_if_exists=True)
+    mine = {"space": space, "base_config": _comparable(base), "fingerprint": fingerprint}
+    attrs = st.user_attrs
+    for key, value in mine.items():
+        if key in attrs and json.dumps(attrs[key], sort_keys=True) != json.dumps(value, sort_keys=True):
+            raise ConfigError(f"study {name!r} in {redact(url)} was created with another {key.replace('_', ' ')} "
+                              f"({json.dumps(attrs[key], sort_keys=True)[:300]}): rerun with the same settings "
+                              f"to continue it, or pick a new --study")
+        if key not in attrs:
+            st.set_user_attr(key, value)
+    tracker = StudyTracker(s.tracking_uri, s.experiment)
+    tags = {"optuna.study": name, "optuna.storage": redact(url), "dataset": base.data.dataset,
+            "dataset_fingerprint": fingerprint, "search_space": space_tag(space), "epochs": base.train.epochs,
+            "sampler": s.sampler, "pruner": s.pruner}
+    lock.acquire()
+    try:
+        attrs = st.user_attrs  # read again under the lock: another worker may have just made the parent
+        known = attrs.get("mlflow_parent_run_id") if attrs.get("mlflow_tracking_uri") == tracker.uri else None
+        parent = tracker.attach_parent(re.sub(r"[^\w.-]", "_", f"{redact(url)}#{name}"), name, known, tags)
+        if parent != known:
+            st.set_user_attr("mlflow_parent_run_id", parent)
+            st.set_user_attr("mlflow_tracking_uri", tracker.uri)
+    finally:
+        lock.release()
+    return st, tracker
+
+
+def _comparable(base: Config) -> dict[str, Any]:
+    d = base.to_dict()
+    for k in ("device", "progress", "bf16"):  # how a trial runs, not what it computes
+        d["train"].pop(k)
+    return d
