@@ -7,7 +7,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 PIPELINE_ARGS ?= --dataset mnist-5k --trials 16 --tune-epochs 10 --epochs 50 --iw-samples 1000
 
-.PHONY: setup run train test test-fast bench clean
+.PHONY: setup run train test test-fast lint format bench clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -33,6 +33,15 @@ test: setup
 # The inner loop: everything but the slow tests (DDP, kill-and-resume, full MNIST).
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
+
+# ruff: the linter and the formatter, configured in pyproject.toml; CI runs `make lint` before the tests.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 bench: setup
 	$(BIN)/python benchmarks/train_speed.py --json benchmarks/results/train_speed.json

@@ -9,6 +9,7 @@ the given epochs, seed 0). Scores: -ELBO (16 posterior samples, nats/image) and 
 cross-entropy decoding z = mu. Printed last: a table, rows = the digit trained on, columns = the held-out
 digit, with each row's AUROC against all other digits under both scores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,25 +39,40 @@ def run(dataset: str, epochs: int, digits: list[int], device: str, seed: int, tm
     rows = []
     for d in digits:
         one = uses.one_class(data, (d,))
-        cfg = Config(data=DataConfig(dataset), train=TrainConfig(epochs=epochs, seed=seed, device=device,
-                                                                 progress=False))
+        cfg = Config(
+            data=DataConfig(dataset), train=TrainConfig(epochs=epochs, seed=seed, device=device, progress=False)
+        )
         t0 = time.perf_counter()
         result = fit(cfg, out=tmp / f"digit-{d}", data=one)
         train_s = time.perf_counter() - t0
         model = load_model(result.checkpoint, map_location=pick_device(device))[0]
-        row = {"digit": d, "train_images": len(one.train.labels), "train_seconds": round(train_s, 1),
-               "val_neg_elbo": round(result.metrics["val_neg_elbo"], 2)}
+        row = {
+            "digit": d,
+            "train_images": len(one.train.labels),
+            "train_seconds": round(train_s, 1),
+            "val_neg_elbo": round(result.metrics["val_neg_elbo"], 2),
+        }
         for kind in ("neg-elbo", "recon"):
             s = uses.scores(model, x, kind)
             row[f"auroc_{kind}"] = uses.auroc(s, labels != d)
             row[f"per_class_{kind}"] = uses.per_class_auroc(s, labels, (d,))
         rows.append(row)
-        print(f"digit {d}: {row['train_images']} images, {train_s:.1f} s, AUROC -ELBO {row['auroc_neg-elbo']:.4f}, "
-              f"recon {row['auroc_recon']:.4f}", file=sys.stderr, flush=True)
-    return {"dataset": data.name, "fingerprint": data.fingerprint, "test_images": len(labels), "epochs": epochs,
-            "seed": seed, "rows": rows,
-            "mean_auroc_neg_elbo": statistics.mean(r["auroc_neg-elbo"] for r in rows),
-            "mean_auroc_recon": statistics.mean(r["auroc_recon"] for r in rows)}
+        print(
+            f"digit {d}: {row['train_images']} images, {train_s:.1f} s, AUROC -ELBO {row['auroc_neg-elbo']:.4f}, "
+            f"recon {row['auroc_recon']:.4f}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return {
+        "dataset": data.name,
+        "fingerprint": data.fingerprint,
+        "test_images": len(labels),
+        "epochs": epochs,
+        "seed": seed,
+        "rows": rows,
+        "mean_auroc_neg_elbo": statistics.mean(r["auroc_neg-elbo"] for r in rows),
+        "mean_auroc_recon": statistics.mean(r["auroc_recon"] for r in rows),
+    }
 
 
 def table(res: dict) -> str:
@@ -67,8 +83,10 @@ def table(res: dict) -> str:
         cells = ["-" if c == r["digit"] else f"{r['per_class_neg-elbo'][c]:.3f}" for c in digits]
         overall = f" | {r['auroc_neg-elbo']:.3f} | {r['auroc_recon']:.3f} |"
         lines.append(f"| {r['digit']} | " + " | ".join(cells) + overall)
-    lines.append(f"| mean | {' | '.join([''] * len(digits))} | {res['mean_auroc_neg_elbo']:.3f} | "
-                 f"{res['mean_auroc_recon']:.3f} |")
+    lines.append(
+        f"| mean | {' | '.join([''] * len(digits))} | {res['mean_auroc_neg_elbo']:.3f} | "
+        f"{res['mean_auroc_recon']:.3f} |"
+    )
     return "\n".join(lines)
 
 
@@ -82,12 +100,15 @@ def main() -> None:
     p.add_argument("--json", help="also write the results to this file")
     a = p.parse_args()
     import tempfile
+
     with tempfile.TemporaryDirectory() as tmp:  # the ten checkpoints are not kept
         res = run(a.dataset, a.epochs, [int(d) for d in a.digits.split(",")], a.device, a.seed, Path(tmp))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
-    print(f"\nOne-class AUROC on {res['dataset']} ({res['test_images']} test images), {res['epochs']} epochs "
-          "per model. Columns: the held-out digit (-ELBO score).\n")
+    print(
+        f"\nOne-class AUROC on {res['dataset']} ({res['test_images']} test images), {res['epochs']} epochs "
+        "per model. Columns: the held-out digit (-ELBO score).\n"
+    )
     print(table(res))
 
 

@@ -14,6 +14,7 @@ with 5,000 importance samples on a binarization of the test set. Reported: VAE (
 substitute for the 3,280-epoch schedule, and as many epochs as the machine allows; the estimator is
 the project's own (vae.evaluation.iw_nll, batched).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,11 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--eval-k", type=int, default=5000)
     p.add_argument("--eval-images", type=int, help="score only the first N test images (default: all)")
-    p.add_argument("--init", help="start a new --out from this checkpoint (weights, Adam state, epoch count) "
-                                  "instead of from scratch: a warm start, reported as such")
+    p.add_argument(
+        "--init",
+        help="start a new --out from this checkpoint (weights, Adam state, epoch count) "
+        "instead of from scratch: a warm start, reported as such",
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--json")
     a = p.parse_args()
@@ -51,10 +55,19 @@ def main() -> None:
     from vae.evaluation import elbo_metrics, iw_nll
     from vae.training import fit
 
-    cfg = Config(DataConfig(dataset=a.dataset, binarize="dynamic"),
-                 ModelConfig(kind="vae", latent=50, hidden=(200, 200), activation="tanh"),
-                 TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=1e-3, lr_schedule="exp",
-                             objective=a.objective, k=a.k, progress=False))
+    cfg = Config(
+        DataConfig(dataset=a.dataset, binarize="dynamic"),
+        ModelConfig(kind="vae", latent=50, hidden=(200, 200), activation="tanh"),
+        TrainConfig(
+            epochs=a.epochs,
+            batch_size=a.batch_size,
+            lr=1e-3,
+            lr_schedule="exp",
+            objective=a.objective,
+            k=a.k,
+            progress=False,
+        ),
+    )
     init_epoch = 0
     if a.init:
         if not Path(a.init).is_file():
@@ -67,30 +80,43 @@ def main() -> None:
             ckpt.with_suffix(".tmp").replace(ckpt)
     data = load(cfg.data)
     t0 = time.time()
-    result = fit(cfg, out=a.out, resume=True, data=data)
+    fit(cfg, out=a.out, resume=True, data=data)
     train_seconds = time.time() - t0
     model, cfg, state = load_model(a.out)
-    test = data.test.images[:a.eval_images] if a.eval_images else data.test.images
+    test = data.test.images[: a.eval_images] if a.eval_images else data.test.images
     t0 = time.time()
     nll = iw_nll(model, test, cfg, a.eval_k)
     eval_seconds = time.time() - t0
     elbo = elbo_metrics(model, test, cfg)["neg_elbo"]
     paper = PAPER.get((a.objective, a.k))
     own = [h for h in state["history"] if h["epoch"] > init_epoch]
-    row = {"objective": a.objective, "k": a.k, "epochs": state["epoch"], "batch_size": a.batch_size,
-           "init": {"from": a.init, "epoch": init_epoch} if a.init else None, "own_epochs": len(own),
-           "test_iw_nll": nll, "eval_k": a.eval_k, "test_images": int(test.shape[0]), "test_neg_elbo": elbo,
-           "paper": paper, "gap": None if paper is None else nll - paper,
-           "train_seconds_this_call": train_seconds, "train_seconds_total": sum(h["epoch_seconds"] for h in state["history"]),
-           "train_seconds_own": sum(h["epoch_seconds"] for h in own),
-           "eval_seconds": eval_seconds}
+    row = {
+        "objective": a.objective,
+        "k": a.k,
+        "epochs": state["epoch"],
+        "batch_size": a.batch_size,
+        "init": {"from": a.init, "epoch": init_epoch} if a.init else None,
+        "own_epochs": len(own),
+        "test_iw_nll": nll,
+        "eval_k": a.eval_k,
+        "test_images": int(test.shape[0]),
+        "test_neg_elbo": elbo,
+        "paper": paper,
+        "gap": None if paper is None else nll - paper,
+        "train_seconds_this_call": train_seconds,
+        "train_seconds_total": sum(h["epoch_seconds"] for h in state["history"]),
+        "train_seconds_own": sum(h["epoch_seconds"] for h in own),
+        "eval_seconds": eval_seconds,
+    }
     if a.json:
         Path(a.json).write_text(json.dumps(row, indent=2) + "\n")
     print(f"| objective | k | epochs | test NLL (K={a.eval_k}) | test -ELBO | paper | gap | training time |")
     print("|---|---|---|---|---|---|---|---|")
     epochs = f"{init_epoch} (init) + {len(own)}" if a.init else str(row["epochs"])
-    print(f"| {a.objective} | {a.k} | {epochs} | {nll:.2f} | {elbo:.2f} | {paper or '-'} | "
-          f"{'-' if paper is None else format(row['gap'], '+.2f')} | {row['train_seconds_total'] / 60:.1f} min |")
+    print(
+        f"| {a.objective} | {a.k} | {epochs} | {nll:.2f} | {elbo:.2f} | {paper or '-'} | "
+        f"{'-' if paper is None else format(row['gap'], '+.2f')} | {row['train_seconds_total'] / 60:.1f} min |"
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ evaluator on the official test set: -ELBO with z sampled, and recon_at_mean (z =
 recon_at_mean + KL). Grey-level targets, as the seed uses them. Published reference for the seed's model:
 105.59 nats after 10 epochs (pytorch/examples).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,16 +62,40 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "space.toml").write_text(Path(a.space).read_text() if a.space else SPACE)
         t0 = time.time()
-        study = vae_cli("tune", "--dataset", a.dataset, "--trials", str(a.trials), "--epochs", str(a.epochs),
-                        "--space", f"{tmp}/space.toml", "--storage", f"sqlite:///{tmp}/optuna.db",
-                        "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", "--out", f"{tmp}/study", "--seed", "0")
+        study = vae_cli(
+            "tune",
+            "--dataset",
+            a.dataset,
+            "--trials",
+            str(a.trials),
+            "--epochs",
+            str(a.epochs),
+            "--space",
+            f"{tmp}/space.toml",
+            "--storage",
+            f"sqlite:///{tmp}/optuna.db",
+            "--tracking-uri",
+            f"sqlite:///{tmp}/mlflow.db",
+            "--out",
+            f"{tmp}/study",
+            "--seed",
+            "0",
+        )
         seconds = time.time() - t0
         ckpt = Path(tmp) / "study" / f"trial-{study['best_trial']}" / "checkpoint.pt"
         test = vae_cli("evaluate", str(ckpt), "--no-figures")
-    rows["vae tune best"] = {**test, "seconds": seconds, "best_params": study["best_params"],
-                             "trials": study.get("counts", study.get("trials"))}
-    result = {"dataset": a.dataset.replace(str(REPO.parent), ".."), "epochs": a.epochs, "trials": a.trials,
-              "rows": rows}
+    rows["vae tune best"] = {
+        **test,
+        "seconds": seconds,
+        "best_params": study["best_params"],
+        "trials": study.get("counts", study.get("trials")),
+    }
+    result = {
+        "dataset": a.dataset.replace(str(REPO.parent), ".."),
+        "epochs": a.epochs,
+        "trials": a.trials,
+        "rows": rows,
+    }
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
     seed = rows["seed loop"]["neg_elbo"]
@@ -78,8 +103,10 @@ def main() -> None:
     print("| model | test -ELBO (z sampled) | recon_at_mean | gain over the seed loop | wall time |")
     print("|---|---|---|---|---|")
     for name, r in rows.items():
-        print(f"| {name} | {r['neg_elbo']:.2f} | {r['recon_at_mean']:.2f} | {seed - r['neg_elbo']:+.2f} "
-              f"| {r['seconds']:.0f} s |")
+        print(
+            f"| {name} | {r['neg_elbo']:.2f} | {r['recon_at_mean']:.2f} | {seed - r['neg_elbo']:+.2f} "
+            f"| {r['seconds']:.0f} s |"
+        )
     print(f"tuned best: {rows['vae tune best']['best_params']}")
 
 

@@ -8,6 +8,7 @@ the ratio, achieved GFLOP/s against a float32 matmul peak measured in this run, 
 and recon_at_mean (z = mu, the seed's printed number) after the same epochs, and peak RSS per process.
 Default data: the official MNIST files in ../shared/data/mnist when present (55k/5k/10k), else mnist-5k.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -102,12 +103,16 @@ def vae_worker(dataset: str, epochs: int, seed: int) -> dict:
         result = fit(cfg, out=tmp, data=data)
         model, _, _ = load_model(tmp)
     test = elbo_metrics(model, data.test.images, cfg)
-    return {"epoch_seconds": [h["epoch_seconds"] for h in result.history], "train_images": len(data.train.images),
-            **test}
+    return {
+        "epoch_seconds": [h["epoch_seconds"] for h in result.history],
+        "train_images": len(data.train.images),
+        **test,
+    }
 
 
 def matmul_peak(n: int = 2048, reps: int = 30) -> float:
     import torch
+
     a, b = torch.randn(n, n), torch.randn(n, n)
     for _ in range(3):
         a @ b
@@ -148,34 +153,53 @@ def main() -> None:
         for kind in ("seed", "vae"):
             r = run_worker(kind, args)
             runs[kind].append(r)
-            print(f"rep {rep + 1} {kind}: epochs {[round(t, 2) for t in r['epoch_seconds']]} s, "
-                  f"test -ELBO {r['neg_elbo']:.2f}", file=sys.stderr, flush=True)
+            print(
+                f"rep {rep + 1} {kind}: epochs {[round(t, 2) for t in r['epoch_seconds']]} s, "
+                f"test -ELBO {r['neg_elbo']:.2f}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     rows = {}
     for kind, rs in runs.items():
         steady = [t for r in rs for t in (r["epoch_seconds"][1:] or r["epoch_seconds"])]
         n = rs[0]["train_images"]
         sec = statistics.median(steady)
-        rows[kind] = {"seconds_per_epoch": sec, "spread": [min(steady), max(steady)], "images_per_second": n / sec,
-                      "gflops": n * FLOP_PER_TRAIN_IMAGE / sec / 1e9,
-                      "test_neg_elbo": statistics.median(r["neg_elbo"] for r in rs),
-                      "test_recon_at_mean": statistics.median(r["recon_at_mean"] for r in rs),
-                      "max_rss_mb": max(r["max_rss_mb"] for r in rs)}
-    result = {"dataset": args.dataset.replace(str(REPO.parent), ".."), "train_images": runs["seed"][0]["train_images"],
-              "epochs": args.epochs, "reps": args.reps, "batch_size": 128, "matmul_peak_gflops": peak,
-              "speedup": rows["seed"]["seconds_per_epoch"] / rows["vae"]["seconds_per_epoch"], "rows": rows}
+        rows[kind] = {
+            "seconds_per_epoch": sec,
+            "spread": [min(steady), max(steady)],
+            "images_per_second": n / sec,
+            "gflops": n * FLOP_PER_TRAIN_IMAGE / sec / 1e9,
+            "test_neg_elbo": statistics.median(r["neg_elbo"] for r in rs),
+            "test_recon_at_mean": statistics.median(r["recon_at_mean"] for r in rs),
+            "max_rss_mb": max(r["max_rss_mb"] for r in rs),
+        }
+    result = {
+        "dataset": args.dataset.replace(str(REPO.parent), ".."),
+        "train_images": runs["seed"][0]["train_images"],
+        "epochs": args.epochs,
+        "reps": args.reps,
+        "batch_size": 128,
+        "matmul_peak_gflops": peak,
+        "speedup": rows["seed"]["seconds_per_epoch"] / rows["vae"]["seconds_per_epoch"],
+        "rows": rows,
+    }
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{result['train_images']} training images, batch 128, {args.epochs} epochs x {args.reps} reps; "
-          f"matmul peak {peak:.0f} GFLOP/s")
-    print(f"| loop | s/epoch (min-max) | images/s | GFLOP/s (% of peak) | test -ELBO | recon_at_mean | peak RSS MB |")
+    print(
+        f"\n{result['train_images']} training images, batch 128, {args.epochs} epochs x {args.reps} reps; "
+        f"matmul peak {peak:.0f} GFLOP/s"
+    )
+    print("| loop | s/epoch (min-max) | images/s | GFLOP/s (% of peak) | test -ELBO | recon_at_mean | peak RSS MB |")
     print("|---|---|---|---|---|---|---|")
     for kind, r in rows.items():
-        print(f"| {'seed DataLoader loop' if kind == 'seed' else 'vae train'} | {r['seconds_per_epoch']:.2f} "
-              f"({r['spread'][0]:.2f}-{r['spread'][1]:.2f}) | {r['images_per_second']:.0f} | {r['gflops']:.0f} "
-              f"({100 * r['gflops'] / peak:.0f}%) | {r['test_neg_elbo']:.2f} | {r['test_recon_at_mean']:.2f} "
-              f"| {r['max_rss_mb']:.0f} |")
+        print(
+            f"| {'seed DataLoader loop' if kind == 'seed' else 'vae train'} | {r['seconds_per_epoch']:.2f} "
+            f"({r['spread'][0]:.2f}-{r['spread'][1]:.2f}) | {r['images_per_second']:.0f} | {r['gflops']:.0f} "
+            f"({100 * r['gflops'] / peak:.0f}%) | {r['test_neg_elbo']:.2f} | {r['test_recon_at_mean']:.2f} "
+            f"| {r['max_rss_mb']:.0f} |"
+        )
     print(f"speed-up of vae train over the seed loop: {result['speedup']:.2f}x")
 
 

@@ -8,6 +8,7 @@ SIGTERM (Prefect pauses the deployments). Cron schedules need a real server: the
 Prefect starts for a plain flow call refuses them. For a team, `prefect work-pool create` + workers run the
 same flows without code changes (see README, "Scaling out").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,13 +21,20 @@ from flows.pipeline import reevaluate_champion, vae_pipeline
 
 
 def deployments(cron: str, reeval_cron: str, timezone: str, parameters: dict):
-    nightly = vae_pipeline.to_deployment(name="nightly", schedule=Cron(cron, timezone=timezone), parameters=parameters,
-                                         description="Retrain, tune, evaluate, register and promote.",
-                                         tags=["vae", "nightly"])
+    nightly = vae_pipeline.to_deployment(
+        name="nightly",
+        schedule=Cron(cron, timezone=timezone),
+        parameters=parameters,
+        description="Retrain, tune, evaluate, register and promote.",
+        tags=["vae", "nightly"],
+    )
     weekly = reevaluate_champion.to_deployment(
-        name="weekly", schedule=Cron(reeval_cron, timezone=timezone),
+        name="weekly",
+        schedule=Cron(reeval_cron, timezone=timezone),
         parameters={k: v for k, v in parameters.items() if k in ("dataset", "tracking_uri", "model_name")},
-        description="Score the champion on today's test split.", tags=["vae"])
+        description="Score the champion on today's test split.",
+        tags=["vae"],
+    )
     return nightly, weekly
 
 

@@ -7,6 +7,7 @@ reuses what finished (and the Optuna study and the training checkpoint continue 
     python -m flows.pipeline --trials 4 --epochs 10          # run once, on a temporary local Prefect server
     python -m flows.deploy                                    # nightly schedule on a running `prefect server`
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,12 +86,36 @@ def promote(p: PipelineParams, registered: dict, metrics: dict) -> dict:
 
 
 @flow(name="vae-pipeline", log_prints=True)
-def vae_pipeline(dataset: str = "mnist-5k", trials: int = 4, tune_epochs: int = 3, epochs: int = 10,
-                 nproc: int = 1, subset: int | None = None, study: str | None = None, storage: str | None = None,
-                 tracking_uri: str | None = None, model_name: str | None = None, min_improvement: float = 0.5,
-                 iw_samples: int = 100, workdir: str = "runs/pipeline") -> dict:
-    p = PipelineParams(dataset, trials, tune_epochs, epochs, nproc, subset, study, storage, tracking_uri,
-                       model_name, min_improvement, iw_samples, workdir)  # bad parameters fail here, before any work
+def vae_pipeline(
+    dataset: str = "mnist-5k",
+    trials: int = 4,
+    tune_epochs: int = 3,
+    epochs: int = 10,
+    nproc: int = 1,
+    subset: int | None = None,
+    study: str | None = None,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    model_name: str | None = None,
+    min_improvement: float = 0.5,
+    iw_samples: int = 100,
+    workdir: str = "runs/pipeline",
+) -> dict:
+    p = PipelineParams(
+        dataset,
+        trials,
+        tune_epochs,
+        epochs,
+        nproc,
+        subset,
+        study,
+        storage,
+        tracking_uri,
+        model_name,
+        min_improvement,
+        iw_samples,
+        workdir,
+    )  # bad parameters fail here, before any work
     clock = _Clock()
     with clock("fetch"):
         data = fetch_data(p)
@@ -112,15 +137,25 @@ def vae_pipeline(dataset: str = "mnist-5k", trials: int = 4, tune_epochs: int = 
         registered = register(p, best, trained, metrics)
     with clock("promote"):
         decision = promote(p, registered, metrics)
-    create_markdown_artifact(steps.summary_markdown(p, best, metrics, registered, decision),
-                             key="vae-pipeline-summary", description="metrics, promotion decision, MLflow run")
-    return {"params": asdict(p), "study": best, "metrics": metrics, "registered": registered, "decision": decision,
-            "seconds": clock.seconds}
+    create_markdown_artifact(
+        steps.summary_markdown(p, best, metrics, registered, decision),
+        key="vae-pipeline-summary",
+        description="metrics, promotion decision, MLflow run",
+    )
+    return {
+        "params": asdict(p),
+        "study": best,
+        "metrics": metrics,
+        "registered": registered,
+        "decision": decision,
+        "seconds": clock.seconds,
+    }
 
 
 @flow(name="vae-reevaluate-champion", log_prints=True)
-def reevaluate_champion(dataset: str = "mnist-5k", tracking_uri: str | None = None, model_name: str | None = None,
-                        iw_samples: int = 100) -> dict:
+def reevaluate_champion(
+    dataset: str = "mnist-5k", tracking_uri: str | None = None, model_name: str | None = None, iw_samples: int = 100
+) -> dict:
     """Score the current champion on today's test split and log the numbers to its MLflow run."""
     p = PipelineParams(dataset=dataset, tracking_uri=tracking_uri, model_name=model_name, iw_samples=iw_samples)
     fetch_data(p)
@@ -141,13 +176,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result = vae_pipeline(**vars(args))
     reg, dec = result["registered"], result["decision"]
-    print(json.dumps({"run_id": reg["run_id"], "model": reg["name"], "version": reg["version"],
-                      "promoted": dec["promote"], "test_neg_elbo": result["metrics"]["neg_elbo"],
-                      "stage_seconds": result["seconds"], "tune": {k: result["study"].get(k) for k in
-                      ("finish_seconds", "counts", "best_params")}}))
-    print(f"\nMLflow: run `mlflow ui --backend-store-uri {reg['tracking_uri']}` and open http://127.0.0.1:5000 "
-          f"(experiment {reg['name']}, run {reg['run_id']}); registered model {reg['name']} v{reg['version']} "
-          f"({'champion' if dec['promote'] else 'challenger'}).", file=sys.stderr)
+    print(
+        json.dumps(
+            {
+                "run_id": reg["run_id"],
+                "model": reg["name"],
+                "version": reg["version"],
+                "promoted": dec["promote"],
+                "test_neg_elbo": result["metrics"]["neg_elbo"],
+                "stage_seconds": result["seconds"],
+                "tune": {k: result["study"].get(k) for k in ("finish_seconds", "counts", "best_params")},
+            }
+        )
+    )
+    print(
+        f"\nMLflow: run `mlflow ui --backend-store-uri {reg['tracking_uri']}` and open http://127.0.0.1:5000 "
+        f"(experiment {reg['name']}, run {reg['run_id']}); registered model {reg['name']} v{reg['version']} "
+        f"({'champion' if dec['promote'] else 'challenger'}).",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -1,6 +1,5 @@
 import os
-import sys
-from pathlib import Path
+import tempfile
 
 import pytest
 
@@ -10,11 +9,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Prefect's database, settings and cached task results of this test session stay out of ~/.prefect.
 if "PREFECT_HOME" not in os.environ:
-    import tempfile
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="vae-tests-prefect-")
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 
 
 @pytest.fixture(scope="session")
@@ -39,75 +34,3 @@ def trained(tmp_path_factory, small_cfg):
     out = tmp_path_factory.mktemp("trained")
     result = fit(small_cfg.replace(train={"epochs": 4}), out=out)
     return out, result
-
-
-def run_cli(*args, env=None, timeout=600):
-    """`python -m vae ARGS` in a subprocess: the real exit code, stdout and stderr."""
-    import subprocess
-    e = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "vae", *map(str, args)], capture_output=True, text=True,
-                          env=e, timeout=timeout)
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float, proc=None) -> None:
-    import time
-    import urllib.request
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
-
-
-def start_server(cmd, health: str, env=None, port_env: str | None = None, timeout: float = 60):
-    """Start a server on a free 127.0.0.1 port (via --port, or an environment variable) and wait until
-    `health` answers 200. Returns (process, base URL)."""
-    import subprocess
-    port = free_port()
-    e = {**os.environ, **(env or {})}
-    if port_env:
-        e[port_env] = str(port)
-    else:
-        cmd = [*cmd, "--host", "127.0.0.1", "--port", str(port)]
-    exe = Path(sys.executable).parent / cmd[0]
-    proc = subprocess.Popen([str(exe), *cmd[1:]], env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + health, timeout, proc)
-    except BaseException:
-        stop_server(proc)
-        raise
-    return proc, url
-
-
-def stop_server(proc) -> None:
-    """SIGTERM the server's whole process group, then SIGKILL what is left."""
-    import signal
-    import subprocess
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()

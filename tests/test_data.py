@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vae import data
+from vae import data, idx
 from vae.config import DataConfig
 from vae.errors import DataError, VAEError
 
@@ -86,7 +86,7 @@ def small_idx(tmp_path_factory, mnist5k):
     tensors = [mnist5k.train.images[:600], mnist5k.train.labels[:600],
                mnist5k.test.images[:100], mnist5k.test.labels[:100]]
     for name, t in zip(NAMES, tensors):
-        data.write_idx(folder / f"{name}.gz", t)
+        idx.write_idx(folder / f"{name}.gz", t)
     resources = [(f"{name}.gz", md5(folder / f"{name}.gz")) for name in NAMES]
     return folder, resources, dict(zip(NAMES, tensors))
 
@@ -151,20 +151,20 @@ def test_default_data_dir_and_import_have_no_side_effects(tmp_path, monkeypatch)
 def test_write_read_idx_round_trip(tmp_path, mnist5k):
     images, labels = mnist5k.val.images, mnist5k.val.labels
     for suffix in ("", ".gz"):
-        data.write_idx(tmp_path / f"i{suffix}", images)
-        data.write_idx(tmp_path / f"l{suffix}", labels)
-        back_images = data.read_idx(tmp_path / f"i{suffix}")
-        back_labels = data.read_idx(tmp_path / f"l{suffix}")
+        idx.write_idx(tmp_path / f"i{suffix}", images)
+        idx.write_idx(tmp_path / f"l{suffix}", labels)
+        back_images = idx.read_idx(tmp_path / f"i{suffix}")
+        back_labels = idx.read_idx(tmp_path / f"l{suffix}")
         assert back_images.dtype == torch.uint8 and torch.equal(back_images, images)
         assert back_labels.dtype == torch.int64 and torch.equal(back_labels, labels)
     assert gzip.decompress((tmp_path / "i.gz").read_bytes()) == (tmp_path / "i").read_bytes()
     assert (tmp_path / "i").read_bytes()[:16] == bytes.fromhex("00000803 000001f4 0000001c 0000001c")
     first = md5(tmp_path / "i.gz")
-    data.write_idx(tmp_path / "i.gz", images)
+    idx.write_idx(tmp_path / "i.gz", images)
     assert md5(tmp_path / "i.gz") == first  # reproducible bytes, so md5s can be published
     assert leftovers(tmp_path) == []
     with pytest.raises(ValueError):
-        data.write_idx(tmp_path / "f", images.float())
+        idx.write_idx(tmp_path / "f", images.float())
 
 
 def _idx(magic: int, dims: list[int], body: bytes) -> bytes:
@@ -187,7 +187,7 @@ def test_malformed_idx_names_file_and_problem(tmp_path, name):
     raw, problem = MALFORMED[name]
     (tmp_path / name).write_bytes(raw)
     with pytest.raises(DataError, match=problem) as err:
-        data.read_idx(tmp_path / name)
+        idx.read_idx(tmp_path / name)
     assert str(tmp_path / name) in str(err.value)
 
 
@@ -196,7 +196,7 @@ def test_idx_folder_raw_and_gz_give_the_same_dataset(tmp_path, small_idx):
     raw_folder = tmp_path / "raw"
     raw_folder.mkdir()
     for name, t in tensors.items():
-        data.write_idx(raw_folder / name, t)
+        idx.write_idx(raw_folder / name, t)
     from_gz = data.load(DataConfig(dataset=f"idx:{gz_folder}", split_seed=3))
     from_raw = data.load(DataConfig(dataset=f"idx:{raw_folder}", split_seed=3))
     assert from_raw.name == f"idx:{raw_folder.resolve()}"
@@ -215,10 +215,10 @@ def test_idx_folder_missing_folder_file_or_label(tmp_path, small_idx):
     partial = tmp_path / "partial"
     partial.mkdir()
     for name, t in list(tensors.items())[:3]:
-        data.write_idx(partial / name, t)
+        idx.write_idx(partial / name, t)
     with pytest.raises(DataError, match=r"partial lacks t10k-labels-idx1-ubyte \(raw or .gz\)"):
         data.fetch(f"idx:{partial}")
-    data.write_idx(partial / "t10k-labels-idx1-ubyte", tensors["t10k-labels-idx1-ubyte"][:99])
+    idx.write_idx(partial / "t10k-labels-idx1-ubyte", tensors["t10k-labels-idx1-ubyte"][:99])
     with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte holds 100 images but "
                                         r".*t10k-labels-idx1-ubyte holds 99 labels"):
         data.load(DataConfig(dataset=f"idx:{partial}"))

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import free_port, run_cli
+from tests.helpers import free_port, run_cli
 from vae import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow

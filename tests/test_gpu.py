@@ -3,7 +3,7 @@ a session with a GPU machine runs `pytest -m gpu` there."""
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible on this machine")]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import start_server, stop_server, wait_http
+from tests.helpers import start_server, stop_server
 
 pytestmark = pytest.mark.slow
 

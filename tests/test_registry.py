@@ -5,10 +5,10 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from vae.tracking import models as serving
-from vae.tracking import registry
 from vae.cli import main
 from vae.errors import ConfigError
+from vae.tracking import models as serving
+from vae.tracking import registry
 
 FP = "f" * 64
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, run_cli
+from tests.helpers import free_port, run_cli
 from vae.cli import main
 from vae.config import Config
 
@@ -39,6 +39,7 @@ def one_json(stdout: str) -> dict:
 
 def load_study(storage: str, name: str):
     import optuna
+
     from vae.tune import open_storage
     return optuna.load_study(study_name=name, storage=open_storage(storage, heartbeat=None))
 

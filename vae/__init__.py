@@ -9,6 +9,7 @@ The plain-function API (what the CLI, the tuner and the flows call):
 Importing this package does no work and loads no torch: `train` and `evaluate` come from vae.api when
 first used (PEP 562), so that `vae --help` starts in a fraction of a second. Layout: see README, "Layout".
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,8 +17,20 @@ from typing import Any
 from vae.config import Config, DataConfig, ModelConfig, TrainConfig
 from vae.errors import CheckpointError, ConfigError, DataError, DivergedError, DownloadError, VAEError
 
-__all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "train", "evaluate", "VAEError",
-           "ConfigError", "DataError", "DownloadError", "CheckpointError", "DivergedError"]
+__all__ = [
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "train",
+    "evaluate",
+    "VAEError",
+    "ConfigError",
+    "DataError",
+    "DownloadError",
+    "CheckpointError",
+    "DivergedError",
+]
 __version__ = "0.1.0"
 
 

@@ -1,4 +1,5 @@
 """The plain-function API: `vae.train` and `vae.evaluate` (re-exported lazily by vae/__init__.py)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,15 +15,23 @@ from vae.evaluation import evaluate as evaluate_model
 from vae.training import Callback, FitResult, fit
 
 
-def train(cfg: Config, out: str | Path | None = None, resume: bool = False,
-          callbacks: Sequence[Callback] = ()) -> FitResult:
+def train(
+    cfg: Config, out: str | Path | None = None, resume: bool = False, callbacks: Sequence[Callback] = ()
+) -> FitResult:
     """Train on one process, or as one rank under torchrun; checkpoints go to out/checkpoint.pt."""
     return fit(cfg, out=out, resume=resume, callbacks=callbacks)
 
 
-def evaluate(checkpoint: str | Path, dataset: str | None = None, split: str = "test", iw_samples: int = 0,
-             figures_dir: str | Path | None = None, data_dir: str | None = None, mirror: str | None = None,
-             device: str = "auto") -> dict[str, Any]:
+def evaluate(
+    checkpoint: str | Path,
+    dataset: str | None = None,
+    split: str = "test",
+    iw_samples: int = 0,
+    figures_dir: str | Path | None = None,
+    data_dir: str | None = None,
+    mirror: str | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
     """Metrics of a checkpoint on a split of its own dataset (or of `dataset`), and figures if asked."""
     dev = pick_device(device)
     model, cfg, state = load_model(checkpoint, map_location=dev)
@@ -30,5 +39,6 @@ def evaluate(checkpoint: str | Path, dataset: str | None = None, split: str = "t
     data_cfg = dataclasses.replace(cfg.data, **changes) if changes else cfg.data
     data = load(data_cfg, download=True)
     cfg = dataclasses.replace(cfg, data=data_cfg)
-    return evaluate_model(model, cfg, data, split=split, iw_samples=iw_samples, figures_dir=figures_dir,
-                          history=state.get("history"))
+    return evaluate_model(
+        model, cfg, data, split=split, iw_samples=iw_samples, figures_dir=figures_dir, history=state.get("history")
+    )

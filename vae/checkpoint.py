@@ -4,6 +4,7 @@ Everything needed to resume exactly is in it: config, weights, optimizer state, 
 history. The random streams need no saving: every draw of epoch e comes from a generator seeded with
 (seed, e), so a resumed run draws what the uninterrupted one would have.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,13 +55,16 @@ def save(state: dict[str, Any], path: str | Path) -> None:
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     p = checkpoint_path(path)
     if not p.exists():
-        raise CheckpointError(f"checkpoint {p} does not exist: pass a run folder written by `vae train --out` "
-                              f"or its {FILENAME}")
+        raise CheckpointError(
+            f"checkpoint {p} does not exist: pass a run folder written by `vae train --out` or its {FILENAME}"
+        )
     try:
         state = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated, not a torch file, or holding arbitrary pickles
-        raise CheckpointError(f"checkpoint {p} cannot be read ({type(e).__name__}: {str(e)[:200]}): "
-                              f"expected a file written by `vae train`") from None
+        raise CheckpointError(
+            f"checkpoint {p} cannot be read ({type(e).__name__}: {str(e)[:200]}): "
+            f"expected a file written by `vae train`"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {p} is not a {FORMAT} file written by `vae train`")
     return state

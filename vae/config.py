@@ -2,6 +2,7 @@
 
 A bad value raises ConfigError naming the field and what would be right, before anything is written.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,8 +47,12 @@ class DataConfig:
         ok = self.dataset in DATASETS or (self.dataset.startswith("idx:") and len(self.dataset) > 4)
         _check(ok, "dataset", self.dataset, f"one of {', '.join(DATASETS)} or idx:PATH")
         _check(_is_int(self.split_seed), "split_seed", self.split_seed, "an integer")
-        _check(self.subset is None or (_is_int(self.subset) and self.subset > 0),
-               "subset", self.subset, "a positive number of images or None")
+        _check(
+            self.subset is None or (_is_int(self.subset) and self.subset > 0),
+            "subset",
+            self.subset,
+            "a positive number of images or None",
+        )
         _check(self.binarize in BINARIZE, "binarize", self.binarize, f"one of {', '.join(BINARIZE)}")
 
 
@@ -61,12 +66,14 @@ class ModelConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(self.hidden))
         _check(self.kind in MODELS, "model", self.kind, f"one of {', '.join(MODELS)}")
-        _check(_is_int(self.latent) and 1 <= self.latent <= 4096, "latent", self.latent,
-               "an integer from 1 to 4096")
-        _check(1 <= len(self.hidden) <= 8 and all(_is_int(h) and 1 <= h <= 16384 for h in self.hidden),
-               "hidden", self.hidden, "1 to 8 layer widths, each from 1 to 16384")
-        _check(self.activation in ACTIVATIONS, "activation", self.activation,
-               f"one of {', '.join(ACTIVATIONS)}")
+        _check(_is_int(self.latent) and 1 <= self.latent <= 4096, "latent", self.latent, "an integer from 1 to 4096")
+        _check(
+            1 <= len(self.hidden) <= 8 and all(_is_int(h) and 1 <= h <= 16384 for h in self.hidden),
+            "hidden",
+            self.hidden,
+            "1 to 8 layer widths, each from 1 to 16384",
+        )
+        _check(self.activation in ACTIVATIONS, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
 
 
 @dataclass(frozen=True)
@@ -88,22 +95,33 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(_is_int(self.epochs) and self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
-        _check(_is_int(self.batch_size) and 1 <= self.batch_size <= 65536, "batch_size",
-               self.batch_size, "an integer from 1 to 65536")
+        _check(
+            _is_int(self.batch_size) and 1 <= self.batch_size <= 65536,
+            "batch_size",
+            self.batch_size,
+            "an integer from 1 to 65536",
+        )
         _check(_is_num(self.lr) and 0 < self.lr <= 10, "lr", self.lr, "a number in (0, 10]")
         _check(_is_num(self.beta) and self.beta >= 0, "beta", self.beta, "a number >= 0")
         _check(self.noise in NOISES, "noise", self.noise, f"one of {', '.join(NOISES)}")
-        _check(_is_num(self.noise_level) and 0 <= self.noise_level <= 1, "noise_level",
-               self.noise_level, "a number in [0, 1]")
+        _check(
+            _is_num(self.noise_level) and 0 <= self.noise_level <= 1,
+            "noise_level",
+            self.noise_level,
+            "a number in [0, 1]",
+        )
         _check(_is_int(self.seed) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
-        _check(self.clip_grad is None or (_is_num(self.clip_grad) and self.clip_grad > 0),
-               "clip_grad", self.clip_grad, "a number > 0 or None")
+        _check(
+            self.clip_grad is None or (_is_num(self.clip_grad) and self.clip_grad > 0),
+            "clip_grad",
+            self.clip_grad,
+            "a number > 0 or None",
+        )
         _check(self.device in DEVICES, "device", self.device, f"one of {', '.join(DEVICES)}")
         _check(self.objective in OBJECTIVES, "objective", self.objective, f"one of {', '.join(OBJECTIVES)}")
         _check(_is_int(self.k) and 1 <= self.k <= 5000, "k", self.k, "an integer from 1 to 5000")
         _check(self.objective == "iwae" or self.k == 1, "k", self.k, "1 unless objective='iwae'")
-        _check(self.lr_schedule in LR_SCHEDULES, "lr_schedule", self.lr_schedule,
-               f"one of {', '.join(LR_SCHEDULES)}")
+        _check(self.lr_schedule in LR_SCHEDULES, "lr_schedule", self.lr_schedule, f"one of {', '.join(LR_SCHEDULES)}")
 
 
 @dataclass(frozen=True)
@@ -130,14 +148,19 @@ class Config:
         unknown = sorted(set(d) - {"data", "model", "train"})
         if unknown:
             raise ConfigError(f"unknown config section(s) {unknown}: expected data, model, train")
-        cfg = cls(build(DataConfig, d.get("data")), build(ModelConfig, d.get("model")),
-                  build(TrainConfig, d.get("train")))
+        cfg = cls(
+            build(DataConfig, d.get("data")), build(ModelConfig, d.get("model")), build(TrainConfig, d.get("train"))
+        )
         cfg.__post_init__()
         return cfg
 
     def __post_init__(self) -> None:
-        _check(self.train.objective != "iwae" or self.model.kind != "ae", "objective", self.train.objective,
-               "'elbo' for the plain autoencoder (it has no posterior to importance-sample)")
+        _check(
+            self.train.objective != "iwae" or self.model.kind != "ae",
+            "objective",
+            self.train.objective,
+            "'elbo' for the plain autoencoder (it has no posterior to importance-sample)",
+        )
 
     def replace(self, **sections: dict[str, Any]) -> Config:
         """Copy with some fields changed, e.g. cfg.replace(train={"epochs": 3})."""

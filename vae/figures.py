@@ -1,4 +1,5 @@
 """PNG figures of a trained model: reconstructions, prior samples, interpolation, latent map, loss curves."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,6 +26,7 @@ def pyplot():
 def image_grid(images: torch.Tensor, path: Path, nrow: int) -> None:
     """(N, 784) pixels in [0, 1] as one PNG grid with white gutters."""
     from torchvision.utils import save_image
+
     save_image(images.reshape(-1, 1, 28, 28).cpu(), path, nrow=nrow, padding=2, pad_value=1.0)
 
 
@@ -53,7 +55,7 @@ def interpolation_grid(model: VAE, images_u8: torch.Tensor, labels: torch.Tensor
     x = pixels(images_u8).to(dev)
     rows = []
     for a, b in pairs:
-        za, zb = model.encode(x[a:a + 1])[0], model.encode(x[b:b + 1])[0]
+        za, zb = model.encode(x[a : a + 1])[0], model.encode(x[b : b + 1])[0]
         t = torch.linspace(0, 1, steps, device=dev).unsqueeze(1)
         rows.append(torch.sigmoid(model.decode(za + t * (zb - za))))
     image_grid(torch.cat(rows), path, nrow=steps)

@@ -6,24 +6,28 @@ it); or a split of a data set. Every reader returns float32 (N, 784) pixels in [
 Each malformed file raises DataError naming the file and what was expected, before anything is written.
 Outputs are written to a temporary file and renamed, so a failure leaves no half-written file.
 """
+
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from vae.config import DataConfig
-from vae.data import SPLITS, load, pixels, read_idx
+from vae.data import SPLITS, load, pixels
 from vae.errors import ConfigError, DataError
 from vae.figures import image_grid
+from vae.idx import read_idx
 
-EXPECTED = ("a 28x28 grey .png, a folder of them, a .npy array of shape (N, 28, 28) or (N, 784) "
-            "(uint8 0-255 or floats in [0, 1]), or an idx images file (...-idx3-ubyte[.gz])")
+EXPECTED = (
+    "a 28x28 grey .png, a folder of them, a .npy array of shape (N, 28, 28) or (N, 784) "
+    "(uint8 0-255 or floats in [0, 1]), or an idx images file (...-idx3-ubyte[.gz])"
+)
 DATASET_NAMES = ("mnist-5k", "mnist", "fashion-mnist")
 
 
@@ -118,14 +122,17 @@ def _read_idx_images(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         if candidate != path and candidate.is_file():
             labels = read_idx(candidate)
             if len(labels) != len(images):
-                raise DataError(f"{candidate} holds {len(labels)} labels for {len(images)} images in {path}: "
-                                "expected one label per image")
+                raise DataError(
+                    f"{candidate} holds {len(labels)} labels for {len(images)} images in {path}: "
+                    "expected one label per image"
+                )
             labels = labels.numpy()
     return pixels(images.numpy()), labels
 
 
-def read_dataset(dataset: str, split: str = "test", data_dir: str | None = None, mirror: str | None = None,
-                 split_seed: int = 0):
+def read_dataset(
+    dataset: str, split: str = "test", data_dir: str | None = None, mirror: str | None = None, split_seed: int = 0
+):
     """(float32 (N, 784), int64 labels, the Dataset) for one split of a data set."""
     if split not in SPLITS:
         raise ConfigError(f"split={split!r} is invalid: expected one of {', '.join(SPLITS)}")
@@ -167,6 +174,7 @@ def read_latents(path: str | Path, latent: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- outputs
+
 
 def check_out(out: str | Path, suffixes: tuple[str, ...], what: str) -> Path:
     """Validate an output file name before any work: known suffix, existing folder."""
@@ -227,5 +235,4 @@ def save_table(path: Path, columns: dict[str, np.ndarray], fmt: dict[str, str] |
             cols.append(values)
             fmts.append(f)
     table = np.column_stack([np.asarray(c, dtype=np.float64) for c in cols])
-    atomic_write(path, lambda p: np.savetxt(p, table, delimiter=",", header=",".join(names), comments="",
-                                            fmt=fmts))
+    atomic_write(path, lambda p: np.savetxt(p, table, delimiter=",", header=",".join(names), comments="", fmt=fmts))

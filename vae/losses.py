@@ -5,6 +5,7 @@ Callers take the mean over images. Source: Kingma & Welling (2013), "Auto-Encodi
 eq. 10 and Appendix B (the closed-form KL to N(0, I)); Burda, Grosse & Salakhutdinov (2015),
 "Importance Weighted Autoencoders", eq. 8 (the K-sample bound).
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,9 @@ def kl_std_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=-1)
 
 
-def neg_elbo(recon_logits: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-             beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def neg_elbo(
+    recon_logits: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, recon, kl), each (B,): the -ELBO recon + beta * kl with z sampled from q(z|x) (Kingma & Welling,
     eq. 10). recon_logits may carry a leading axis of K samples, (K, B, 784): recon is then their mean.
     Training, evaluation and the anomaly scores all use this one function."""
@@ -45,8 +47,14 @@ def log_normal(z: torch.Tensor, mu: torch.Tensor | float = 0.0, logvar: torch.Te
 
 
 @torch.no_grad()
-def iw_log_likelihood(model, x: torch.Tensor, k: int, target: torch.Tensor | None = None,
-                      generator: torch.Generator | None = None, max_elements: int = 1 << 24) -> torch.Tensor:
+def iw_log_likelihood(
+    model,
+    x: torch.Tensor,
+    k: int,
+    target: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    max_elements: int = 1 << 24,
+) -> torch.Tensor:
     """log p(x) >= log (1/K) sum_k p(x, z_k) / q(z_k|x), z_k ~ q(z|x): the importance-weighted bound
     (K=1 is the ELBO; it tightens as K grows). Returns (B,) nats. The K samples are decoded in chunks
     of at most `max_elements` logits so that K=1000 fits in memory."""
@@ -59,7 +67,7 @@ def iw_log_likelihood(model, x: torch.Tensor, k: int, target: torch.Tensor | Non
     eps_all = torch.randn(k, b, latent, generator=generator, device=mu.device, dtype=mu.dtype)
     log_w = []
     for start in range(0, k, chunk):
-        eps = eps_all[start:start + chunk]
+        eps = eps_all[start : start + chunk]
         kc = eps.shape[0]
         z = mu + std * eps  # (kc, B, L)
         logits = model.decode(z.reshape(kc * b, latent)).reshape(kc, b, -1)
@@ -72,8 +80,12 @@ def iw_log_likelihood(model, x: torch.Tensor, k: int, target: torch.Tensor | Non
 def iwae_bound(out, target: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """-(K-sample bound) from a forward pass with eps of shape (K, B, L): (B,) nats. K=1 is the -ELBO
     estimated with that one sample. log q(z|x) = log N(eps; 0, I) - 1/2 sum(logvar) (z = mu + sigma * eps)."""
-    log_w = (-recon_bce(out.recon_logits, target.expand_as(out.recon_logits)) + log_normal(out.z)
-             - log_normal(eps) + 0.5 * out.logvar.sum(-1))  # (K, B)
+    log_w = (
+        -recon_bce(out.recon_logits, target.expand_as(out.recon_logits))
+        + log_normal(out.z)
+        - log_normal(eps)
+        + 0.5 * out.logvar.sum(-1)
+    )  # (K, B)
     return -(torch.logsumexp(log_w, dim=0) - math.log(eps.shape[0]))
 
 

@@ -3,6 +3,7 @@
 All models take images as (B, 784) floats in [0, 1] and decode to (B, 784) logits: the sigmoid of the
 seed lives in the loss (BCE-with-logits) and in `probs()`, where it is numerically safe.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -88,17 +89,22 @@ class ConvVAE(VAE):
         act = cfg.activation
         self.encoder = nn.Sequential(
             nn.Unflatten(1, (1, 28, 28)),
-            nn.Conv2d(1, 32, 4, 2, 1), _act(act),  # (B, 32, 14, 14)
-            nn.Conv2d(32, 64, 4, 2, 1), _act(act),  # (B, 64, 7, 7)
+            nn.Conv2d(1, 32, 4, 2, 1),
+            _act(act),  # (B, 32, 14, 14)
+            nn.Conv2d(32, 64, 4, 2, 1),
+            _act(act),  # (B, 64, 7, 7)
             nn.Flatten(),
-            _mlp([64 * 7 * 7, *h], act), _act(act),
+            _mlp([64 * 7 * 7, *h], act),
+            _act(act),
         )
         self.fc_mu = nn.Linear(h[-1], cfg.latent)
         self.fc_logvar = nn.Linear(h[-1], cfg.latent)
         self.decoder = nn.Sequential(
-            _mlp([cfg.latent, *reversed(h), 64 * 7 * 7], act), _act(act),
+            _mlp([cfg.latent, *reversed(h), 64 * 7 * 7], act),
+            _act(act),
             nn.Unflatten(1, (64, 7, 7)),
-            nn.ConvTranspose2d(64, 32, 4, 2, 1), _act(act),  # (B, 32, 14, 14)
+            nn.ConvTranspose2d(64, 32, 4, 2, 1),
+            _act(act),  # (B, 32, 14, 14)
             nn.ConvTranspose2d(32, 1, 4, 2, 1),  # (B, 1, 28, 28) logits
             nn.Flatten(),
         )

@@ -4,6 +4,7 @@ Tuning and training run as `vae ... --json` subprocesses (torchrun when nproc > 
 the orchestrator. Evaluation, logging and registration run in-process. Every step takes and returns
 small JSON-able dicts, so Prefect can persist them and reuse them when a rerun reaches the same inputs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,7 +57,10 @@ class PipelineParams:
                 raise ConfigError(f"{name}={v!r} is invalid: expected an integer >= {low}")
         if not isinstance(self.min_improvement, (int, float)) or not self.min_improvement >= 0:
             raise ConfigError(f"min_improvement={self.min_improvement!r} is invalid: expected nats >= 0")
-        if self.model_name is not None and not self.model_name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        if (
+            self.model_name is not None
+            and not self.model_name.replace("-", "").replace("_", "").replace(".", "").isalnum()
+        ):
             raise ConfigError(f"model_name={self.model_name!r} is invalid: expected letters, digits, '-', '_' or '.'")
 
     @property
@@ -79,8 +83,9 @@ def run_vae(args: list[str], log: Log = print) -> dict[str, Any]:
     """`python -m vae ARGS --json`: forwards its stderr lines to `log`, returns its JSON result."""
     cmd = [sys.executable, "-m", "vae", *args, "--json"]
     log("$ " + " ".join(cmd[2:]))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     tail: list[str] = []
     assert proc.stderr is not None
     for line in proc.stderr:
@@ -104,9 +109,25 @@ def fetch_step(p: PipelineParams) -> dict[str, Any]:
 
 
 def tune_step(p: PipelineParams, fingerprint: str, log: Log = print) -> dict[str, Any]:
-    args = ["tune", "--dataset", p.dataset, "--trials", str(p.trials), "--epochs", str(p.tune_epochs),
-            "--nproc", str(p.nproc), "--study", p.study_name, "--tracking-uri", p.resolved_tracking_uri(),
-            "--experiment", p.registered_name, "--out", str(Path(p.workdir) / "studies" / p.study_name)]
+    args = [
+        "tune",
+        "--dataset",
+        p.dataset,
+        "--trials",
+        str(p.trials),
+        "--epochs",
+        str(p.tune_epochs),
+        "--nproc",
+        str(p.nproc),
+        "--study",
+        p.study_name,
+        "--tracking-uri",
+        p.resolved_tracking_uri(),
+        "--experiment",
+        p.registered_name,
+        "--out",
+        str(Path(p.workdir) / "studies" / p.study_name),
+    ]
     if p.storage:
         args += ["--storage", p.storage]
     if p.subset:
@@ -119,8 +140,9 @@ def tune_step(p: PipelineParams, fingerprint: str, log: Log = print) -> dict[str
 def train_step(p: PipelineParams, best_config: dict[str, Any], fingerprint: str, log: Log = print) -> dict[str, Any]:
     """Train the best configuration for the full budget. The run folder is named after the config and the
     data, so a rerun after a crash resumes it instead of starting over."""
-    cfg = Config.from_dict(best_config).replace(train={"epochs": p.epochs, "progress": False},
-                                                data={"subset": p.subset})
+    cfg = Config.from_dict(best_config).replace(
+        train={"epochs": p.epochs, "progress": False}, data={"subset": p.subset}
+    )
     key = hashlib.sha256(json.dumps([cfg.to_dict(), fingerprint], sort_keys=True).encode()).hexdigest()[:12]
     out = Path(p.workdir) / f"train-{key}"
     out.mkdir(parents=True, exist_ok=True)
@@ -137,14 +159,26 @@ def evaluate_step(p: PipelineParams, checkpoint: str) -> dict[str, Any]:
     return evaluate(checkpoint, iw_samples=p.iw_samples, figures_dir=figures)
 
 
-def register_step(p: PipelineParams, study: dict[str, Any], trained: dict[str, Any],
-                  metrics: dict[str, Any]) -> dict[str, Any]:
+def register_step(
+    p: PipelineParams, study: dict[str, Any], trained: dict[str, Any], metrics: dict[str, Any]
+) -> dict[str, Any]:
     """One MLflow run for the candidate, then a new registered version with the alias `challenger`."""
-    tags = {"vae.step": "pipeline", "dataset": metrics["dataset"], "fingerprint": metrics["fingerprint"],
-            "study": study.get("study", ""), "study_parent_run_id": study.get("parent_run_id", "")}
-    return candidate.log_candidate(p.resolved_tracking_uri(), p.registered_name, trained,
-                                   candidate.read_history(trained["out"]), metrics, tags,
-                                   {"params": asdict(p), "study": study, "metrics": metrics})
+    tags = {
+        "vae.step": "pipeline",
+        "dataset": metrics["dataset"],
+        "fingerprint": metrics["fingerprint"],
+        "study": study.get("study", ""),
+        "study_parent_run_id": study.get("parent_run_id", ""),
+    }
+    return candidate.log_candidate(
+        p.resolved_tracking_uri(),
+        p.registered_name,
+        trained,
+        candidate.read_history(trained["out"]),
+        metrics,
+        tags,
+        {"params": asdict(p), "study": study, "metrics": metrics},
+    )
 
 
 def promote_step(p: PipelineParams, registered: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
@@ -180,17 +214,24 @@ def reevaluate_champion(p: PipelineParams, log: Log = print) -> dict[str, Any]:
 
 
 def summary_markdown(p: PipelineParams, study: dict, metrics: dict, registered: dict, decision: dict) -> str:
-    rows = [("test -ELBO (nats/image)", metrics.get("neg_elbo")), ("reconstruction", metrics.get("recon")),
-            ("KL", metrics.get("kl")), ("recon at z = mu", metrics.get("recon_at_mean")),
-            (f"IW NLL (K={metrics.get('iw_samples', 0)})", metrics.get("iw_nll")),
-            ("active units", metrics.get("active_units"))]
-    table = "\n".join(f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |"
-                      for k, v in rows if v is not None)
-    return (f"# {registered['name']} v{registered['version']}\n\n"
-            f"Dataset `{metrics['dataset']}`, fingerprint `{metrics['fingerprint'][:12]}`; "
-            f"{metrics['images']} test images.\n\n| metric | value |\n|---|---|\n{table}\n\n"
-            f"**Promotion:** {'promoted to champion' if decision['promote'] else 'stays challenger'}: "
-            f"{decision['reason']}.\n\n"
-            f"Study `{study.get('study')}`: best trial {study.get('best_trial')} "
-            f"(val -ELBO {study.get('best_value', float('nan')):.3f}).\n\n"
-            f"MLflow run `{registered['run_id']}` at `{registered['tracking_uri']}`.\n")
+    rows = [
+        ("test -ELBO (nats/image)", metrics.get("neg_elbo")),
+        ("reconstruction", metrics.get("recon")),
+        ("KL", metrics.get("kl")),
+        ("recon at z = mu", metrics.get("recon_at_mean")),
+        (f"IW NLL (K={metrics.get('iw_samples', 0)})", metrics.get("iw_nll")),
+        ("active units", metrics.get("active_units")),
+    ]
+    table = "\n".join(
+        f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in rows if v is not None
+    )
+    return (
+        f"# {registered['name']} v{registered['version']}\n\n"
+        f"Dataset `{metrics['dataset']}`, fingerprint `{metrics['fingerprint'][:12]}`; "
+        f"{metrics['images']} test images.\n\n| metric | value |\n|---|---|\n{table}\n\n"
+        f"**Promotion:** {'promoted to champion' if decision['promote'] else 'stays challenger'}: "
+        f"{decision['reason']}.\n\n"
+        f"Study `{study.get('study')}`: best trial {study.get('best_trial')} "
+        f"(val -ELBO {study.get('best_value', float('nan')):.3f}).\n\n"
+        f"MLflow run `{registered['run_id']}` at `{registered['tracking_uri']}`.\n"
+    )

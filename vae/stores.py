@@ -4,6 +4,7 @@ Store URLs are SQLAlchemy URLs (sqlite:///PATH, postgresql://USER:PASSWORD@HOST/
 `journal:PATH`. Parsing and password redaction go through SQLAlchemy's own URL type, so a password holding
 '@' or ':' is hidden whole.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,12 +34,12 @@ def sqlite_path(url: str) -> Path | None:
     """The database file of a sqlite:///PATH URL; None for other URLs and in-memory databases."""
     if not url.startswith("sqlite:///") or ":memory:" in url:
         return None
-    return Path(url[len("sqlite:///"):])
+    return Path(url[len("sqlite:///") :])
 
 
 def journal_path(url: str) -> Path | None:
     """The log file of Optuna's journal:PATH storage; None for other URLs."""
-    return Path(url[len(JOURNAL):]) if url.startswith(JOURNAL) else None
+    return Path(url[len(JOURNAL) :]) if url.startswith(JOURNAL) else None
 
 
 def local_file(url: str) -> Path | None:

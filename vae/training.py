@@ -6,6 +6,7 @@ generator seeded with (seed, e), and every rank draws the whole global batch's w
 So N processes see the same numbers as 1 process on the same global batches, and a run resumed at an
 epoch boundary continues exactly as the uninterrupted one.
 """
+
 from __future__ import annotations
 
 import logging
@@ -81,15 +82,24 @@ def _log(ctx: DistContext, msg: str) -> None:
 def _check_resume(state: dict[str, Any], cfg: Config, fingerprint: str, path: Path) -> None:
     old = Config.from_dict(state["config"])
     if old.model != cfg.model or old.data != cfg.data:
-        raise CheckpointError(f"checkpoint {path} was trained with a different model or data config "
-                              f"({old.model}, {old.data}): resume with the same settings or use another --out")
+        raise CheckpointError(
+            f"checkpoint {path} was trained with a different model or data config "
+            f"({old.model}, {old.data}): resume with the same settings or use another --out"
+        )
     if state["fingerprint"] != fingerprint:
-        raise CheckpointError(f"checkpoint {path} was trained on data with fingerprint "
-                              f"{state['fingerprint'][:12]}, not {fingerprint[:12]}: the dataset changed")
+        raise CheckpointError(
+            f"checkpoint {path} was trained on data with fingerprint "
+            f"{state['fingerprint'][:12]}, not {fingerprint[:12]}: the dataset changed"
+        )
 
 
-def fit(cfg: Config, out: str | Path | None = None, resume: bool = False, data: Dataset | None = None,
-        callbacks: Sequence[Callback] = ()) -> FitResult:
+def fit(
+    cfg: Config,
+    out: str | Path | None = None,
+    resume: bool = False,
+    data: Dataset | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> FitResult:
     """Train cfg's model; write out/checkpoint.pt every epoch (rank 0). Under torchrun this is one rank."""
     with distributed(cfg.train.device) as ctx:
         return _fit(cfg, Path(out) if out is not None else None, resume, data, callbacks, ctx)
@@ -109,32 +119,60 @@ class _Run:
     start_epoch: int = 0
 
 
-def _fit(cfg: Config, out: Path | None, resume: bool, data: Dataset | None, callbacks: Sequence[Callback],
-         ctx: DistContext) -> FitResult:
+def _fit(
+    cfg: Config, out: Path | None, resume: bool, data: Dataset | None, callbacks: Sequence[Callback], ctx: DistContext
+) -> FitResult:
     t_start = time.perf_counter()
     run = _setup(cfg, out, resume, data, ctx)
     for epoch in range(run.start_epoch, cfg.train.epochs):
         loss, rec, kl, seconds = _train_epoch(run, cfg, epoch, ctx)
         if not math.isfinite(loss):
-            raise DivergedError(f"training diverged at epoch {epoch + 1}: the loss is {loss}; the last good "
-                                f"checkpoint ({run.path or 'none written'}) is kept. Lower --lr or set --clip-grad")
+            raise DivergedError(
+                f"training diverged at epoch {epoch + 1}: the loss is {loss}; the last good "
+                f"checkpoint ({run.path or 'none written'}) is kept. Lower --lr or set --clip-grad"
+            )
         val = elbo_metrics(run.model, run.data.val.images, cfg, ctx=ctx, seed=cfg.train.seed)
-        row = {"epoch": epoch + 1, "train_loss": loss, "train_recon": rec, "train_kl": kl,
-               "epoch_seconds": seconds, "images_per_second": run.images.shape[0] / seconds,
-               **{f"val_{k}": v for k, v in val.items()}}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": loss,
+            "train_recon": rec,
+            "train_kl": kl,
+            "epoch_seconds": seconds,
+            "images_per_second": run.images.shape[0] / seconds,
+            **{f"val_{k}": v for k, v in val.items()},
+        }
         run.history.append(row)
         if ctx.is_main and run.path is not None:
-            ckpt.save({"config": cfg.to_dict(), "epoch": epoch + 1, "model": run.model.state_dict(),
-                       "optimizer": run.opt.state_dict(), "history": run.history, "fingerprint": run.data.fingerprint,
-                       "dataset": run.data.name, "torch": str(torch.__version__)}, run.path)
+            ckpt.save(
+                {
+                    "config": cfg.to_dict(),
+                    "epoch": epoch + 1,
+                    "model": run.model.state_dict(),
+                    "optimizer": run.opt.state_dict(),
+                    "history": run.history,
+                    "fingerprint": run.data.fingerprint,
+                    "dataset": run.data.name,
+                    "torch": str(torch.__version__),
+                },
+                run.path,
+            )
         _log(ctx, _format_row(row, cfg.train.epochs))
         for cb in callbacks:
             cb(epoch + 1, row)
-    result = FitResult(run.history[-1] if run.history else {}, run.history, run.path if ctx.is_main else None,
-                       run.data.fingerprint, cfg.train.epochs - run.start_epoch, time.perf_counter() - t_start)
-    _log(ctx, f"done: {result.epochs_run} epoch(s) in {result.seconds:.1f} s on {ctx.world_size} process(es), "
-              f"{ctx.device.type}; final val -ELBO {result.metrics.get('val_neg_elbo', float('nan')):.2f} nats"
-              + (f"; checkpoint {run.path}" if run.path is not None else ""))
+    result = FitResult(
+        run.history[-1] if run.history else {},
+        run.history,
+        run.path if ctx.is_main else None,
+        run.data.fingerprint,
+        cfg.train.epochs - run.start_epoch,
+        time.perf_counter() - t_start,
+    )
+    _log(
+        ctx,
+        f"done: {result.epochs_run} epoch(s) in {result.seconds:.1f} s on {ctx.world_size} process(es), "
+        f"{ctx.device.type}; final val -ELBO {result.metrics.get('val_neg_elbo', float('nan')):.2f} nats"
+        + (f"; checkpoint {run.path}" if run.path is not None else ""),
+    )
     return result
 
 
@@ -179,10 +217,11 @@ def _train_epoch(run: _Run, cfg: Config, epoch: int, ctx: DistContext) -> tuple[
     sums = torch.zeros(4, device=dev)  # loss, recon, kl, images: summed without a sync per step
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=tc.bf16 and dev.type == "cuda")
     show_bar = ctx.is_main and tc.progress and sys.stderr.isatty()
-    with tqdm(total=steps, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, file=sys.stderr,
-              disable=not show_bar) as bar:
+    with tqdm(
+        total=steps, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, file=sys.stderr, disable=not show_bar
+    ) as bar:
         for s in range(steps):
-            idx = perm[s * bs:(s + 1) * bs]
+            idx = perm[s * bs : (s + 1) * bs]
             gb = idx.shape[0]
             x, inp, eps = draw_batch(run.images, idx, gen, cfg, run.model.is_variational, _shard(gb, ctx))
             with autocast:
@@ -195,16 +234,23 @@ def _train_epoch(run: _Run, cfg: Config, epoch: int, ctx: DistContext) -> tuple[
             if tc.clip_grad is not None:
                 torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.clip_grad)
             run.opt.step()
-            sums += torch.stack([loss_sum.detach(), recon.sum().detach(), kl.sum().detach(),
-                                 torch.tensor(float(x.shape[0]), device=dev)])
+            sums += torch.stack(
+                [
+                    loss_sum.detach(),
+                    recon.sum().detach(),
+                    kl.sum().detach(),
+                    torch.tensor(float(x.shape[0]), device=dev),
+                ]
+            )
             bar.update(1)
     all_reduce_sum(sums, ctx)
     loss, rec, kl_mean = (sums[:3] / sums[3]).tolist()
     return loss, rec, kl_mean, time.perf_counter() - t0
 
 
-def _batch_loss(o, x: torch.Tensor, eps: torch.Tensor | None, cfg: Config,
-                variational: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _batch_loss(
+    o, x: torch.Tensor, eps: torch.Tensor | None, cfg: Config, variational: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(summed loss, per-image recon, per-image kl) of one batch's forward output."""
     if cfg.train.objective == "iwae":
         per_image = iwae_bound(_float(o), x, eps)
@@ -217,8 +263,14 @@ def _batch_loss(o, x: torch.Tensor, eps: torch.Tensor | None, cfg: Config,
     return recon.sum(), recon, torch.zeros_like(recon)
 
 
-def draw_batch(images: torch.Tensor, idx: torch.Tensor, gen: torch.Generator, cfg: Config, variational: bool,
-               shard: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def draw_batch(
+    images: torch.Tensor,
+    idx: torch.Tensor,
+    gen: torch.Generator,
+    cfg: Config,
+    variational: bool,
+    shard: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(target, input, eps) of this rank's slice [lo, hi) of the global batch `idx`. The randomness of the
     whole global batch is drawn on every rank, in a fixed order, and sliced: the same numbers whatever
     the number of ranks. Dynamic binarization draws fresh Bernoulli pixels each time it is called."""
@@ -246,6 +298,8 @@ def _shard(global_batch: int, ctx: DistContext) -> tuple[int, int]:
 
 def _format_row(row: dict[str, float], epochs: int) -> str:
     val = row.get("val_neg_elbo", row.get("val_bce"))
-    return (f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.2f}  val "
-            f"{'-ELBO' if 'val_neg_elbo' in row else 'BCE'} {val:.2f} nats  "
-            f"{row['epoch_seconds']:.1f} s ({row['images_per_second']:.0f} img/s)")
+    return (
+        f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.2f}  val "
+        f"{'-ELBO' if 'val_neg_elbo' in row else 'BCE'} {val:.2f} nats  "
+        f"{row['epoch_seconds']:.1f} s ({row['images_per_second']:.0f} img/s)"
+    )

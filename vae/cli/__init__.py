@@ -5,6 +5,7 @@ failed (divergence, a failed download), also one line. Commands' handlers live i
 registry,uses,report}.py and are imported only when their command runs: they bring torch, mlflow or optuna,
 which `vae --help` and `vae --version` do without.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,11 @@ from vae.errors import VAEError
 
 # Nothing phones home, whichever entry point runs (`vae`, `python -m vae`, the flows): set before mlflow or
 # prefect is imported. Values the user set win.
-TELEMETRY_OFF = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+TELEMETRY_OFF = {
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
 
 
 def telemetry_off() -> None:

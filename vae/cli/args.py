@@ -1,6 +1,7 @@
 """Every `vae` command's arguments, and the shared argument groups. Light on purpose: this module and what it
 imports (config, errors) are all that `vae --help` loads. Each command names its handler as "module:function";
 vae/cli/__init__.py imports that module only when the command runs."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,10 @@ from typing import Any
 
 from vae.config import Config, TrainConfig
 
-INPUT_HELP = ("a 28x28 PNG, a folder of PNGs, a .npy array ((N, 28, 28) or (N, 784); uint8 0-255 or floats "
-              "in [0, 1]) or an idx images file")
+INPUT_HELP = (
+    "a 28x28 PNG, a folder of PNGs, a .npy array ((N, 28, 28) or (N, 784); uint8 0-255 or floats "
+    "in [0, 1]) or an idx images file"
+)
 DATASET_HELP = "mnist-5k (embedded, default), mnist, fashion-mnist, or idx:PATH (a folder of idx files)"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -18,7 +21,9 @@ def hidden_widths(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(w) for w in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of widths, e.g. 400 or 200,200")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of widths, e.g. 400 or 200,200"
+        ) from None
 
 
 # `vae train` flag -> (config section, field, type, help).
@@ -51,19 +56,33 @@ TRAIN_FLAGS: dict[str, tuple[str, str, Any, str]] = {
 
 # ---------------------------------------------------------------- shared argument groups
 
+
 def verbosity_args(p: argparse.ArgumentParser, default: Any = "INFO") -> None:
-    p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default=default,
-                   help="how much to log on stderr (default INFO)")
-    p.add_argument("-q", "--quiet", dest="log_level", action="store_const", const="WARNING",
-                   default=default, help="warnings and errors only (same as --log-level WARNING)")
+    p.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=default,
+        help="how much to log on stderr (default INFO)",
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        dest="log_level",
+        action="store_const",
+        const="WARNING",
+        default=default,
+        help="warnings and errors only (same as --log-level WARNING)",
+    )
 
 
 def json_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
 
 
-def data_args(p: argparse.ArgumentParser, dataset_default: str | None = "mnist-5k",
-              dataset_help: str = DATASET_HELP) -> None:
+def data_args(
+    p: argparse.ArgumentParser, dataset_default: str | None = "mnist-5k", dataset_help: str = DATASET_HELP
+) -> None:
     p.add_argument("--dataset", default=dataset_default, help=dataset_help)
     p.add_argument("--data-dir", help="download cache (default $VAE_DATA_DIR or ~/.cache/vae)")
     p.add_argument("--mirror", help="base URL holding the official gz files (default $VAE_MNIST_MIRROR)")
@@ -95,8 +114,10 @@ def split_args(p: argparse.ArgumentParser) -> None:
 def input_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--input", help=INPUT_HELP)
-    g.add_argument("--dataset", help="a data set instead of files (default: the model's own): mnist-5k, "
-                                     "mnist, fashion-mnist or idx:PATH")
+    g.add_argument(
+        "--dataset",
+        help="a data set instead of files (default: the model's own): mnist-5k, mnist, fashion-mnist or idx:PATH",
+    )
     split_args(p)
 
 
@@ -114,6 +135,7 @@ def train_flags(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------- the parser
 
+
 def command(sub, name: str, handler: str, parents: tuple = (), **kwargs: Any) -> argparse.ArgumentParser:
     """A subcommand whose handler is "module:function" under vae.cli; verbosity flags allowed after it too."""
     parent = argparse.ArgumentParser(add_help=False)
@@ -126,18 +148,28 @@ def command(sub, name: str, handler: str, parents: tuple = (), **kwargs: Any) ->
 def add_core_commands(sub) -> None:
     data = sub.add_parser("data", help="download and inspect data sets")
     dsub = data.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for action, text in (("fetch", "download and verify a data set into the cache"),
-                         ("info", "split sizes, class counts and fingerprint of a data set")):
+    for action, text in (
+        ("fetch", "download and verify a data set into the cache"),
+        ("info", "split sizes, class counts and fingerprint of a data set"),
+    ):
         p = command(dsub, action, "core:cmd_data", help=text, description=text)
         data_args(p)
         p.add_argument("--split-seed", type=int, default=0)
         json_arg(p)
 
-    p = command(sub, "train", "core:cmd_train", help="train a model (one process, or N under torchrun)",
-                description="Train a VAE/AE; writes OUT/checkpoint.pt every epoch and OUT/history.json.")
+    p = command(
+        sub,
+        "train",
+        "core:cmd_train",
+        help="train a model (one process, or N under torchrun)",
+        description="Train a VAE/AE; writes OUT/checkpoint.pt every epoch and OUT/history.json.",
+    )
     train_flags(p)
-    p.add_argument("--config", help="a JSON file holding a whole config (as in history.json's 'config'); "
-                                    "flags given beside it override its values")
+    p.add_argument(
+        "--config",
+        help="a JSON file holding a whole config (as in history.json's 'config'); "
+        "flags given beside it override its values",
+    )
     p.add_argument("--nproc", type=int, default=1, help="processes on this machine (launches torchrun)")
     p.add_argument("--out", help="run folder (default runs/<model>-<dataset>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -165,13 +197,16 @@ def add_core_commands(sub) -> None:
     json_arg(p)
 
 
-
 def add_tune_command(sub) -> None:
-    p = command(sub, "tune", "tune:cmd_tune",
-                help="search hyper-parameters: an Optuna study of training runs, tracked in MLflow",
-                description="Run trials of an Optuna study until it holds --trials trials (several `vae tune` "
-                            "processes may share one study). Each trial trains for --epochs epochs and reports the "
-                            "validation -ELBO every epoch to the pruner; rerunning the same command continues the study.")
+    p = command(
+        sub,
+        "tune",
+        "tune:cmd_tune",
+        help="search hyper-parameters: an Optuna study of training runs, tracked in MLflow",
+        description="Run trials of an Optuna study until it holds --trials trials (several `vae tune` "
+        "processes may share one study). Each trial trains for --epochs epochs and reports the "
+        "validation -ELBO every epoch to the pruner; rerunning the same command continues the study.",
+    )
     data_args(p)
     t = TrainConfig()
     p.add_argument("--split-seed", type=int, default=0)
@@ -187,9 +222,13 @@ def add_tune_command(sub) -> None:
     p.add_argument("--space", help="TOML or YAML file overriding entries of the default search space")
     p.add_argument("--seed", type=int, help="sampler seed (reproducible with one worker)")
     p.add_argument("--train-seed", type=int, default=t.seed, help="seed of every trial's training")
-    p.add_argument("--heartbeat", type=int, default=30,
-                   help="seconds between trial heartbeats; a trial silent for twice that is failed and retried "
-                        "(SQL storages; 0: off)")
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=30,
+        help="seconds between trial heartbeats; a trial silent for twice that is failed and retried "
+        "(SQL storages; 0: off)",
+    )
     p.add_argument("--out", help="folder of the trials' checkpoints (default mlruns/studies/<study>)")
     tracking_arg(p, "MLflow tracking URI")
     p.add_argument("--experiment", default="vae-tune", help="MLflow experiment (default vae-tune)")
@@ -205,12 +244,23 @@ def add_registry_command(sub) -> None:
     common.add_argument("--dataset", default="mnist-5k", help="names the model vae-<dataset> when --name is absent")
     tracking_arg(common, "MLflow tracking/registry URI")
     json_arg(common)
-    command(rsub, "list", "registry:cmd_registry", parents=[common],
-            help="versions with their aliases, test -ELBO and decisions")
-    pp = command(rsub, "promote", "registry:cmd_registry", parents=[common],
-                 help="make a version champion if it beats the champion")
+    command(
+        rsub,
+        "list",
+        "registry:cmd_registry",
+        parents=[common],
+        help="versions with their aliases, test -ELBO and decisions",
+    )
+    pp = command(
+        rsub,
+        "promote",
+        "registry:cmd_registry",
+        parents=[common],
+        help="make a version champion if it beats the champion",
+    )
     pp.add_argument("--version", required=True)
     pp.add_argument("--min-improvement", type=float, default=0.5, help="nats of test -ELBO it must gain (default 0.5)")
     pp.add_argument("--force", action="store_true", help="skip the comparison")
-    command(rsub, "rollback", "registry:cmd_registry", parents=[common],
-            help="point champion back at the previous champion")
+    command(
+        rsub, "rollback", "registry:cmd_registry", parents=[common], help="point champion back at the previous champion"
+    )

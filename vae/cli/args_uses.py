@@ -1,37 +1,63 @@
 """Arguments of the commands that use a trained model: reconstruct, encode, decode, denoise, augment,
 anomaly, report. MODEL is a run folder, a checkpoint.pt, or an MLflow model URI (models:/NAME@ALIAS,
 models:/NAME/VERSION, runs:/RUN_ID/model)."""
+
 from __future__ import annotations
 
 from vae.cli.args import INPUT_HELP, command, input_args, model_args, split_args
 
 
 def add_uses_commands(sub) -> None:
-    p = command(sub, "reconstruct", "uses:cmd_reconstruct",
-                help="images through the model and back (originals above reconstructions)")
+    _add_codes(sub)
+    _add_denoise_augment(sub)
+    _add_anomaly_report(sub)
+
+
+def _add_codes(sub) -> None:
+    p = command(
+        sub,
+        "reconstruct",
+        "uses:cmd_reconstruct",
+        help="images through the model and back (originals above reconstructions)",
+    )
     model_args(p)
     input_args(p)
-    p.add_argument("--out", required=True, help="grid.png (originals above reconstructions, first 32 images) "
-                                                "or recon.npy (all, (N, 28, 28) floats)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="grid.png (originals above reconstructions, first 32 images) or recon.npy (all, (N, 28, 28) floats)",
+    )
 
     p = command(sub, "encode", "uses:cmd_encode", help="latent means of images (compression, dimensionality reduction)")
     model_args(p)
     input_args(p)
-    p.add_argument("--out", required=True, help="latents.npy ((N, latent) float32) or latents.csv "
-                                                "(z0..z{latent-1}, and label when known)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="latents.npy ((N, latent) float32) or latents.csv (z0..z{latent-1}, and label when known)",
+    )
 
     p = command(sub, "decode", "uses:cmd_decode", help="images from latent codes written by `vae encode`")
     model_args(p)
     p.add_argument("--latents", required=True, help="a .npy or .csv of shape (N, latent)")
     p.add_argument("--out", required=True, help="grid.png or images.npy ((N, 28, 28) floats)")
 
-    p = command(sub, "denoise", "uses:cmd_denoise",
-                help="clean noisy images; PSNR before and after when it adds the noise itself")
+
+def _add_denoise_augment(sub) -> None:
+    p = command(
+        sub,
+        "denoise",
+        "uses:cmd_denoise",
+        help="clean noisy images; PSNR before and after when it adds the noise itself",
+    )
     model_args(p)
     input_args(p)
-    p.add_argument("--noise", default="gaussian",
-                   help="gaussian, masking or salt-pepper: corrupt the clean inputs, denoise, and measure PSNR; "
-                        "none: the inputs are already noisy, just clean them")
+    p.add_argument(
+        "--noise",
+        default="gaussian",
+        help="gaussian, masking or salt-pepper: corrupt the clean inputs, denoise, and measure PSNR; "
+        "none: the inputs are already noisy, just clean them",
+    )
     p.add_argument("--level", type=float, default=0.3, help="noise std (gaussian) or fraction of pixels hit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="grid.png (clean / noisy / denoised rows, first 24 images) or denoised.npy")
@@ -47,22 +73,34 @@ def add_uses_commands(sub) -> None:
     p.add_argument("--with-real", action="store_true", help="also include the real training images")
     p.add_argument("--out", required=True, help="new folder: train-* hold the new images, t10k-* the real test split")
 
-    p = command(sub, "anomaly", "uses:cmd_anomaly",
-                help="anomaly scores, a threshold from validation data, AUROC given labels")
+
+def _add_anomaly_report(sub) -> None:
+    p = command(
+        sub, "anomaly", "uses:cmd_anomaly", help="anomaly scores, a threshold from validation data, AUROC given labels"
+    )
     model_args(p)
-    p.add_argument("--score", help="what to score: " + INPUT_HELP + "; or a data set name (mnist-5k, mnist, "
-                                   "fashion-mnist, idx:PATH) with --split. Default: the model's data set")
+    p.add_argument(
+        "--score",
+        help="what to score: " + INPUT_HELP + "; or a data set name (mnist-5k, mnist, "
+        "fashion-mnist, idx:PATH) with --split. Default: the model's data set",
+    )
     split_args(p)
     p.add_argument("--fit-on", help="data set whose validation split sets the threshold (default: the model's)")
-    p.add_argument("--normal-classes", help="digits counted as normal, e.g. 1 or 3,5 (default: the classes in "
-                                            "--fit-on's validation split)")
+    p.add_argument(
+        "--normal-classes",
+        help="digits counted as normal, e.g. 1 or 3,5 (default: the classes in --fit-on's validation split)",
+    )
     p.add_argument("--quantile", type=float, default=0.99, help="threshold = this quantile of normal val scores")
     p.add_argument("--kind", default="auto", help="auto (neg-elbo for a VAE, recon for an AE), neg-elbo or recon")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="scores.csv: index, score, flagged (and label when known)")
 
-    p = command(sub, "report", "report:cmd_report",
-                help="one HTML page: samples, reconstructions, compression, denoising, anomalies")
+    p = command(
+        sub,
+        "report",
+        "report:cmd_report",
+        help="one HTML page: samples, reconstructions, compression, denoising, anomalies",
+    )
     model_args(p)
     p.add_argument("--dataset", help="data set to report on (default: the model's)")
     p.add_argument("--split", default="test")

@@ -1,4 +1,5 @@
 """What several command handlers share: the relaunch under torchrun, loading MODEL, output path checks."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,9 +12,11 @@ from vae.errors import ConfigError
 
 def shows(text):
     """Decorator: the handler's result is printed as text(result) when --json is absent."""
+
     def mark(handler):
         handler.text = text
         return handler
+
     return mark
 
 

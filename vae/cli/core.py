@@ -1,4 +1,5 @@
 """`vae data | train | evaluate | sample`."""
+
 from __future__ import annotations
 
 import argparse
@@ -39,17 +40,26 @@ def config_from_args(a: argparse.Namespace) -> Config:
 def cmd_train(a: argparse.Namespace) -> dict[str, Any]:
     cfg = config_from_args(a)
     check_nproc(a.nproc)
-    out = Path(a.out or f"runs/{cfg.model.kind}-{cfg.data.dataset.replace(':', '_').replace('/', '_')}"
-                         f"-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = Path(
+        a.out
+        or f"runs/{cfg.model.kind}-{cfg.data.dataset.replace(':', '_').replace('/', '_')}"
+        f"-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     if a.nproc > 1 and not under_torchrun():
         if (out / FILENAME).exists() and not a.resume:
             raise ConfigError(f"{out / FILENAME} already exists: pass --resume to continue, or choose another --out")
         data.load(cfg.data, download=True)  # downloads once, and bad data fails here, before torchrun starts
         relaunch(a, [] if a.out else ["--out", str(out)])
     result = api.train(cfg, out=out, resume=a.resume)
-    summary = {"out": str(out), "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-               "fingerprint": result.fingerprint, "epochs_run": result.epochs_run,
-               "seconds": round(result.seconds, 3), "metrics": result.metrics, "config": cfg.to_dict()}
+    summary = {
+        "out": str(out),
+        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        "fingerprint": result.fingerprint,
+        "epochs_run": result.epochs_run,
+        "seconds": round(result.seconds, 3),
+        "metrics": result.metrics,
+        "config": cfg.to_dict(),
+    }
     if result.checkpoint is not None:
         write_json({**summary, "history": result.history}, out / "history.json")
     return summary
@@ -59,8 +69,16 @@ def cmd_evaluate(a: argparse.Namespace) -> dict[str, Any]:
     if a.iw_samples < 0:
         raise ConfigError(f"iw-samples={a.iw_samples} is invalid: expected an integer >= 0")
     figures = None if a.no_figures else (a.figures or checkpoint_path(a.checkpoint).parent / "figures")
-    return api.evaluate(a.checkpoint, dataset=a.dataset, split=a.split, iw_samples=a.iw_samples,
-                        figures_dir=figures, data_dir=a.data_dir, mirror=a.mirror, device=a.device)
+    return api.evaluate(
+        a.checkpoint,
+        dataset=a.dataset,
+        split=a.split,
+        iw_samples=a.iw_samples,
+        figures_dir=figures,
+        data_dir=a.data_dir,
+        mirror=a.mirror,
+        device=a.device,
+    )
 
 
 def cmd_sample(a: argparse.Namespace) -> dict[str, Any]:

@@ -1,4 +1,5 @@
 """`vae registry list|promote|rollback`: the MLflow registry by hand (the pipeline does the same steps)."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,10 @@ def _text(r: dict[str, Any]) -> str:
         lines = [f"{'version':>7}  {'aliases':<20} {'test -ELBO':>10}  {'decision':<9} fingerprint"]
         for v in r["versions"]:
             value = f"{v['test_neg_elbo']:.3f}" if v["test_neg_elbo"] is not None else "-"
-            lines.append(f"{v['version']:>7}  {','.join(v['aliases']) or '-':<20} {value:>10}  "
-                         f"{v['decision'] or '-':<9} {v['fingerprint'][:12]}")
+            lines.append(
+                f"{v['version']:>7}  {','.join(v['aliases']) or '-':<20} {value:>10}  "
+                f"{v['decision'] or '-':<9} {v['fingerprint'][:12]}"
+            )
         return "\n".join(lines)
     if "rolled_back" in r:
         return f"{r['name']}: champion is v{r['champion']} again (v{r['rolled_back']} rolled back)"

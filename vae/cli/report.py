@@ -1,4 +1,5 @@
 """`vae report`: the HTML page of what a model does (vae.uses.report), attached to its MLflow run."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,10 +15,13 @@ from vae.uses.report import write_report
 
 def _text(r: dict[str, Any]) -> str:
     m = r["metrics"]
-    return (f"report: {r['out']} (figures in {r['files']}), {r['seconds']} s\n"
-            f"data: {r['dataset']} {r['split']}, fingerprint {r['fingerprint'][:16]}; "
-            + ", ".join(f"{k} {v:.2f}" for k, v in m.items() if isinstance(v, float))
-            + "\nlogged to MLflow: " + (r["logged_to"] or "no (pass --run-id, or a models:/ URI)"))
+    return (
+        f"report: {r['out']} (figures in {r['files']}), {r['seconds']} s\n"
+        f"data: {r['dataset']} {r['split']}, fingerprint {r['fingerprint'][:16]}; "
+        + ", ".join(f"{k} {v:.2f}" for k, v in m.items() if isinstance(v, float))
+        + "\nlogged to MLflow: "
+        + (r["logged_to"] or "no (pass --run-id, or a models:/ URI)")
+    )
 
 
 @shows(_text)
@@ -40,8 +44,16 @@ def cmd_report(a: argparse.Namespace) -> dict[str, Any]:
     changes = {k: v for k, v in {"dataset": a.dataset, "data_dir": a.data_dir, "mirror": a.mirror}.items() if v}
     data_cfg = dataclasses.replace(cfg.data, subset=None, **changes)
     data = load(data_cfg, download=True)
-    result = write_report(model, dataclasses.replace(cfg, data=data_cfg), state, data, out, model_ref=str(a.model),
-                          split=a.split, seed=a.seed)
+    result = write_report(
+        model,
+        dataclasses.replace(cfg, data=data_cfg),
+        state,
+        data,
+        out,
+        model_ref=str(a.model),
+        split=a.split,
+        seed=a.seed,
+    )
     result["split"] = a.split
     result["logged_to"] = log_files(run_id, [out], [Path(result["files"])], "report", store) if run_id else None
     return result

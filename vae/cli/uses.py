@@ -3,6 +3,7 @@
 Each command checks its arguments and output path first, then loads, computes, and writes its outputs
 through a temporary file: bad input exits 2 with one line and leaves nothing behind.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +16,17 @@ from vae.cli.common import load_model_ref, shows
 from vae.config import DataConfig
 from vae.data import load
 from vae.errors import ConfigError
-from vae.io import atomic_write, check_out, is_dataset, read_dataset, read_images, read_latents, save_grid, save_images, save_table
+from vae.io import (
+    atomic_write,
+    check_out,
+    is_dataset,
+    read_dataset,
+    read_images,
+    read_latents,
+    save_grid,
+    save_images,
+    save_table,
+)
 
 # ---------------------------------------------------------------- helpers
 
@@ -38,11 +49,12 @@ def _inputs(a, cfg, source: str | None = None, dataset: str | None = None):
         name = str(source)
     else:
         ds = dataset or cfg.data.dataset
-        x, labels, data = read_dataset(ds, a.split, a.data_dir or cfg.data.data_dir,
-                                          a.mirror or cfg.data.mirror, cfg.data.split_seed)
+        x, labels, data = read_dataset(
+            ds, a.split, a.data_dir or cfg.data.data_dir, a.mirror or cfg.data.mirror, cfg.data.split_seed
+        )
         name = f"{data.name}:{a.split}"
     if a.limit is not None:
-        x, labels = x[:a.limit], (labels[:a.limit] if labels is not None else None)
+        x, labels = x[: a.limit], (labels[: a.limit] if labels is not None else None)
     return x, labels, name
 
 
@@ -52,7 +64,7 @@ def _rows(groups: list, nrow: int = 8):
     n = len(groups[0])
     pad = (-n) % nrow
     groups = [np.concatenate([g, np.ones((pad, 784), np.float32)]) for g in groups]
-    return np.concatenate([g[s:s + nrow] for s in range(0, n + pad, nrow) for g in groups])
+    return np.concatenate([g[s : s + nrow] for s in range(0, n + pad, nrow) for g in groups])
 
 
 def _table(rows: list[dict], columns: dict[str, str]) -> str:
@@ -68,6 +80,7 @@ def _mean(v) -> float:
 
 # ---------------------------------------------------------------- commands
 
+
 def cmd_reconstruct(a) -> dict[str, Any]:
     out = check_out(a.out, (".png", ".npy"), IMAGE_OUT)
     _check_limit(a)
@@ -82,10 +95,20 @@ def cmd_reconstruct(a) -> dict[str, Any]:
 
 
 def _encode_text(r: dict[str, Any]) -> str:
-    return (f"wrote {r['images']} latent codes of {r['latent']} floats from {r['input']} to {r['out']}\n"
-            "compression (bytes per image: 784 as uint8 pixels) and the reconstruction error it costs:\n"
-            + _table(r["compression"], {"bits": "bits/number", "latent_bytes": "bytes/image", "ratio": "ratio",
-                                        "psnr_db": "PSNR dB", "bce_nats": "BCE nats"}))
+    return (
+        f"wrote {r['images']} latent codes of {r['latent']} floats from {r['input']} to {r['out']}\n"
+        "compression (bytes per image: 784 as uint8 pixels) and the reconstruction error it costs:\n"
+        + _table(
+            r["compression"],
+            {
+                "bits": "bits/number",
+                "latent_bytes": "bytes/image",
+                "ratio": "ratio",
+                "psnr_db": "PSNR dB",
+                "bce_nats": "BCE nats",
+            },
+        )
+    )
 
 
 @shows(_encode_text)
@@ -99,8 +122,13 @@ def cmd_encode(a) -> dict[str, Any]:
         atomic_write(out, lambda p: np.save(p, z))
     else:
         save_table(out, {"z": z, **({"label": labels} if labels is not None else {})})
-    return {"out": str(out), "input": name, "images": len(x), "latent": int(z.shape[1]),
-            "compression": uses.compression(model, x)}
+    return {
+        "out": str(out),
+        "input": name,
+        "images": len(x),
+        "latent": int(z.shape[1]),
+        "compression": uses.compression(model, x),
+    }
 
 
 def cmd_decode(a) -> dict[str, Any]:
@@ -146,15 +174,28 @@ def cmd_augment(a) -> dict[str, Any]:
     if not 0 <= a.spread <= 10:
         raise ConfigError(f"spread={a.spread} is invalid: expected a number in [0, 10]")
     model, cfg, _ = _load(a)
-    data = load(DataConfig(a.dataset or cfg.data.dataset, a.data_dir or cfg.data.data_dir,
-                           a.mirror or cfg.data.mirror, cfg.data.split_seed), download=True)
-    images, labels = uses.augment(model, data.train.images.numpy(), data.train.labels.numpy(), a.per_class,
-                                  a.spread, a.seed)
+    data = load(
+        DataConfig(
+            a.dataset or cfg.data.dataset,
+            a.data_dir or cfg.data.data_dir,
+            a.mirror or cfg.data.mirror,
+            cfg.data.split_seed,
+        ),
+        download=True,
+    )
+    images, labels = uses.augment(
+        model, data.train.images.numpy(), data.train.labels.numpy(), a.per_class, a.spread, a.seed
+    )
     if a.with_real:
         images = np.concatenate([data.train.images.numpy(), images])
         labels = np.concatenate([data.train.labels.numpy(), labels])
-    meta = {"model": str(a.model), "per_class": a.per_class, "spread": a.spread, "seed": a.seed,
-            "with_real": a.with_real}
+    meta = {
+        "model": str(a.model),
+        "per_class": a.per_class,
+        "spread": a.spread,
+        "seed": a.seed,
+        "with_real": a.with_real,
+    }
     return uses.write_augmented(out, images, labels, data, meta)
 
 
@@ -166,8 +207,13 @@ def cmd_anomaly(a) -> dict[str, Any]:
     uses.threshold([0.0], a.quantile)  # validates the quantile before any work
     normal = uses.parse_classes(a.normal_classes) if a.normal_classes else None
     model, cfg, _ = _load(a)
-    fit_x, fit_y, _ = read_dataset(a.fit_on or cfg.data.dataset, "val", a.data_dir or cfg.data.data_dir,
-                                   a.mirror or cfg.data.mirror, cfg.data.split_seed)
+    fit_x, fit_y, _ = read_dataset(
+        a.fit_on or cfg.data.dataset,
+        "val",
+        a.data_dir or cfg.data.data_dir,
+        a.mirror or cfg.data.mirror,
+        cfg.data.split_seed,
+    )
     thr, normal = uses.fit_threshold(model, fit_x, fit_y, normal, a.quantile, a.kind, a.seed)
     if a.score is not None and is_dataset(a.score):
         x, labels, name = _inputs(a, cfg, dataset=a.score)
@@ -175,9 +221,17 @@ def cmd_anomaly(a) -> dict[str, Any]:
         x, labels, name = _inputs(a, cfg, source=a.score)
     s = uses.scores(model, x, a.kind, seed=a.seed)
     flagged = s > thr
-    result: dict[str, Any] = {"scored": name, "images": len(x), "kind": a.kind, "normal_classes": list(normal),
-                              "quantile": a.quantile, "threshold": round(thr, 4), "flagged": int(flagged.sum()),
-                              "flagged_fraction": round(float(flagged.mean()), 4), "out": str(out) if out else None}
+    result: dict[str, Any] = {
+        "scored": name,
+        "images": len(x),
+        "kind": a.kind,
+        "normal_classes": list(normal),
+        "quantile": a.quantile,
+        "threshold": round(thr, 4),
+        "flagged": int(flagged.sum()),
+        "flagged_fraction": round(float(flagged.mean()), 4),
+        "out": str(out) if out else None,
+    }
     if labels is not None:
         result.update(_detection(s, labels, normal, flagged))
     if out is not None:
@@ -192,9 +246,9 @@ def _detection(s: np.ndarray, labels: np.ndarray, normal: tuple[int, ...], flagg
     if not anomalous.any() or anomalous.all():
         return {}
     per_class = uses.per_class_auroc(s, labels, normal)
-    return {"auroc": round(uses.auroc(s, anomalous), 4),
-            "auroc_per_class": {str(c): round(v, 4) for c, v in per_class.items()},
-            "detected_fraction": round(float(flagged[anomalous].mean()), 4),
-            "false_alarm_fraction": round(float(flagged[~anomalous].mean()), 4)}
-
-
+    return {
+        "auroc": round(uses.auroc(s, anomalous), 4),
+        "auroc_per_class": {str(c): round(v, 4) for c, v in per_class.items()},
+        "detected_fraction": round(float(flagged[anomalous].mean()), 4),
+        "false_alarm_fraction": round(float(flagged[~anomalous].mean()), 4),
+    }

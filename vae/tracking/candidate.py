@@ -1,5 +1,6 @@
 """The pipeline's MLflow records: the candidate's run and registered version, the promotion decision on it,
 and a re-evaluation of the champion on new data."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,15 @@ def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def log_candidate(uri: str | None, name: str, trained: Mapping[str, Any], history: list[dict[str, float]],
-                  metrics: Mapping[str, Any], tags: Mapping[str, str], record: Mapping[str, Any]) -> dict[str, Any]:
+def log_candidate(
+    uri: str | None,
+    name: str,
+    trained: Mapping[str, Any],
+    history: list[dict[str, float]],
+    metrics: Mapping[str, Any],
+    tags: Mapping[str, str],
+    record: Mapping[str, Any],
+) -> dict[str, Any]:
     """One MLflow run for a candidate (params, per-epoch and test metrics, figures, `record` as pipeline.json,
     the pyfunc model), then a new version of registered model `name` with the alias `challenger`."""
     uri = configure(uri)
@@ -49,8 +57,13 @@ def log_candidate(uri: str | None, name: str, trained: Mapping[str, Any], histor
         mlflow.log_dict(dict(record), "pipeline.json")
         info = log_model(trained["checkpoint"], name="model")
         version = registry.register(uri, name, info.model_uri, run.info.run_id, dict(metrics), model_id=info.model_id)
-    return {"run_id": run.info.run_id, "model_uri": info.model_uri, "version": version, "name": name,
-            "tracking_uri": uri}
+    return {
+        "run_id": run.info.run_id,
+        "model_uri": info.model_uri,
+        "version": version,
+        "name": name,
+        "tracking_uri": uri,
+    }
 
 
 def champion(uri: str, name: str) -> ModelVersion | None:
@@ -68,8 +81,12 @@ def record_decision(run_id: str, decision: Mapping[str, Any]) -> None:
     """The promotion decision on the candidate's run: promotion.json, tags, and the improvement as a metric."""
     with mlflow.start_run(run_id=run_id):
         mlflow.log_dict(dict(decision), "promotion.json")
-        mlflow.set_tags({"promotion.decision": "promoted" if decision["promote"] else "rejected",
-                         "promotion.reason": decision["reason"]})
+        mlflow.set_tags(
+            {
+                "promotion.decision": "promoted" if decision["promote"] else "rejected",
+                "promotion.reason": decision["reason"],
+            }
+        )
         if decision.get("improvement") is not None:
             mlflow.log_metric("promotion_improvement", decision["improvement"])
 
@@ -79,9 +96,17 @@ def log_reevaluation(uri: str, name: str, version: ModelVersion, metrics: Mappin
     with mlflow.start_run(run_id=version.run_id):
         mlflow.log_metrics({f"reeval_{k}": v for k, v in _numbers(metrics).items()}, step=int(time.time()))
     open_client(uri).set_model_version_tag(
-        name, str(version.version), "reevaluated",
-        json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "neg_elbo": metrics["neg_elbo"],
-                    "fingerprint": metrics["fingerprint"]}))
+        name,
+        str(version.version),
+        "reevaluated",
+        json.dumps(
+            {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "neg_elbo": metrics["neg_elbo"],
+                "fingerprint": metrics["fingerprint"],
+            }
+        ),
+    )
 
 
 def require_champion(uri: str, name: str) -> ModelVersion:

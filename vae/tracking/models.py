@@ -13,6 +13,7 @@ Request: {"inputs": [[784 pixels in [0, 1]], ...], "params": {"op": "encode"}}; 
 A bad request raises MlflowException(INVALID_PARAMETER_VALUE): the scoring server answers it with HTTP 400
 and the message (any other exception would also be a 400, but with a generic message and a traceback).
 """
+
 from __future__ import annotations
 
 import os
@@ -59,8 +60,9 @@ def _as_images(model_input) -> np.ndarray:
     if x.ndim == 3 and x.shape[1:] == (28, 28):
         x = x.reshape(len(x), 784)
     if x.ndim != 2 or x.shape[1] != 784 or not 1 <= len(x) <= MAX_ROWS:
-        raise DataError(f"inputs of shape {x.shape} are invalid: expected (N, 784) pixels in [0, 1], "
-                        f"1 <= N <= {MAX_ROWS}")
+        raise DataError(
+            f"inputs of shape {x.shape} are invalid: expected (N, 784) pixels in [0, 1], 1 <= N <= {MAX_ROWS}"
+        )
     if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
         raise DataError("input pixels must be numbers in [0, 1] (divide 8-bit images by 255)")
     return x
@@ -92,9 +94,15 @@ def _param(params: dict[str, Any], name: str, kind: type, default):
 def signature() -> ModelSignature:
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 784))]),
-        params=ParamSchema([ParamSpec("op", "string", "reconstruct"), ParamSpec("n", "long", 16),
-                            ParamSpec("seed", "long", 0), ParamSpec("temperature", "double", 1.0),
-                            ParamSpec("kind", "string", "auto")]),
+        params=ParamSchema(
+            [
+                ParamSpec("op", "string", "reconstruct"),
+                ParamSpec("n", "long", 16),
+                ParamSpec("seed", "long", 0),
+                ParamSpec("temperature", "double", 1.0),
+                ParamSpec("kind", "string", "auto"),
+            ]
+        ),
     )
 
 
@@ -106,13 +114,18 @@ def log_model(checkpoint: str | Path, name: str = "model", registered_model_name
     """Log a checkpoint as a pyfunc model in the active MLflow run; returns mlflow's ModelInfo. The `vae`
     package travels with it (code_paths), so a server needs only the pip requirements."""
     return mlflow.pyfunc.log_model(
-        name=name, python_model=VAEPyfunc(), artifacts={"checkpoint": str(checkpoint_path(checkpoint))},
-        code_paths=[str(Path(__file__).resolve().parents[1])], signature=signature(), pip_requirements=pip_requirements(),
+        name=name,
+        python_model=VAEPyfunc(),
+        artifacts={"checkpoint": str(checkpoint_path(checkpoint))},
+        code_paths=[str(Path(__file__).resolve().parents[1])],
+        signature=signature(),
+        pip_requirements=pip_requirements(),
         registered_model_name=registered_model_name,
     )
 
 
 # ---------------------------------------------------------------- loading back, attaching files
+
 
 def resolve_model(ref: str, tracking_uri_: str | None = None, device="cpu"):
     """(model, cfg, checkpoint dict) from a checkpoint path or an MLflow model URI: models:/NAME@ALIAS,
@@ -129,12 +142,14 @@ def resolve_model(ref: str, tracking_uri_: str | None = None, device="cpu"):
                 local = mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=tmp)
             meta = Model.load(local)
         except MlflowException as e:
-            raise CheckpointError(f"model {ref} cannot be loaded from tracking store {uri}: "
-                                  f"{e.message.splitlines()[0][:300]}") from None
+            raise CheckpointError(
+                f"model {ref} cannot be loaded from tracking store {uri}: {e.message.splitlines()[0][:300]}"
+            ) from None
         rel = meta.flavors.get("python_function", {}).get("artifacts", {}).get("checkpoint", {}).get("path")
         if rel is None:
-            raise CheckpointError(f"model {ref} has no checkpoint artifact: expected a model logged by "
-                                  "vae.tracking.models.log_model")
+            raise CheckpointError(
+                f"model {ref} has no checkpoint artifact: expected a model logged by vae.tracking.models.log_model"
+            )
         model, cfg, state = load_model(Path(local) / rel, map_location=device)
     return model, cfg, {**state, "source": {"uri": ref, "run_id": meta.run_id, "tracking_uri": uri}}
 
@@ -149,8 +164,9 @@ def check_run(run_id: str, tracking_uri_: str | None = None) -> None:
         raise ConfigError(f"run_id={run_id!r} is invalid: {e.message.splitlines()[0][:200]} in {uri}") from None
 
 
-def log_files(run_id: str, files: list[Path], folders: list[Path], artifact_path: str,
-              tracking_uri_: str | None = None) -> str:
+def log_files(
+    run_id: str, files: list[Path], folders: list[Path], artifact_path: str, tracking_uri_: str | None = None
+) -> str:
     """Attach files and folders to an existing run, under artifact_path; returns the run's artifact URI."""
     uri = tracking_uri(tracking_uri_)
     check_store(uri)

@@ -6,6 +6,7 @@ champion's, beats the champion's by at least `min_improvement` nats. Each decisi
 the candidate version (and, by the pipeline, on its run). The registered model's tag `champion_history`
 (a JSON list of versions) is what `rollback` walks back.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,10 +51,22 @@ class Decision:
         return {**asdict(self), "improvement": self.improvement, "metric": METRIC}
 
 
-def decide(candidate: str, candidate_value: float, champion: str | None, champion_value: float | None,
-           min_improvement: float, force: bool = False) -> Decision:
-    kw = dict(candidate=candidate, candidate_value=candidate_value, champion=champion,
-              champion_value=champion_value, min_improvement=min_improvement, forced=force)
+def decide(
+    candidate: str,
+    candidate_value: float,
+    champion: str | None,
+    champion_value: float | None,
+    min_improvement: float,
+    force: bool = False,
+) -> Decision:
+    kw = dict(
+        candidate=candidate,
+        candidate_value=candidate_value,
+        champion=champion,
+        champion_value=champion_value,
+        min_improvement=min_improvement,
+        forced=force,
+    )
     if force:
         return Decision(True, "forced by hand", **kw)
     if champion is None:
@@ -61,8 +74,9 @@ def decide(candidate: str, candidate_value: float, champion: str | None, champio
     gain = champion_value - candidate_value
     if gain > min_improvement:
         return Decision(True, f"beats champion v{champion} by {gain:.3f} nats (> {min_improvement})", **kw)
-    return Decision(False, f"does not beat champion v{champion} by more than {min_improvement} nats "
-                           f"(improvement {gain:.3f})", **kw)
+    return Decision(
+        False, f"does not beat champion v{champion} by more than {min_improvement} nats (improvement {gain:.3f})", **kw
+    )
 
 
 def _client(tracking_uri: str | None) -> MlflowClient:
@@ -87,25 +101,42 @@ def _history(client: MlflowClient, name: str) -> list[str]:
     return json.loads(client.get_registered_model(name).tags.get("champion_history", "[]"))
 
 
-def register(tracking_uri: str | None, name: str, model_uri: str, run_id: str, metrics: dict[str, Any],
-             model_id: str | None = None) -> str:
+def register(
+    tracking_uri: str | None,
+    name: str,
+    model_uri: str,
+    run_id: str,
+    metrics: dict[str, Any],
+    model_id: str | None = None,
+) -> str:
     """A new version of `name` from a logged model, tagged with its test metrics, and made `challenger`."""
     client = _client(tracking_uri)
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description="VAE models trained by the vae pipeline; "
-                                                         "aliases: champion (in use), challenger (newest)")
-    tags = {METRIC: f"{metrics['neg_elbo']:.6f}", "fingerprint": metrics["fingerprint"],
-            "dataset": metrics["dataset"], "split": metrics.get("split", "test")}
+        client.create_registered_model(
+            name, description="VAE models trained by the vae pipeline; aliases: champion (in use), challenger (newest)"
+        )
+    tags = {
+        METRIC: f"{metrics['neg_elbo']:.6f}",
+        "fingerprint": metrics["fingerprint"],
+        "dataset": metrics["dataset"],
+        "split": metrics.get("split", "test"),
+    }
     # model_id: a remote server accepts a models:/m-... source only together with the id of that model
     mv = client.create_model_version(name, model_uri, run_id=run_id, tags=tags, model_id=model_id)
     client.set_registered_model_alias(name, CHALLENGER, str(mv.version))
     return str(mv.version)
 
 
-def promote(tracking_uri: str | None, name: str, version: str | int, min_improvement: float = 0.0,
-            force: bool = False, champion_value: float | None = None) -> Decision:
+def promote(
+    tracking_uri: str | None,
+    name: str,
+    version: str | int,
+    min_improvement: float = 0.0,
+    force: bool = False,
+    champion_value: float | None = None,
+) -> Decision:
     """Make `version` champion if it passes the gate (or force). champion_value: the champion's test -ELBO
     re-measured on the candidate's data, when the caller has it (the pipeline does when fingerprints differ)."""
     if not min_improvement >= 0:
@@ -116,23 +147,37 @@ def promote(tracking_uri: str | None, name: str, version: str | int, min_improve
     if champ is not None and str(champ.version) == str(cand.version):
         return Decision(False, f"v{cand.version} is already champion", str(cand.version), float(cand.tags[METRIC]))
     if champ is not None and champion_value is None and not force:
-        if champ.tags.get("fingerprint") != cand.tags.get("fingerprint") or champ.tags.get("split") != cand.tags.get("split"):
+        same = [champ.tags.get(k) == cand.tags.get(k) for k in ("fingerprint", "split")]
+        if not all(same):
+            fingerprints = champ.tags.get("fingerprint", "?")[:12], cand.tags.get("fingerprint", "?")[:12]
             raise ConfigError(
                 f"champion v{champ.version} and v{cand.version} were evaluated on different data "
-                f"(fingerprints {champ.tags.get('fingerprint', '?')[:12]} and {cand.tags.get('fingerprint', '?')[:12]}): "
-                f"compare them on the same test split (the pipeline re-evaluates the champion), or pass --force")
+                f"(fingerprints {fingerprints[0]} and {fingerprints[1]}): "
+                f"compare them on the same test split (the pipeline re-evaluates the champion), or pass --force"
+            )
         champion_value = float(champ.tags[METRIC])
-    d = decide(str(cand.version), float(cand.tags[METRIC]), str(champ.version) if champ else None,
-               champion_value, min_improvement, force)
+    d = decide(
+        str(cand.version),
+        float(cand.tags[METRIC]),
+        str(champ.version) if champ else None,
+        champion_value,
+        min_improvement,
+        force,
+    )
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    for key, value in {"promotion.decision": "promoted" if d.promote else "rejected",
-                       "promotion.reason": d.reason, "promotion.time": stamp,
-                       "promotion.compared_to": d.champion or "none",
-                       "promotion.improvement": "" if d.improvement is None else f"{d.improvement:.6f}"}.items():
+    for key, value in {
+        "promotion.decision": "promoted" if d.promote else "rejected",
+        "promotion.reason": d.reason,
+        "promotion.time": stamp,
+        "promotion.compared_to": d.champion or "none",
+        "promotion.improvement": "" if d.improvement is None else f"{d.improvement:.6f}",
+    }.items():
         client.set_model_version_tag(name, str(cand.version), key, value)
     if d.promote:
         client.set_registered_model_alias(name, CHAMPION, str(cand.version))
-        client.set_registered_model_tag(name, "champion_history", json.dumps(_history(client, name) + [str(cand.version)]))
+        client.set_registered_model_tag(
+            name, "champion_history", json.dumps(_history(client, name) + [str(cand.version)])
+        )
     return d
 
 
@@ -163,9 +208,15 @@ def list_versions(tracking_uri: str | None, name: str) -> list[dict[str, Any]]:
         by_version.setdefault(str(version), []).append(alias)
     rows = []
     for mv in client.search_model_versions(f"name='{name}'"):
-        rows.append({"version": str(mv.version), "aliases": sorted(by_version.get(str(mv.version), [])),
-                     "run_id": mv.run_id,
-                     METRIC: float(mv.tags[METRIC]) if METRIC in mv.tags else None,
-                     "fingerprint": mv.tags.get("fingerprint", ""), "decision": mv.tags.get("promotion.decision", ""),
-                     "created": mv.creation_timestamp})
+        rows.append(
+            {
+                "version": str(mv.version),
+                "aliases": sorted(by_version.get(str(mv.version), [])),
+                "run_id": mv.run_id,
+                METRIC: float(mv.tags[METRIC]) if METRIC in mv.tags else None,
+                "fingerprint": mv.tags.get("fingerprint", ""),
+                "decision": mv.tags.get("promotion.decision", ""),
+                "created": mv.creation_timestamp,
+            }
+        )
     return sorted(rows, key=lambda r: int(r["version"]))

@@ -4,6 +4,7 @@ Children are written through MlflowClient by explicit run id, so several workers
 trials, can share one parent (vae.tune keeps its id with the study). Per-epoch metrics go in one log_batch
 call per epoch: no per-step logging.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,9 +68,11 @@ class StudyTracker:
 
     def start_trial(self, number: int, params: Mapping[str, Any], extra_params: Mapping[str, Any]) -> str:
         t0 = time.perf_counter()
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number}",
-                                     tags={"mlflow.parentRunId": self.parent_id, "optuna.trial_number": str(number),
-                                           STATE_TAG: "running"})
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial-{number}",
+            tags={"mlflow.parentRunId": self.parent_id, "optuna.trial_number": str(number), STATE_TAG: "running"},
+        )
         self.client.log_batch(run.info.run_id, params=_params({**params, **extra_params}))
         self.seconds += time.perf_counter() - t0
         return run.info.run_id
@@ -85,8 +88,9 @@ class StudyTracker:
         t0 = time.perf_counter()
         tags = [RunTag(STATE_TAG, state)] + ([RunTag("reason", reason[:5000])] if reason else [])
         ts = _now_ms()
-        self.client.log_batch(run_id, metrics=[Metric(f"final_{k}", float(v), ts, 0) for k, v in dict(metrics).items()],
-                              tags=tags)
+        self.client.log_batch(
+            run_id, metrics=[Metric(f"final_{k}", float(v), ts, 0) for k, v in dict(metrics).items()], tags=tags
+        )
         self.client.set_terminated(run_id, STATUS[state])
         self.seconds += time.perf_counter() - t0
 
@@ -104,8 +108,11 @@ class StudyTracker:
         """Log the study's figures and trial table (the files in `folder`) and its summary on the parent."""
         ts = _now_ms()
         self.client.log_artifacts(self.parent_id, str(folder))
-        self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
-                              tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        self.client.log_batch(
+            self.parent_id,
+            metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
+            tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()],
+        )
         self.client.set_terminated(self.parent_id, "FINISHED")
 
     def log_model(self, run_id: str, checkpoint: Path) -> str:

@@ -4,13 +4,13 @@ Default store: `sqlite:///<cwd>/mlruns/mlflow.db` with artifacts under `<cwd>/ml
 Any tracking URI works, a remote `mlflow server` included. Nothing happens at import: folders are made and
 the URI is set only when a function is called.
 """
+
 from __future__ import annotations
 
 import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
@@ -41,8 +41,10 @@ def check_store(uri: str) -> None:
     """CheckpointError for a sqlite store that does not exist (mlflow would silently create an empty one)."""
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
-        raise CheckpointError(f"tracking store {uri} does not exist: set MLFLOW_TRACKING_URI or pass "
-                              "--tracking-uri to the store holding the model")
+        raise CheckpointError(
+            f"tracking store {uri} does not exist: set MLFLOW_TRACKING_URI or pass "
+            "--tracking-uri to the store holding the model"
+        )
 
 
 def _first_contact(uri: str):

@@ -1,9 +1,23 @@
 """Everything Optuna: the search space (space.py), storages, sampler, pruner and worker coordination
 (storage.py), the objective and its per-trial bookkeeping (objective.py), the study run (study.py) and its
 summary (summary.py). MLflow comes in through vae.tracking.runs.StudyTracker."""
+
 from vae.tune.space import DEFAULT_SPACE, PARAMS, load_space, suggest, to_config
 from vae.tune.storage import PRUNERS, SAMPLERS, make_pruner, make_sampler, open_storage
 from vae.tune.study import TuneSettings, run_study, tune
 
-__all__ = ["DEFAULT_SPACE", "PARAMS", "load_space", "suggest", "to_config", "PRUNERS", "SAMPLERS", "make_pruner",
-           "make_sampler", "open_storage", "TuneSettings", "run_study", "tune"]
+__all__ = [
+    "DEFAULT_SPACE",
+    "PARAMS",
+    "load_space",
+    "suggest",
+    "to_config",
+    "PRUNERS",
+    "SAMPLERS",
+    "make_pruner",
+    "make_sampler",
+    "open_storage",
+    "TuneSettings",
+    "run_study",
+    "tune",
+]

@@ -5,6 +5,7 @@ broadcasts every suggest/report/should_prune, so a pruned trial raises TrialPrun
 group serves every trial of the job (fit() reuses it). Everything a trial leaves behind besides its value
 (its MLflow run, user attributes, timings, its folder) is the bookkeeper's job, on rank 0.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,8 @@ from vae.config import Config
 from vae.data import Dataset
 from vae.distributed import DistContext, broadcast_object
 from vae.errors import DivergedError
-from vae.training import FitResult, fit
 from vae.tracking.runs import StudyTracker
+from vae.training import FitResult, fit
 from vae.tune.space import suggest, to_config
 from vae.tune.storage import AskLock, counted
 
@@ -38,6 +39,7 @@ class Surplus(Exception):
 def pruning(trial, on_rank0=None):
     """fit() callback: report the epoch's validation -ELBO to the pruner, and stop the trial when it says so
     (or when the value is not finite: every rank sees the same all-reduced value)."""
+
     def on_epoch(epoch: int, row: dict[str, float]) -> None:
         value = row["val_neg_elbo"]
         if on_rank0 is not None:
@@ -47,6 +49,7 @@ def pruning(trial, on_rank0=None):
         trial.report(value, epoch)
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}: val -ELBO {value:.2f} nats")
+
     return on_epoch
 
 
@@ -79,9 +82,17 @@ class Bookkeeper:
         self.t0, self.tracked_from = time.perf_counter(), self.tracker.seconds
         trial.set_user_attr("config", cfg.to_dict())
         trial.set_user_attr("nproc", nproc)
-        self.run_id = self.tracker.start_trial(trial.number, params, {
-            "epochs": cfg.train.epochs, "dataset": cfg.data.dataset, "subset": cfg.data.subset, "nproc": nproc,
-            "hidden": ",".join(map(str, cfg.model.hidden))})
+        self.run_id = self.tracker.start_trial(
+            trial.number,
+            params,
+            {
+                "epochs": cfg.train.epochs,
+                "dataset": cfg.data.dataset,
+                "subset": cfg.data.subset,
+                "nproc": nproc,
+                "hidden": ",".join(map(str, cfg.model.hidden)),
+            },
+        )
         trial.set_user_attr("mlflow_run_id", self.run_id)
 
     def log_epoch(self, epoch: int, row: dict[str, float]) -> None:
@@ -129,8 +140,12 @@ class Objective:
         if self.book:
             self.book.start(trial, params, cfg, self.ctx.world_size)
         try:
-            result = fit(cfg, out=self.out / f"trial-{t.number}", data=self.data,
-                         callbacks=[pruning(t, self.book.log_epoch if self.book else None)])
+            result = fit(
+                cfg,
+                out=self.out / f"trial-{t.number}",
+                data=self.data,
+                callbacks=[pruning(t, self.book.log_epoch if self.book else None)],
+            )
         except Exception as e:
             if self.book:
                 self.book.failed(trial, e)

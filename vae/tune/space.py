@@ -1,5 +1,6 @@
 """The search space: declared once, overridden by a TOML/YAML file or a mapping, validated whole before any
 trial starts; `suggest` draws a point, `to_config` turns it into the trial's Config."""
+
 from __future__ import annotations
 
 import tomllib
@@ -26,9 +27,14 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
 }
 # Every parameter a space may name: its type, and where it lands in the Config.
 PARAMS: dict[str, tuple[type, str, str]] = {
-    "lr": (float, "train", "lr"), "beta": (float, "train", "beta"), "batch_size": (int, "train", "batch_size"),
-    "latent": (int, "model", "latent"), "model": (str, "model", "kind"), "activation": (str, "model", "activation"),
-    "hidden_width": (int, "model", "hidden"), "hidden_depth": (int, "model", "hidden"),
+    "lr": (float, "train", "lr"),
+    "beta": (float, "train", "beta"),
+    "batch_size": (int, "train", "batch_size"),
+    "latent": (int, "model", "latent"),
+    "model": (str, "model", "kind"),
+    "activation": (str, "model", "activation"),
+    "hidden_width": (int, "model", "hidden"),
+    "hidden_depth": (int, "model", "hidden"),
     "lr_schedule": (str, "train", "lr_schedule"),
 }
 
@@ -130,8 +136,9 @@ def _check_range(kind: type, spec: dict[str, Any], bad) -> list[Any]:
 
 def _check_value(name: str, kind: type, v: Any, base: Config, bad) -> None:
     if name == "model" and v not in MODELS[:1] + MODELS[2:]:
-        raise bad(f"model={v!r} is invalid in a search: the objective is the validation -ELBO, expected "
-                  f"vae or conv-vae")
+        raise bad(
+            f"model={v!r} is invalid in a search: the objective is the validation -ELBO, expected vae or conv-vae"
+        )
     numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
     if kind is not str and (not numeric or (kind is int and v != int(v))):
         raise bad(f"value {v!r} is invalid: expected {'an integer' if kind is int else 'a number'}")
@@ -152,11 +159,13 @@ def suggest(trial, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         elif "choices" in spec:
             params[name] = trial.suggest_categorical(name, spec["choices"])
         elif kind is int:
-            params[name] = trial.suggest_int(name, spec["low"], spec["high"], step=spec.get("step", 1),
-                                             log=spec.get("log", False))
+            params[name] = trial.suggest_int(
+                name, spec["low"], spec["high"], step=spec.get("step", 1), log=spec.get("log", False)
+            )
         else:
-            params[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]), step=spec.get("step"),
-                                               log=spec.get("log", False))
+            params[name] = trial.suggest_float(
+                name, float(spec["low"]), float(spec["high"]), step=spec.get("step"), log=spec.get("log", False)
+            )
     return params
 
 

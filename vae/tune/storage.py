@@ -7,6 +7,7 @@ the user attribute `surplus` and not counted.) With an RDB storage, trials send 
 mid-trial leaves a trial that the next worker marks failed and re-queues with the same parameters
 (RetryHeartbeatStaleTrialCallback), so a rerun of the same command completes the study.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,8 +39,11 @@ def open_storage(url: str, heartbeat: int | None = 30) -> optuna.storages.BaseSt
             return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
         kwargs: dict[str, Any] = {}
         if heartbeat:
-            kwargs = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
-                      "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)}
+            kwargs = {
+                "heartbeat_interval": heartbeat,
+                "grace_period": 2 * heartbeat,
+                "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+            }
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return _rdb_storage(url, kwargs)
@@ -47,8 +51,10 @@ def open_storage(url: str, heartbeat: int | None = 30) -> optuna.storages.BaseSt
         raise
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ConfigError(f"storage {redact(url)} cannot be opened ({type(e).__name__}: {msg[:300]}): expected "
-                          f"sqlite:///PATH, a reachable postgresql://USER@HOST/DB, or journal:PATH") from None
+        raise ConfigError(
+            f"storage {redact(url)} cannot be opened ({type(e).__name__}: {msg[:300]}): expected "
+            f"sqlite:///PATH, a reachable postgresql://USER@HOST/DB, or journal:PATH"
+        ) from None
 
 
 def _rdb_storage(url: str, kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
@@ -101,7 +107,7 @@ class AskLock:
         self.url = url
         self.key = int.from_bytes(hashlib.sha256(study.encode()).digest()[:8], "big", signed=True)
         file = local_file(url)
-        self.file = FileLock(f"{file}.{self.key & 0xffffffff:x}.ask.lock") if file is not None else None
+        self.file = FileLock(f"{file}.{self.key & 0xFFFFFFFF:x}.ask.lock") if file is not None else None
         self.conn = None
         self.held = False
 
@@ -127,8 +133,11 @@ class AskLock:
 def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """The trials that make up the study's count: not surplus ones, not failed ones that a retry replaced."""
     replaced = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    return [t for t in trials if not t.user_attrs.get("surplus")
-            and not (t.state == TrialState.FAIL and t.number in replaced)]
+    return [
+        t
+        for t in trials
+        if not t.user_attrs.get("surplus") and not (t.state == TrialState.FAIL and t.number in replaced)
+    ]
 
 
 def next_action(study: optuna.Study, n_trials: int, deadline: float | None, heartbeat: bool) -> str:

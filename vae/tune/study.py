@@ -4,13 +4,13 @@ Objective: validation -ELBO in nats per image after the last epoch, reported eve
 (vae/tune/objective.py). The study lives in a storage shared by any number of workers (vae/tune/storage.py);
 the search space is vae/tune/space.py.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import re
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping
@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 from tqdm import tqdm
 
 from vae.config import Config
@@ -103,8 +102,9 @@ def run_study(base: Config, s: TuneSettings) -> dict[str, Any]:
     if not ctx.is_main:
         return {"rank": ctx.rank}
     t_finish = time.perf_counter()
-    summary = summarize(study, book.tracker, space, s.storage_url(), s.n_trials, s.folder(base), book.ran,
-                        t_finish - t_start)
+    summary = summarize(
+        study, book.tracker, space, s.storage_url(), s.n_trials, s.folder(base), book.ran, t_finish - t_start
+    )
     summary["finish_seconds"] = round(time.perf_counter() - t_finish, 3)  # figures, table, best model
     return summary
 
@@ -113,8 +113,14 @@ def _trial_loop(ctx: DistContext, study: optuna.Study | None, objective: Objecti
     """Rank 0 decides each round (run, wait or stop) under the ask lock and tells the others."""
     deadline = time.time() + s.timeout if s.timeout else None
     heartbeat = bool(s.heartbeat) and not s.storage_url().startswith("journal:")
-    bar = tqdm(total=s.n_trials, desc="trials", unit="trial", disable=None if ctx.is_main else True,
-               file=sys.stderr, initial=len(counted(study.get_trials(deepcopy=False))) if study else 0)
+    bar = tqdm(
+        total=s.n_trials,
+        desc="trials",
+        unit="trial",
+        disable=None if ctx.is_main else True,
+        file=sys.stderr,
+        initial=len(counted(study.get_trials(deepcopy=False))) if study else 0,
+    )
     with bar:
         while True:
             action = None
@@ -149,27 +155,42 @@ def _follow(ctx: DistContext, objective: Objective) -> None:
         pass
 
 
-def open_study(s: TuneSettings, base: Config, space: dict[str, Any], fingerprint: str,
-               lock: AskLock) -> tuple[optuna.Study, StudyTracker]:
+def open_study(
+    s: TuneSettings, base: Config, space: dict[str, Any], fingerprint: str, lock: AskLock
+) -> tuple[optuna.Study, StudyTracker]:
     """Create or load the study, check a resumed one matches, and attach its MLflow parent run (under the
     study's lock, so that workers starting together agree on one parent)."""
     name, url = s.study_name(base), s.storage_url()
-    st = optuna.create_study(storage=open_storage(url, s.heartbeat), study_name=name, direction="minimize",
-                             sampler=make_sampler(s.sampler, s.seed), pruner=make_pruner(s.pruner, base.train.epochs),
-                             load_if_exists=True)
+    st = optuna.create_study(
+        storage=open_storage(url, s.heartbeat),
+        study_name=name,
+        direction="minimize",
+        sampler=make_sampler(s.sampler, s.seed),
+        pruner=make_pruner(s.pruner, base.train.epochs),
+        load_if_exists=True,
+    )
     mine = {"space": space, "base_config": _comparable(base), "fingerprint": fingerprint}
     attrs = st.user_attrs
     for key, value in mine.items():
         if key in attrs and json.dumps(attrs[key], sort_keys=True) != json.dumps(value, sort_keys=True):
-            raise ConfigError(f"study {name!r} in {redact(url)} was created with another {key.replace('_', ' ')} "
-                              f"({json.dumps(attrs[key], sort_keys=True)[:300]}): rerun with the same settings "
-                              f"to continue it, or pick a new --study")
+            raise ConfigError(
+                f"study {name!r} in {redact(url)} was created with another {key.replace('_', ' ')} "
+                f"({json.dumps(attrs[key], sort_keys=True)[:300]}): rerun with the same settings "
+                f"to continue it, or pick a new --study"
+            )
         if key not in attrs:
             st.set_user_attr(key, value)
     tracker = StudyTracker(s.tracking_uri, s.experiment)
-    tags = {"optuna.study": name, "optuna.storage": redact(url), "dataset": base.data.dataset,
-            "dataset_fingerprint": fingerprint, "search_space": space_tag(space), "epochs": base.train.epochs,
-            "sampler": s.sampler, "pruner": s.pruner}
+    tags = {
+        "optuna.study": name,
+        "optuna.storage": redact(url),
+        "dataset": base.data.dataset,
+        "dataset_fingerprint": fingerprint,
+        "search_space": space_tag(space),
+        "epochs": base.train.epochs,
+        "sampler": s.sampler,
+        "pruner": s.pruner,
+    }
     lock.acquire()
     try:
         attrs = st.user_attrs  # read again under the lock: another worker may have just made the parent

@@ -1,5 +1,6 @@
 """The end of a worker's run of a study: close orphaned trial runs, log the best trial's model, the study's
 plots and trial table on the MLflow parent run, and the summary that `vae tune --json` prints."""
+
 from __future__ import annotations
 
 import json
@@ -17,14 +18,24 @@ from vae.tracking.runs import StudyTracker
 from vae.tune.storage import counted
 
 
-def summarize(st: optuna.Study, tracker: StudyTracker, space: dict[str, Any], storage_url: str, n_trials: int,
-              folder: Path, ran: int, seconds: float) -> dict[str, Any]:
+def summarize(
+    st: optuna.Study,
+    tracker: StudyTracker,
+    space: dict[str, Any],
+    storage_url: str,
+    n_trials: int,
+    folder: Path,
+    ran: int,
+    seconds: float,
+) -> dict[str, Any]:
     trials = st.get_trials(deepcopy=False)
     for t in trials:  # a killed worker's child run would otherwise stay RUNNING in MLflow
         if t.state == TrialState.FAIL and t.user_attrs.get("mlflow_run_id") and not t.user_attrs.get("fail_reason"):
             tracker.close_orphan(t.user_attrs["mlflow_run_id"], "worker lost: heartbeat stale, trial re-queued")
-    counts = {s: sum(t.state == getattr(TrialState, s.upper()) for t in trials)
-              for s in ("complete", "pruned", "fail", "running", "waiting")}
+    counts = {
+        s: sum(t.state == getattr(TrialState, s.upper()) for t in trials)
+        for s in ("complete", "pruned", "fail", "running", "waiting")
+    }
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = min(complete, key=lambda t: t.value) if complete else None
     model_uri = _best_model(st, tracker, best)
@@ -33,19 +44,35 @@ def summarize(st: optuna.Study, tracker: StudyTracker, space: dict[str, Any], st
         metrics = {f"trials_{k}": v for k, v in counts.items()}
         if best is not None:
             metrics["best_val_neg_elbo"] = best.value
-        tracker.finish_parent(Path(tmp), metrics, {"best_trial": best.number if best else "none",
-                                                   "best_params": json.dumps(best.params) if best else "{}",
-                                                   "figures_skipped": "; ".join(skipped) or "none"})
+        tracker.finish_parent(
+            Path(tmp),
+            metrics,
+            {
+                "best_trial": best.number if best else "none",
+                "best_params": json.dumps(best.params) if best else "{}",
+                "figures_skipped": "; ".join(skipped) or "none",
+            },
+        )
     return {
-        "study": st.study_name, "storage": redact(storage_url), "n_trials": n_trials,
-        "trials": len(counted(trials)), "counts": counts,
+        "study": st.study_name,
+        "storage": redact(storage_url),
+        "n_trials": n_trials,
+        "trials": len(counted(trials)),
+        "counts": counts,
         "surplus": sum(bool(t.user_attrs.get("surplus")) for t in trials),
-        "best_trial": best.number if best else None, "best_value": best.value if best else None,
+        "best_trial": best.number if best else None,
+        "best_value": best.value if best else None,
         "best_params": best.params if best else None,
         "best_config": best.user_attrs.get("config") if best else None,
-        "parent_run_id": tracker.parent_id, "experiment_id": tracker.experiment_id, "tracking_uri": tracker.uri,
-        "best_model_uri": model_uri, "out": str(folder), "trials_run_here": ran, "seconds": round(seconds, 3),
-        "search_space": space, "figures_skipped": skipped,
+        "parent_run_id": tracker.parent_id,
+        "experiment_id": tracker.experiment_id,
+        "tracking_uri": tracker.uri,
+        "best_model_uri": model_uri,
+        "out": str(folder),
+        "trials_run_here": ran,
+        "seconds": round(seconds, 3),
+        "search_space": space,
+        "figures_skipped": skipped,
     }
 
 
@@ -71,11 +98,16 @@ def plots(study: optuna.Study, folder: Path) -> list[str]:
     plt = pyplot()
     skipped = []
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    charts = {"optimization_history": vis.plot_optimization_history,
-              "parallel_coordinate": vis.plot_parallel_coordinate, "param_importances": vis.plot_param_importances}
+    charts = {
+        "optimization_history": vis.plot_optimization_history,
+        "parallel_coordinate": vis.plot_parallel_coordinate,
+        "param_importances": vis.plot_param_importances,
+    }
     for name, plot in charts.items():
         if len(complete) < (2 if name == "param_importances" else 1):
-            skipped.append(f"{name}: needs {'2 complete trials' if name == 'param_importances' else 'a complete trial'}")
+            skipped.append(
+                f"{name}: needs {'2 complete trials' if name == 'param_importances' else 'a complete trial'}"
+            )
             continue
         try:
             with warnings.catch_warnings():
@@ -88,5 +120,6 @@ def plots(study: optuna.Study, folder: Path) -> list[str]:
             skipped.append(f"{name}: {type(e).__name__}: {str(e)[:200]}")
     df = study.trials_dataframe(attrs=("number", "state", "value", "duration", "params", "user_attrs"))
     df.drop(columns=[c for c in df.columns if c in ("user_attrs_config",)], errors="ignore").to_csv(
-        folder / "trials.csv", index=False)
+        folder / "trials.csv", index=False
+    )
     return skipped

@@ -1,4 +1,5 @@
 """Anomaly detection by reconstruction: scores, a threshold fitted on normal images, AUROC."""
+
 from __future__ import annotations
 
 import hashlib
@@ -70,8 +71,15 @@ def per_class_auroc(scores_: np.ndarray, labels: np.ndarray, normal: tuple[int, 
     return out
 
 
-def fit_threshold(model, val_x: np.ndarray, val_labels: np.ndarray | None, normal: tuple[int, ...] | None,
-                  quantile: float, kind: str = "auto", seed: int = 0) -> tuple[float, tuple[int, ...]]:
+def fit_threshold(
+    model,
+    val_x: np.ndarray,
+    val_labels: np.ndarray | None,
+    normal: tuple[int, ...] | None,
+    quantile: float,
+    kind: str = "auto",
+    seed: int = 0,
+) -> tuple[float, tuple[int, ...]]:
     """(threshold, normal classes): the `quantile` of the scores of the normal images of a validation split.
     normal=None: every class present in val_labels is normal (all images, when there are no labels)."""
     threshold([0.0], quantile)  # validates the quantile before any work
@@ -82,8 +90,9 @@ def fit_threshold(model, val_x: np.ndarray, val_labels: np.ndarray | None, norma
             normal = tuple(int(c) for c in np.unique(val_labels))
         keep = np.isin(val_labels, normal)
     if not keep.any():
-        raise ConfigError(f"normal classes {','.join(map(str, normal))} are invalid: no validation images of "
-                          "those classes")
+        raise ConfigError(
+            f"normal classes {','.join(map(str, normal))} are invalid: no validation images of those classes"
+        )
     return threshold(scores(model, val_x[keep], kind, seed=seed), quantile), tuple(normal)
 
 

@@ -1,4 +1,5 @@
 """Data augmentation: new labelled images decoded around the posterior of each class's images."""
+
 from __future__ import annotations
 
 import json
@@ -11,15 +12,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from vae.data import Dataset, pixels, write_idx
+from vae.data import Dataset, pixels
 from vae.errors import ConfigError
+from vae.idx import write_idx
 from vae.io import default_mode
 from vae.uses.codes import device_of, encode
 
 
 @torch.no_grad()
-def augment(model, images_u8: np.ndarray, labels: np.ndarray, per_class: int, spread: float = 1.0,
-            seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def augment(
+    model, images_u8: np.ndarray, labels: np.ndarray, per_class: int, spread: float = 1.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """New labelled images: for each class, `per_class` codes z = mu + spread * sigma * eps around the
     posterior of that class's images (drawn with replacement only when the class has fewer images),
     decoded and rounded to uint8. For the plain AE, sigma is half the spread of the class's codes.
@@ -33,8 +36,11 @@ def augment(model, images_u8: np.ndarray, labels: np.ndarray, per_class: int, sp
     out_x, out_y = [], []
     for c in np.unique(labels):
         base = images_u8[labels == c].reshape(-1, 784)
-        pick = (torch.randperm(len(base), generator=g)[:per_class] if per_class <= len(base)
-                else torch.randint(len(base), (per_class,), generator=g)).numpy()
+        pick = (
+            torch.randperm(len(base), generator=g)[:per_class]
+            if per_class <= len(base)
+            else torch.randint(len(base), (per_class,), generator=g)
+        ).numpy()
         x = torch.as_tensor(pixels(base[pick]), device=dev)
         mu, logvar = model.encode(x)
         if logvar is not None:
@@ -49,8 +55,9 @@ def augment(model, images_u8: np.ndarray, labels: np.ndarray, per_class: int, sp
     return np.concatenate(out_x), np.concatenate(out_y)
 
 
-def write_augmented(out: str | Path, images: np.ndarray, labels: np.ndarray, source: Dataset,
-                    meta: dict[str, Any]) -> dict[str, Any]:
+def write_augmented(
+    out: str | Path, images: np.ndarray, labels: np.ndarray, source: Dataset, meta: dict[str, Any]
+) -> dict[str, Any]:
     """Write an augmented training set as an idx folder that `--dataset idx:OUT` reads: train-* hold
     `images`/`labels`, t10k-* the source's untouched real test split (so a model trained on the augmented set
     is still tested on real digits), augment.json the provenance. The folder appears whole or not at all."""
@@ -59,8 +66,13 @@ def write_augmented(out: str | Path, images: np.ndarray, labels: np.ndarray, sou
         raise ConfigError(f"--out {out} is invalid: it exists and is not an empty folder")
     if not out.parent.is_dir():
         raise ConfigError(f"--out {out} is invalid: folder {out.parent} does not exist")
-    meta = {**meta, "source": source.name, "source_fingerprint": source.fingerprint,
-            "train_images": len(labels), "test_images": len(source.test.labels)}
+    meta = {
+        **meta,
+        "source": source.name,
+        "source_fingerprint": source.fingerprint,
+        "train_images": len(labels),
+        "test_images": len(source.test.labels),
+    }
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         write_idx(tmp / "train-images-idx3-ubyte.gz", torch.from_numpy(images))
@@ -76,5 +88,9 @@ def write_augmented(out: str | Path, images: np.ndarray, labels: np.ndarray, sou
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"out": str(out), "dataset": f"idx:{out}", **meta,
-            "per_class_counts": np.bincount(labels, minlength=10).tolist()}
+    return {
+        "out": str(out),
+        "dataset": f"idx:{out}",
+        **meta,
+        "per_class_counts": np.bincount(labels, minlength=10).tolist(),
+    }

@@ -5,9 +5,10 @@ numpy arrays, and returns numpy arrays on the CPU; work runs in batches on the m
 loads a model or a file: the CLI (vae/cli/uses.py), the served model (vae/tracking/models.py) and the report
 all call these, so they agree to the last bit.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -26,16 +27,18 @@ def device_of(model) -> torch.device:
 def batched(model, x: np.ndarray, fn: Callable[[torch.Tensor], torch.Tensor], batch: int = BATCH) -> np.ndarray:
     """fn over x in batches on the model's device, concatenated on the CPU."""
     dev = device_of(model)
-    outs = [fn(torch.as_tensor(x[s:s + batch], dtype=torch.float32, device=dev)).cpu()
-            for s in range(0, len(x), batch)]
+    outs = [
+        fn(torch.as_tensor(x[s : s + batch], dtype=torch.float32, device=dev)).cpu() for s in range(0, len(x), batch)
+    ]
     return torch.cat(outs).numpy() if outs else np.zeros((0,), np.float32)
 
 
 def sample(model, n: int, temperature: float = 1.0, seed: int = 0) -> np.ndarray:
     """(n, 784) pixel probabilities decoded from z ~ N(0, temperature^2 I)."""
     if not model.is_variational:
-        raise ConfigError("this model is a plain autoencoder, which has no prior to sample from: "
-                          "use a vae or conv-vae model")
+        raise ConfigError(
+            "this model is a plain autoencoder, which has no prior to sample from: use a vae or conv-vae model"
+        )
     if not (isinstance(n, int) and 1 <= n <= 100_000):
         raise ConfigError(f"n={n!r} is invalid: expected an integer from 1 to 100000")
     if not (isinstance(temperature, (int, float)) and 0 < temperature <= 10):
@@ -65,7 +68,7 @@ def reconstruct(model, x: np.ndarray) -> np.ndarray:
 def psnr(clean: np.ndarray, other: np.ndarray) -> np.ndarray:
     """(N,) peak signal-to-noise ratio in dB per image, peak 1; identical images give 99 dB, not infinity."""
     mse = np.mean((np.asarray(clean, np.float64) - np.asarray(other, np.float64)) ** 2, axis=1)
-    return 10 * np.log10(1.0 / np.maximum(mse, 10 ** -9.9))
+    return 10 * np.log10(1.0 / np.maximum(mse, 10**-9.9))
 
 
 def quantize(z: np.ndarray, bits: int) -> np.ndarray:
@@ -79,7 +82,7 @@ def quantize(z: np.ndarray, bits: int) -> np.ndarray:
     if not 1 <= bits <= 15:
         raise ConfigError(f"bits={bits} is invalid: expected 1 to 16, or 32")
     lo, hi = z.min(0), z.max(0)
-    step = np.where(hi > lo, (hi - lo) / (2 ** bits - 1), 1.0)
+    step = np.where(hi > lo, (hi - lo) / (2**bits - 1), 1.0)
     return (lo + np.round((z - lo) / step) * step).astype(np.float32)
 
 
@@ -93,7 +96,15 @@ def compression(model, x: np.ndarray, bits: tuple[int, ...] = (32, 16, 8, 4)) ->
         logits = batched(model, quantize(z, b), lambda t: model.decode(t))
         recon = 1 / (1 + np.exp(-logits))
         bce = recon_bce(torch.from_numpy(logits), torch.from_numpy(x)).numpy()
-        rows.append({"bits": b, "image_bytes": 784, "latent_bytes": latent * b / 8,
-                     "ratio": 784 / (latent * b / 8), "psnr_db": float(psnr(x, recon).mean()),
-                     "mse": float(np.mean((recon - x) ** 2)), "bce_nats": float(bce.mean())})
+        rows.append(
+            {
+                "bits": b,
+                "image_bytes": 784,
+                "latent_bytes": latent * b / 8,
+                "ratio": 784 / (latent * b / 8),
+                "psnr_db": float(psnr(x, recon).mean()),
+                "mse": float(np.mean((recon - x) ** 2)),
+                "bce_nats": float(bce.mean()),
+            }
+        )
     return rows

@@ -1,4 +1,5 @@
 """Denoising: corrupt clean images the way training does, clean them with the model, measure the gain."""
+
 from __future__ import annotations
 
 from typing import Any

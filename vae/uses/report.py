@@ -8,6 +8,7 @@ flagged by a threshold at the 99th percentile of validation scores).
 The page and its folder of PNGs (<name>_files) are built in a temporary folder and renamed into place.
 The caller loads the model and the data; this module loads nothing.
 """
+
 from __future__ import annotations
 
 import html
@@ -40,16 +41,19 @@ def _anomalies(x: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     """Images that are not digits of the training distribution, made from the split itself."""
     g = np.random.default_rng(seed)
     img = x.reshape(-1, 28, 28)
-    return {"upside down (rotated 180 degrees)": img[:, ::-1, ::-1].reshape(-1, 784).copy(),
-            "inverted (1 - pixel)": 1 - x,
-            "uniform noise": g.random(x.shape, dtype=np.float32),
-            "gaussian noise, level 0.3": corrupt(x, "gaussian", 0.3, seed),
-            "masking noise, level 0.5": corrupt(x, "masking", 0.5, seed)}
+    return {
+        "upside down (rotated 180 degrees)": img[:, ::-1, ::-1].reshape(-1, 784).copy(),
+        "inverted (1 - pixel)": 1 - x,
+        "uniform noise": g.random(x.shape, dtype=np.float32),
+        "gaussian noise, level 0.3": corrupt(x, "gaussian", 0.3, seed),
+        "masking noise, level 0.5": corrupt(x, "masking", 0.5, seed),
+    }
 
 
 def _table(rows: list[dict[str, Any]], columns: dict[str, str]) -> str:
     def cell(v):
         return f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
+
     head = "".join(f"<th>{html.escape(t)}</th>" for t in columns.values())
     body = "".join("<tr>" + "".join(f"<td>{cell(r[k])}</td>" for k in columns) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -59,8 +63,9 @@ def _kv(d: dict[str, Any]) -> str:
     return _table([{"k": k, "v": v} for k, v in d.items()], {"k": "", "v": ""})
 
 
-def write_report(model, cfg: Config, state: dict, data: Dataset, out: str | Path, model_ref: str,
-                 split: str = "test", seed: int = 0) -> dict[str, Any]:
+def write_report(
+    model, cfg: Config, state: dict, data: Dataset, out: str | Path, model_ref: str, split: str = "test", seed: int = 0
+) -> dict[str, Any]:
     """Measure the model on `split` of `data` and write the page `out` with its PNGs beside it."""
     if split not in SPLITS:
         raise ConfigError(f"split={split!r} is invalid: expected train, val or test")
@@ -71,12 +76,20 @@ def write_report(model, cfg: Config, state: dict, data: Dataset, out: str | Path
     files.mkdir()
     try:
         measured = _measure(model, cfg, state, data, split, files, seed)
-        info = {"model": model_ref, "kind": cfg.model.kind, "latent": cfg.model.latent,
-                "hidden": ",".join(map(str, cfg.model.hidden)), "epochs trained": state.get("epoch"),
-                "data set": data.name, "split": f"{split} ({len(getattr(data, split).labels)} images)",
-                "fingerprint": data.fingerprint, "trained on fingerprint": state.get("fingerprint"),
-                "train config": ", ".join(f"{k}={v}" for k, v in cfg.to_dict()["train"].items()
-                                          if k not in ("device", "progress"))}
+        info = {
+            "model": model_ref,
+            "kind": cfg.model.kind,
+            "latent": cfg.model.latent,
+            "hidden": ",".join(map(str, cfg.model.hidden)),
+            "epochs trained": state.get("epoch"),
+            "data set": data.name,
+            "split": f"{split} ({len(getattr(data, split).labels)} images)",
+            "fingerprint": data.fingerprint,
+            "trained on fingerprint": state.get("fingerprint"),
+            "train config": ", ".join(
+                f"{k}={v}" for k, v in cfg.to_dict()["train"].items() if k not in ("device", "progress")
+            ),
+        }
         page = _page(info, measured, files.name, model.is_variational, bool(state.get("history")))
         (tmp / out.name).write_text(page)
         final_files = out.parent / files.name
@@ -86,8 +99,14 @@ def write_report(model, cfg: Config, state: dict, data: Dataset, out: str | Path
         os.replace(tmp / out.name, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"out": str(out), "files": str(out.parent / files.name), "dataset": data.name,
-            "fingerprint": data.fingerprint, **measured, "seconds": round(time.perf_counter() - t0, 2)}
+    return {
+        "out": str(out),
+        "files": str(out.parent / files.name),
+        "dataset": data.name,
+        "fingerprint": data.fingerprint,
+        **measured,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
 
 
 def _measure(model, cfg: Config, state: dict, data: Dataset, split: str, files: Path, seed: int) -> dict[str, Any]:
@@ -108,8 +127,13 @@ def _measure(model, cfg: Config, state: dict, data: Dataset, split: str, files: 
     _plot_compression(comp, files / "compression.png")
     den = _denoising(model, x, files, seed)
     thr = threshold(scores(model, pixels(data.val.images.numpy()), seed=seed), QUANTILE)
-    return {"metrics": metrics, "compression": comp, "denoising": den, "anomaly_threshold": thr,
-            "anomaly": _anomaly_rows(model, x, thr, files, seed)}
+    return {
+        "metrics": metrics,
+        "compression": comp,
+        "denoising": den,
+        "anomaly_threshold": thr,
+        "anomaly": _anomaly_rows(model, x, thr, files, seed),
+    }
 
 
 def _denoising(model, x: np.ndarray, files: Path, seed: int) -> list[dict[str, Any]]:
@@ -117,8 +141,14 @@ def _denoising(model, x: np.ndarray, files: Path, seed: int) -> list[dict[str, A
     for noise in ("gaussian", "masking"):
         for level in DENOISE_LEVELS:
             r = denoise(model, x, noise, level, seed)
-            rows.append({"noise": noise, "level": level, "psnr_noisy_db": float(r["psnr_noisy"].mean()),
-                         "psnr_denoised_db": float(r["psnr_denoised"].mean())})
+            rows.append(
+                {
+                    "noise": noise,
+                    "level": level,
+                    "psnr_noisy_db": float(r["psnr_noisy"].mean()),
+                    "psnr_denoised_db": float(r["psnr_denoised"].mean()),
+                }
+            )
     _plot_denoising(rows, files / "denoising.png")
     examples = [x[:8]]
     for noise, level in (("gaussian", 0.3), ("masking", 0.5)):
@@ -195,15 +225,16 @@ code{background:#f4f4f4;padding:0 3px}"""
 
 def _page(info: dict[str, Any], measured: dict[str, Any], files: str, vae: bool, curves: bool) -> str:
     def fig(name: str, caption: str, width: int | None = None) -> str:
-        w = f' width="{width}"' if width else ""
-        return (f'<figure><img src="{html.escape(files)}/{name}"{w} alt="{html.escape(caption)}">'
-                f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-    comp, den, anomaly_rows, thr = (measured[k] for k in ("compression", "denoising", "anomaly", "anomaly_threshold"))
+        return _figure(files, name, caption, width)
+
     m = {k: round(v, 3) if isinstance(v, float) else v for k, v in measured["metrics"].items()}
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>VAE report: {html.escape(info['model'])}"
-             f"</title><style>{CSS}</style></head><body>",
-             f"<h1>What this model does</h1>{_kv(info)}",
-             "<h2>Metrics (nats per image)</h2>", _kv(m)]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>VAE report: {html.escape(info['model'])}"
+        f"</title><style>{CSS}</style></head><body>",
+        f"<h1>What this model does</h1>{_kv(info)}",
+        "<h2>Metrics (nats per image)</h2>",
+        _kv(m),
+    ]
     if curves:
         parts.append(fig("loss_curves.png", "training and validation loss by epoch"))
     parts.append("<h2>Generation and reconstruction</h2>")
@@ -213,24 +244,65 @@ def _page(info: dict[str, Any], measured: dict[str, Any], files: str, vae: bool,
     if vae:
         parts.append(fig("interpolation.png", "walks in latent space between posterior means of two digits", 320))
     parts.append(fig("latent_map.png", "latent means of the split, coloured by label", 480))
-    parts += ["<h2>Compression</h2><p>An image takes 784 bytes as uint8; its latent code takes latent x bits / 8. "
-              "Fewer bits cost reconstruction quality (bits below 16: uniform levels between each dimension's "
-              "min and max).</p>",
-              _table(comp, {"bits": "bits per number", "latent_bytes": "bytes per image", "ratio": "ratio",
-                            "psnr_db": "PSNR (dB)", "mse": "MSE per pixel", "bce_nats": "cross-entropy (nats)"}),
-              fig("compression.png", "reconstruction PSNR against bytes per image")]
-    parts += ["<h2>Denoising</h2><p>Clean images are corrupted, passed through the model, and compared with the "
-              "clean image (PSNR, peak 1, mean over images).</p>",
-              _table(den, {"noise": "noise", "level": "level", "psnr_noisy_db": "PSNR noisy (dB)",
-                           "psnr_denoised_db": "PSNR denoised (dB)"}),
-              fig("denoising.png", "PSNR by noise level"),
-              fig("denoising_examples.png", "rows: clean; gaussian 0.3 noisy, denoised; masking 0.5 noisy, denoised",
-                  280)]
-    parts += [f"<h2>Anomaly detection</h2><p>Score: {'-ELBO' if vae else 'reconstruction cross-entropy'} per image. "
-              f"AUROC of the split's real images against each kind of made-up anomaly; 'flagged' is the share "
-              f"above the threshold {thr:.1f} nats (the {QUANTILE:.0%} quantile of validation scores). Held-out "
-              "digit classes: see <code>benchmarks/anomaly_one_class.py</code>.</p>",
-              _table(anomaly_rows, {"anomaly": "images", "auroc": "AUROC", "flagged": "flagged"}),
-              fig("anomaly_scores.png", "score distributions"),
-              "</body></html>\n"]
+    parts += _uses_sections(measured, files, vae)
     return "\n".join(parts)
+
+
+def _figure(files: str, name: str, caption: str, width: int | None = None) -> str:
+    w = f' width="{width}"' if width else ""
+    return (
+        f'<figure><img src="{html.escape(files)}/{name}"{w} alt="{html.escape(caption)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def _uses_sections(measured: dict[str, Any], files: str, vae: bool) -> list[str]:
+    """Compression, denoising and anomaly detection, with their tables and figures."""
+
+    def fig(name: str, caption: str, width: int | None = None) -> str:
+        return _figure(files, name, caption, width)
+
+    comp, den, anomaly_rows, thr = (measured[k] for k in ("compression", "denoising", "anomaly", "anomaly_threshold"))
+    parts: list[str] = []
+    parts += [
+        "<h2>Compression</h2><p>An image takes 784 bytes as uint8; its latent code takes latent x bits / 8. "
+        "Fewer bits cost reconstruction quality (bits below 16: uniform levels between each dimension's "
+        "min and max).</p>",
+        _table(
+            comp,
+            {
+                "bits": "bits per number",
+                "latent_bytes": "bytes per image",
+                "ratio": "ratio",
+                "psnr_db": "PSNR (dB)",
+                "mse": "MSE per pixel",
+                "bce_nats": "cross-entropy (nats)",
+            },
+        ),
+        fig("compression.png", "reconstruction PSNR against bytes per image"),
+    ]
+    parts += [
+        "<h2>Denoising</h2><p>Clean images are corrupted, passed through the model, and compared with the "
+        "clean image (PSNR, peak 1, mean over images).</p>",
+        _table(
+            den,
+            {
+                "noise": "noise",
+                "level": "level",
+                "psnr_noisy_db": "PSNR noisy (dB)",
+                "psnr_denoised_db": "PSNR denoised (dB)",
+            },
+        ),
+        fig("denoising.png", "PSNR by noise level"),
+        fig("denoising_examples.png", "rows: clean; gaussian 0.3 noisy, denoised; masking 0.5 noisy, denoised", 280),
+    ]
+    parts += [
+        f"<h2>Anomaly detection</h2><p>Score: {'-ELBO' if vae else 'reconstruction cross-entropy'} per image. "
+        f"AUROC of the split's real images against each kind of made-up anomaly; 'flagged' is the share "
+        f"above the threshold {thr:.1f} nats (the {QUANTILE:.0%} quantile of validation scores). Held-out "
+        "digit classes: see <code>benchmarks/anomaly_one_class.py</code>.</p>",
+        _table(anomaly_rows, {"anomaly": "images", "auroc": "AUROC", "flagged": "flagged"}),
+        fig("anomaly_scores.png", "score distributions"),
+        "</body></html>\n",
+    ]
+    return parts

@@ -1,0 +1,47 @@
+"""Store URLs and file locks (vae/stores.py), shared by the MLflow and the Optuna side."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from vae.stores import file_lock, journal_path, redact, sqlite_path
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("postgresql://vae:s3cret@127.0.0.1:5432/vae", "postgresql://vae:***@127.0.0.1:5432/vae"),
+        ("postgresql+psycopg://vae:p%40ss%3Aw@db.example/vae", "postgresql+psycopg://vae:***@db.example/vae"),
+        ("postgresql://vae:p@ss:w@rd@127.0.0.1/vae", "postgresql://vae:***@127.0.0.1/vae"),  # raw '@' and ':'
+        ("sqlite:////tmp/mlruns/optuna.db", "sqlite:////tmp/mlruns/optuna.db"),
+        ("journal:/tmp/study.log", "journal:/tmp/study.log"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    ],
+)
+def test_redact_hides_the_whole_password(url, shown):
+    assert redact(url) == shown
+    for secret in ("s3cret", "p%40ss", "p@ss", "w@rd"):
+        assert secret not in redact(url)
+
+
+def test_store_paths():
+    assert str(sqlite_path("sqlite:////tmp/a/b.db")) == "/tmp/a/b.db"
+    assert sqlite_path("sqlite:///:memory:") is None and sqlite_path("postgresql://h/db") is None
+    assert str(journal_path("journal:/tmp/j.log")) == "/tmp/j.log" and journal_path("sqlite:////x") is None
+
+
+def test_file_lock_excludes_another_process(tmp_path):
+    lock = tmp_path / "sub" / "x.lock"
+    holder = (
+        "import sys, time\nfrom vae.stores import file_lock\n"
+        f"with file_lock({str(lock)!r}):\n    print('held', flush=True)\n    time.sleep(1.5)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    t0 = time.perf_counter()
+    with file_lock(lock):  # waits for the other process to let go
+        waited = time.perf_counter() - t0
+    proc.wait(timeout=30)
+    assert waited > 0.5, waited
