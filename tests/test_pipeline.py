@@ -6,6 +6,7 @@ import os
 import urllib.request
 from pathlib import Path
 
+import mlflow
 import pytest
 
 from tests.helpers import start_server, stop_server
@@ -101,7 +102,10 @@ def test_pipeline_against_a_live_mlflow_server(harness, tmp_path, monkeypatch):
                               "--artifacts-destination", str(tmp_path / "srv-artifacts"), "--workers", "1"],
                              health="/health", env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     try:
+        before = (os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri())
         result = vae_pipeline(**tiny(tmp_path, tracking_uri=url, trials=1))
+        # the run's store stays the run's: the next flow in this process (a served deployment) is not pointed at it
+        assert (os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()) == before
         assert result["decision"]["promote"]
         with urllib.request.urlopen(f"{url}/api/2.0/mlflow/registered-models/alias?name=vae-test&alias=champion") as r:
             version = json.load(r)["model_version"]

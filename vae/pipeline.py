@@ -190,7 +190,7 @@ def promote_step(p: PipelineParams, registered: dict[str, Any], metrics: dict[st
     if champ is not None and champ.tags.get("fingerprint") != metrics["fingerprint"]:
         champion_value = _rescore(uri, name, metrics["dataset"], p.subset)
     d = registry.promote(uri, name, registered["version"], p.min_improvement, champion_value=champion_value)
-    candidate.record_decision(registered["run_id"], d.as_dict())
+    candidate.record_decision(uri, registered["run_id"], d.as_dict())
     return d.as_dict()
 
 

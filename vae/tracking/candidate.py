@@ -15,7 +15,7 @@ from mlflow.entities.model_registry import ModelVersion
 from vae.errors import ConfigError
 from vae.tracking import registry
 from vae.tracking.models import log_model, resolve_model
-from vae.tracking.store import configure, experiment_id, open_client
+from vae.tracking.store import configure, experiment_id, open_client, using_store
 
 
 def _numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -45,8 +45,10 @@ def log_candidate(
     """One MLflow run for a candidate (params, per-epoch and test metrics, figures, `record` as pipeline.json,
     the pyfunc model), then a new version of registered model `name` with the alias `challenger`."""
     uri = configure(uri)
-    mlflow.set_experiment(experiment_id=experiment_id(name))
-    with mlflow.start_run(run_name=f"pipeline-{name}") as run:
+    with (
+        using_store(uri),
+        mlflow.start_run(experiment_id=experiment_id(name, open_client(uri)), run_name=f"pipeline-{name}") as run,
+    ):
         mlflow.set_tags(dict(tags))
         mlflow.log_params(flat(trained["config"]))
         for row in history:
@@ -77,9 +79,9 @@ def load_champion(uri: str, name: str):
     return model, cfg
 
 
-def record_decision(run_id: str, decision: Mapping[str, Any]) -> None:
+def record_decision(uri: str, run_id: str, decision: Mapping[str, Any]) -> None:
     """The promotion decision on the candidate's run: promotion.json, tags, and the improvement as a metric."""
-    with mlflow.start_run(run_id=run_id):
+    with using_store(uri), mlflow.start_run(run_id=run_id):
         mlflow.log_dict(dict(decision), "promotion.json")
         mlflow.set_tags(
             {
@@ -93,7 +95,7 @@ def record_decision(run_id: str, decision: Mapping[str, Any]) -> None:
 
 def log_reevaluation(uri: str, name: str, version: ModelVersion, metrics: Mapping[str, Any]) -> None:
     """The champion's metrics on today's data: reeval_* metrics on its run, a `reevaluated` tag on its version."""
-    with mlflow.start_run(run_id=version.run_id):
+    with using_store(uri), mlflow.start_run(run_id=version.run_id):
         mlflow.log_metrics({f"reeval_{k}": v for k, v in _numbers(metrics).items()}, step=int(time.time()))
     open_client(uri).set_model_version_tag(
         name,

@@ -18,7 +18,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking.context.registry import resolve_tags
 
 from vae.tracking.models import log_model
-from vae.tracking.store import configure, experiment_id, open_client
+from vae.tracking.store import configure, experiment_id, open_client, using_store
 
 STATE_TAG = "state"  # complete | pruned | fail | running: MLflow's run status has no "pruned"
 STUDY_KEY_TAG = "vae.study_key"
@@ -118,7 +118,7 @@ class StudyTracker:
     def log_model(self, run_id: str, checkpoint: Path) -> str:
         """Log a trial's checkpoint as the pyfunc model of its child run; returns the model URI."""
         was_status = self.client.get_run(run_id).info.status
-        with mlflow.start_run(run_id=run_id):
+        with using_store(self.uri), mlflow.start_run(run_id=run_id):
             info = log_model(checkpoint)
         self.client.set_terminated(run_id, was_status if was_status != "RUNNING" else "FINISHED")
         self.client.set_tag(self.parent_id, "best_model_uri", info.model_uri)

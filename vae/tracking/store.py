@@ -27,13 +27,14 @@ def tracking_uri(explicit: str | None = None) -> str:
 
 
 def configure(uri: str | None) -> str:
-    """Point mlflow (fluent API and new clients) at `uri`, or the default; returns the URI."""
+    """The URI to use (`uri`, or the default), its folder made for a local store. mlflow's global URI is left
+    alone: code that needs the fluent API wraps it in using_store(uri), so that one long-lived process (a
+    served deployment) can run flows against different stores one after the other."""
     uri = tracking_uri(uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in worker logs
     db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
     return uri
 
 
@@ -55,8 +56,8 @@ def _first_contact(uri: str):
 
 
 def open_client(uri: str | None = None) -> MlflowClient:
-    """An MlflowClient for `uri` (default: mlflow's current URI), tracking and registry alike."""
-    uri = uri or mlflow.get_tracking_uri()
+    """An MlflowClient for `uri` (default: the project's default store), tracking and registry alike."""
+    uri = tracking_uri(uri)
     with _first_contact(uri):
         return MlflowClient(uri, registry_uri=uri)
 
