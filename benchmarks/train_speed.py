@@ -26,8 +26,9 @@ MACS_PER_IMAGE = 784 * 400 + 400 * 20 * 2 + 20 * 400 + 400 * 784  # the seed's M
 FLOP_PER_TRAIN_IMAGE = 3 * 2 * MACS_PER_IMAGE  # forward + backward (about twice the forward)
 
 
-def seed_worker(dataset: str, epochs: int, seed: int) -> dict:
-    """pytorch/examples' vae/main.py, as the seed tutorial writes it: PIL images, ToTensor, DataLoader."""
+def seed_worker(dataset: str, epochs: int, seed: int, device: str = "cpu", subset: int | None = None) -> dict:
+    """pytorch/examples' vae/main.py, as the seed tutorial writes it: PIL images, ToTensor, DataLoader, each
+    batch moved to the device (`data.to(device)`) in the step."""
     import torch
     import torch.nn.functional as F
     from PIL import Image
@@ -40,7 +41,7 @@ def seed_worker(dataset: str, epochs: int, seed: int) -> dict:
     from vae.evaluation import elbo_metrics
     from vae.models import build_model
 
-    data = load(DataConfig(dataset=dataset), download=False)
+    data = load(DataConfig(dataset=dataset, subset=subset), download=False)
 
     class Images(torch.utils.data.Dataset):  # what torchvision.datasets.MNIST does per item
         def __init__(self, images):
@@ -65,7 +66,7 @@ def seed_worker(dataset: str, epochs: int, seed: int) -> dict:
             return torch.sigmoid(self.fc4(F.relu(self.fc3(z)))), mu, logvar
 
     torch.manual_seed(seed)
-    model = SeedVAE()
+    model = SeedVAE().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = DataLoader(Images(data.train.images), batch_size=128, shuffle=True)
     times = []
@@ -73,22 +74,27 @@ def seed_worker(dataset: str, epochs: int, seed: int) -> dict:
         t0 = time.perf_counter()
         model.train()
         for x, _ in loader:
+            x = x.to(device)
             recon, mu, logvar = model(x)
             bce = F.binary_cross_entropy(recon, x.view(-1, 784), reduction="sum")
             kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
             opt.zero_grad()
             (bce + kld).backward()
             opt.step()
+        if device != "cpu":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     # Score with the project's evaluator: same architecture, the seed's layers renamed.
     ours = build_model(Config().model)
     names = {"fc1": "encoder.0.0", "fc21": "fc_mu", "fc22": "fc_logvar", "fc3": "decoder.0", "fc4": "decoder.2"}
     ours.load_state_dict({f"{names[k.split('.')[0]]}.{k.split('.')[1]}": v for k, v in model.state_dict().items()})
-    test = elbo_metrics(ours, data.test.images, Config(data=DataConfig(dataset=dataset)))
+    test = elbo_metrics(ours.to(device), data.test.images, Config(data=DataConfig(dataset=dataset)))
     return {"epoch_seconds": times, "train_images": len(data.train.images), **test}
 
 
-def vae_worker(dataset: str, epochs: int, seed: int) -> dict:
+def vae_worker(
+    dataset: str, epochs: int, seed: int, device: str = "cpu", subset: int | None = None, bf16: bool = False
+) -> dict:
     import tempfile
 
     from vae.checkpoint import load_model
@@ -97,11 +103,14 @@ def vae_worker(dataset: str, epochs: int, seed: int) -> dict:
     from vae.evaluation import elbo_metrics
     from vae.training import fit
 
-    cfg = Config(data=DataConfig(dataset=dataset), train=TrainConfig(epochs=epochs, seed=seed, progress=False))
+    cfg = Config(
+        data=DataConfig(dataset=dataset, subset=subset),
+        train=TrainConfig(epochs=epochs, seed=seed, progress=False, device=device, bf16=bf16),
+    )
     data = load(cfg.data, download=False)
     with tempfile.TemporaryDirectory() as tmp:
         result = fit(cfg, out=tmp, data=data)
-        model, _, _ = load_model(tmp)
+        model, _, _ = load_model(tmp, map_location=device)
     test = elbo_metrics(model, data.test.images, cfg)
     return {
         "epoch_seconds": [h["epoch_seconds"] for h in result.history],
@@ -110,22 +119,29 @@ def vae_worker(dataset: str, epochs: int, seed: int) -> dict:
     }
 
 
-def matmul_peak(n: int = 2048, reps: int = 30) -> float:
+def matmul_peak(n: int = 2048, reps: int = 30, device: str = "cpu", dtype: str = "float32") -> float:
+    """GFLOP/s of the best of `reps` n x n matrix products (float32 on the CPU; on CUDA, timed with a sync)."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
     for _ in range(3):
         a @ b
+    sync()
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
 
 
 def run_worker(kind: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--dataset", args.dataset, "--epochs", str(args.epochs)]
+    cmd += ["--device", args.device] + (["--subset", str(args.subset)] if args.subset else [])
+    cmd += ["--bf16"] if getattr(args, "bf16", False) else []
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"{kind} worker failed:\n{out.stderr[-3000:]}")
@@ -138,11 +154,15 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--subset", type=int, help="train on the first N training images only")
+    p.add_argument("--bf16", action="store_true", help="vae train with bf16 autocast (CUDA)")
     p.add_argument("--worker", choices=["seed", "vae"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
+        extra = {"bf16": args.bf16} if args.worker == "vae" else {}
         fn = seed_worker if args.worker == "seed" else vae_worker
-        res = fn(args.dataset, args.epochs, seed=0)
+        res = fn(args.dataset, args.epochs, seed=0, device=args.device, subset=args.subset, **extra)
         res["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(res))
         return

@@ -43,6 +43,18 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def check_nproc(nproc: int, device: str) -> None:
+    """ConfigError for a process count this machine cannot run: NCCL wants one process per GPU."""
+    if not isinstance(nproc, int) or nproc < 1:
+        raise ConfigError(f"nproc={nproc} is invalid: expected an integer >= 1")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device in ("cuda", "auto") and gpus and nproc > gpus:
+        raise ConfigError(
+            f"nproc={nproc} is invalid with {gpus} visible CUDA device(s): NCCL runs one process per "
+            f"GPU; use --nproc {gpus} (or --device cpu for gloo processes)"
+        )
+
+
 @contextmanager
 def distributed(device: str = "auto") -> Iterator[DistContext]:
     """`with distributed() as ctx:` joins torchrun's process group when there is one, and always leaves it

@@ -7,7 +7,6 @@ import os
 
 from vae.checkpoint import is_model_uri, load_model
 from vae.distributed import pick_device, torchrun
-from vae.errors import ConfigError
 
 
 def shows(text):
@@ -35,11 +34,6 @@ def drop_option(argv: list[str], name: str) -> list[str]:
         elif not x.startswith(name + "="):
             out.append(x)
     return out
-
-
-def check_nproc(nproc: int) -> None:
-    if nproc < 1:
-        raise ConfigError(f"nproc={nproc} is invalid: expected an integer >= 1")
 
 
 def relaunch(a: argparse.Namespace, extra: list[str] = ()) -> None:

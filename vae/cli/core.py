@@ -11,8 +11,9 @@ from typing import Any
 from vae import api, data
 from vae.checkpoint import FILENAME, checkpoint_path
 from vae.cli.args import TRAIN_FLAGS
-from vae.cli.common import check_nproc, load_model_ref, relaunch, shows, under_torchrun
+from vae.cli.common import load_model_ref, relaunch, shows, under_torchrun
 from vae.config import Config, DataConfig
+from vae.distributed import check_nproc
 from vae.errors import ConfigError
 from vae.evaluation import write_json
 from vae.io import check_out, save_images
@@ -39,7 +40,7 @@ def config_from_args(a: argparse.Namespace) -> Config:
 @shows(lambda r: f"run folder: {r['out']}")
 def cmd_train(a: argparse.Namespace) -> dict[str, Any]:
     cfg = config_from_args(a)
-    check_nproc(a.nproc)
+    check_nproc(a.nproc, cfg.train.device)
     out = Path(
         a.out
         or f"runs/{cfg.model.kind}-{cfg.data.dataset.replace(':', '_').replace('/', '_')}"

@@ -6,8 +6,9 @@ import argparse
 from typing import Any
 
 from vae import data
-from vae.cli.common import check_nproc, relaunch, under_torchrun
+from vae.cli.common import relaunch, under_torchrun
 from vae.config import Config, DataConfig, ModelConfig, TrainConfig
+from vae.distributed import check_nproc
 from vae.tune import TuneSettings, open_storage, run_study
 
 
@@ -17,7 +18,7 @@ def cmd_tune(a: argparse.Namespace) -> dict[str, Any]:
         ModelConfig(),
         TrainConfig(epochs=a.epochs, seed=a.train_seed, device=a.device, progress=False),
     )
-    check_nproc(a.nproc)
+    check_nproc(a.nproc, a.device)
     settings = TuneSettings(
         a.trials,
         study=a.study,
