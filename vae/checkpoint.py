@@ -20,7 +20,8 @@ from vae.errors import CheckpointError
 from vae.models import VAE, build_model
 
 FORMAT = "vae-checkpoint/1"
-FILENAME = "checkpoint.pt"
+FILENAME = "checkpoint.pt"  # the last epoch's state: what --resume continues from
+BEST = "best.pt"  # the state of the epoch with the best validation loss so far
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")  # models:/..., runs:/..., s3://...; not C:\ or a relative path
 
 

@@ -92,9 +92,16 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool = False  # autocast on CUDA
     progress: bool = True
+    patience: int | None = None  # early stopping: stop after this many epochs without a better val loss; None: off
 
     def __post_init__(self) -> None:
         _check(_is_int(self.epochs) and self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        _check(
+            self.patience is None or (_is_int(self.patience) and self.patience >= 1),
+            "patience",
+            self.patience,
+            "an integer >= 1 (epochs without improvement), or None for no early stopping",
+        )
         _check(
             _is_int(self.batch_size) and 1 <= self.batch_size <= 65536,
             "batch_size",

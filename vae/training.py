@@ -43,6 +43,9 @@ class FitResult:
     fingerprint: str = ""
     epochs_run: int = 0  # epochs trained by this call (fewer than cfg.train.epochs after a resume)
     seconds: float = 0.0
+    best_epoch: int = 0  # the epoch with the best validation loss (its state is best_checkpoint)
+    best_checkpoint: Path | None = None  # out/best.pt on rank 0
+    stopped_early: bool = False
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
@@ -117,6 +120,8 @@ class _Run:
     path: Path | None
     history: list[dict[str, float]] = field(default_factory=list)
     start_epoch: int = 0
+    best_epoch: int = 0  # 0: none yet
+    best_value: float = math.inf
 
 
 def _fit(
@@ -124,7 +129,13 @@ def _fit(
 ) -> FitResult:
     t_start = time.perf_counter()
     run = _setup(cfg, out, resume, data, ctx)
+    stopped_early = False
+    patience = cfg.train.patience
     for epoch in range(run.start_epoch, cfg.train.epochs):
+        if patience is not None and run.best_epoch and epoch - run.best_epoch >= patience:  # also on a resume
+            stopped_early = True
+            _log(ctx, f"early stop after epoch {epoch}: no better validation loss for {patience} epoch(s)")
+            break
         loss, rec, kl, seconds = _train_epoch(run, cfg, epoch, ctx)
         if not math.isfinite(loss):
             raise DivergedError(
@@ -141,39 +152,57 @@ def _fit(
             "images_per_second": run.images.shape[0] / seconds,
             **{f"val_{k}": v for k, v in val.items()},
         }
-        run.history.append(row)
-        if ctx.is_main and run.path is not None:
-            ckpt.save(
-                {
-                    "config": cfg.to_dict(),
-                    "epoch": epoch + 1,
-                    "model": run.model.state_dict(),
-                    "optimizer": run.opt.state_dict(),
-                    "history": run.history,
-                    "fingerprint": run.data.fingerprint,
-                    "dataset": run.data.name,
-                    "torch": str(torch.__version__),
-                },
-                run.path,
-            )
-        _log(ctx, _format_row(row, cfg.train.epochs))
+        _record(run, cfg, row, ctx)
         for cb in callbacks:
             cb(epoch + 1, row)
+    best = run.path.with_name(ckpt.BEST) if run.path is not None and ctx.is_main and run.best_epoch else None
     result = FitResult(
         run.history[-1] if run.history else {},
         run.history,
         run.path if ctx.is_main else None,
         run.data.fingerprint,
-        cfg.train.epochs - run.start_epoch,
+        len(run.history) - run.start_epoch,
         time.perf_counter() - t_start,
+        run.best_epoch,
+        best,
+        stopped_early,
     )
     _log(
         ctx,
         f"done: {result.epochs_run} epoch(s) in {result.seconds:.1f} s on {ctx.world_size} process(es), "
-        f"{ctx.device.type}; final val -ELBO {result.metrics.get('val_neg_elbo', float('nan')):.2f} nats"
-        + (f"; checkpoint {run.path}" if run.path is not None else ""),
+        f"{ctx.device.type}; final val -ELBO {result.metrics.get('val_neg_elbo', float('nan')):.2f} nats, best "
+        f"at epoch {run.best_epoch}" + (f"; checkpoint {run.path}" if run.path is not None else ""),
     )
     return result
+
+
+def val_loss(row: dict[str, float]) -> float:
+    """The number early stopping and the best checkpoint go by: validation -ELBO (BCE for the plain AE)."""
+    return row.get("val_neg_elbo", row.get("val_bce", math.inf))
+
+
+def _record(run: _Run, cfg: Config, row: dict[str, float], ctx: DistContext) -> None:
+    """The epoch's row into the history; the checkpoint (rank 0), and best.pt when validation improved."""
+    run.history.append(row)
+    improved = val_loss(row) < run.best_value
+    if improved:
+        run.best_epoch, run.best_value = int(row["epoch"]), val_loss(row)
+    if ctx.is_main and run.path is not None:
+        state = {
+            "config": cfg.to_dict(),
+            "epoch": int(row["epoch"]),
+            "model": run.model.state_dict(),
+            "optimizer": run.opt.state_dict(),
+            "history": run.history,
+            "best": {"epoch": run.best_epoch, "value": run.best_value},
+            "fingerprint": run.data.fingerprint,
+            "dataset": run.data.name,
+            "torch": str(torch.__version__),
+        }
+        if improved:  # written first: a kill between the two leaves best.pt ahead, never behind, the history
+            ckpt.save(state, run.path.with_name(ckpt.BEST))
+        ckpt.save(state, run.path)
+    _log(ctx, _format_row(row, cfg.train.epochs))
 
 
 def _setup(cfg: Config, out: Path | None, resume: bool, data: Dataset | None, ctx: DistContext) -> _Run:
@@ -200,7 +229,11 @@ def _setup(cfg: Config, out: Path | None, resume: bool, data: Dataset | None, ct
     elif resume:
         _log(ctx, f"no checkpoint in {out}: starting from scratch")
     net = DDP(model, device_ids=[dev] if dev.type == "cuda" else None) if ctx.is_distributed else model
-    return _Run(model, net, opt, data, data.train.images.to(dev), path, history, start_epoch)
+    run = _Run(model, net, opt, data, data.train.images.to(dev), path, history, start_epoch)
+    for row in history:  # the best epoch so far, from the history (checkpoints older than best.pt lack "best")
+        if val_loss(row) < run.best_value:
+            run.best_epoch, run.best_value = int(row["epoch"]), val_loss(row)
+    return run
 
 
 def _train_epoch(run: _Run, cfg: Config, epoch: int, ctx: DistContext) -> tuple[float, float, float, float]:

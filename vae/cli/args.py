@@ -51,6 +51,7 @@ TRAIN_FLAGS: dict[str, tuple[str, str, Any, str]] = {
     "--lr-schedule": ("train", "lr_schedule", str, "constant, or exp: geometric decay to lr/10 by the last epoch"),
     "--device": ("train", "device", str, "auto, cpu or cuda"),
     "--bf16": ("train", "bf16", bool, "bf16 autocast (CUDA only)"),
+    "--patience": ("train", "patience", int, "early stopping: stop after N epochs without a better val loss"),
 }
 
 
