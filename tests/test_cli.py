@@ -46,12 +46,42 @@ def test_the_real_process_exits_2(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("cmd", [[], ["train"], ["evaluate"], ["sample"], ["data", "fetch"], ["data", "info"]])
+def _commands(parser, path=()):
+    """Every command path of an argparse parser, found by walking its sub-parsers: [], [train], [data, fetch], ..."""
+    import argparse
+    yield list(path)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*path, name))
+
+
+def _all_commands():
+    from vae.cli import build_parser
+    return list(_commands(build_parser()[0]))
+
+
+ALL_COMMANDS = _all_commands()
+
+
+def test_the_help_walk_finds_every_command():
+    # the discovery below must not silently find nothing: these are the commands the README lists
+    found = {" ".join(c) for c in ALL_COMMANDS}
+    assert {"", "train", "evaluate", "sample", "data", "data fetch", "data info", "tune", "registry",
+            "registry list", "registry promote", "registry rollback", "reconstruct", "encode", "decode",
+            "denoise", "augment", "anomaly", "report"} <= found, found
+    from vae.cli import build_parser
+    assert set(build_parser()[1]) <= found  # every command with a handler is walked
+
+
+@pytest.mark.parametrize("cmd", ALL_COMMANDS, ids=lambda c: " ".join(c) or "vae")
 def test_help_for_every_command(capsys, cmd):
     with pytest.raises(SystemExit) as e:
         main([*cmd, "--help"])
     assert e.value.code == 0
-    assert "usage: vae" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.startswith(" ".join(["usage: vae", *cmd])), out[:200]
+    assert "-h, --help" in out
 
 
 def test_train_evaluate_sample_from_the_command_line(tmp_path, capsys):
