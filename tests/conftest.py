@@ -17,6 +17,30 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 
 
+def _selects_gpu_explicitly(markexpr: str) -> bool:
+    """True when `-m EXPR` asks for gpu tests by name: some set of markers holding `gpu` matches while the
+    same set without `gpu` does not (so `-m gpu`, `-m "gpu or slow"`; not `-m "not slow"`, `-m "not gpu"`)."""
+    if not markexpr:
+        return False
+    from _pytest.mark.expression import Expression
+    expr = Expression.compile(markexpr)
+
+    def matches(names):
+        return expr.evaluate(lambda name, /, **kwargs: name in names)
+    return any(matches(others | {"gpu"}) and not matches(others) for others in (set(), {"slow"}))
+
+
+def pytest_configure(config):
+    # `pytest -m gpu` on a machine without CUDA must not pass by skipping everything.
+    if _selects_gpu_explicitly(config.option.markexpr):
+        import torch
+        if not torch.cuda.is_available():
+            raise pytest.UsageError(
+                f"-m {config.option.markexpr!r} selects the GPU tests, but no CUDA device is visible "
+                f"(torch {torch.__version__}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): "
+                "run them on a machine with a GPU, or drop -m gpu")
+
+
 @pytest.fixture(scope="session")
 def mnist5k():
     """The embedded 5,000 real MNIST digits, split 4000/500/500."""
