@@ -10,6 +10,13 @@ same flows without code changes (see README, "Scaling out").
 """
 from __future__ import annotations
 
+import os
+
+# Nothing phones home. Set before prefect (and mlflow) are imported: prefect reads its settings at import.
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
 import argparse
 import sys
 

@@ -225,8 +225,10 @@ def cmd_data(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Nothing phones home: set before any command imports mlflow, optuna or prefect (a user's own value wins).
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     argv = sys.argv[1:] if argv is None else list(argv)
     parser, commands = build_parser()
     a = parser.parse_args(argv)
