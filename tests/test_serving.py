@@ -2,10 +2,7 @@
 requests get a 400 with a message, and registry URIs work wherever the CLI takes a MODEL."""
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import start_server, stop_server
 
 from vae.cli import main
 
@@ -42,43 +39,18 @@ def registry(tmp_path_factory, trained):
 
 @pytest.fixture(scope="module")
 def server(registry):
-    """`mlflow models serve -m models:/NAME@champion` on 127.0.0.1; SIGTERM (then SIGKILL) to its process
-    group at the end, whatever happened."""
-    port = free_port()
+    """`mlflow models serve -m models:/NAME@champion` on 127.0.0.1 (on another port if the first is taken
+    before it binds); SIGTERM (then SIGKILL) to its process group at the end, whatever happened."""
     bin_dir = Path(sys.executable).parent  # the scoring server execs `uvicorn` from PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registry["uri"], "PATH": f"{bin_dir}:{os.environ['PATH']}",
+    env = {"MLFLOW_TRACKING_URI": registry["uri"], "PATH": f"{bin_dir}:{os.environ['PATH']}",
            "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    log = open(registry["tmp"] / "serve.log", "wb")
-    proc = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", URI, "--env-manager", "local",
-                             "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(["mlflow", "models", "serve", "-m", URI, "--env-manager", "local"], health="/ping",
+                             env=env, timeout=120, log=registry["tmp"] / "serve.log")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow models serve exited with {proc.returncode}: "
-                            f"{(registry['tmp'] / 'serve.log').read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("mlflow models serve did not answer /ping within 120 s")
-                time.sleep(0.5)
         yield url
     finally:
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(wait)
-                break
-            except ProcessLookupError:
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        log.close()
+        stop_server(proc)
 
 
 def post(url: str, body) -> tuple[int, dict]:
@@ -118,6 +90,29 @@ def test_rest_answers_equal_the_in_process_answers(server, registry, images):
     # default op: reconstruct, pixel probabilities
     status, body = post(server, {"inputs": images.tolist()})
     assert status == 200 and 0 <= np.min(body["predictions"]) and np.max(body["predictions"]) <= 1
+
+
+@pytest.mark.slow
+def test_rest_answers_are_the_models_posterior_means_and_pixel_probabilities(server, trained, images):
+    """Checked against the network itself, not against the predict() the server calls: the weights read
+    from the checkpoint with torch, then encode = the posterior means mu, reconstruct = sigmoid(decode(mu))."""
+    import torch
+
+    from vae.config import Config
+    from vae.models import build_model
+    state = torch.load(Path(trained[0]) / "checkpoint.pt", map_location="cpu", weights_only=True)
+    model = build_model(Config.from_dict(state["config"]).model)
+    model.load_state_dict(state["model"])
+    model.eval()
+    with torch.no_grad():
+        mu = model.encode(torch.from_numpy(images))[0]
+        probs = torch.sigmoid(model.decode(mu))
+    for op, want in (("encode", mu.numpy()), ("reconstruct", probs.numpy())):
+        status, body = post(server, {"inputs": images.tolist(), "params": {"op": op}})
+        assert status == 200, body
+        got = np.asarray(body["predictions"], np.float32)
+        assert got.shape == want.shape, op
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=op)
 
 
 @pytest.mark.slow

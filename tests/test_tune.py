@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, run_cli
+from tests.conftest import free_port, run_cli, start_server, stop_server
 from vae.cli import main
 from vae.config import Config
 
@@ -170,32 +170,19 @@ def test_a_nan_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path, monke
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    """A live `mlflow server` on 127.0.0.1 with its own SQLite store and artifact folder."""
-    port = free_port()
+    """A live `mlflow server` on 127.0.0.1 with its own SQLite store and artifact folder (started again on
+    another port if the first is taken before it binds)."""
     home = tmp_path / "mlflow-server"
     home.mkdir()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-                             "--artifacts-destination", str(home / "artifacts"), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=open(home / "server.log", "w"), env=env,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(["mlflow", "server", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+                              "--artifacts-destination", str(home / "artifacts"), "--workers", "1"],
+                             health="/health", env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                                                    "MLFLOW_TRACKING_URI": None},
+                             timeout=90, log=home / "server.log")
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, (home / "server.log").read_text()[-2000:]
-            assert time.time() < deadline, "mlflow server did not become healthy in 90 s"
-            time.sleep(0.5)
         yield url
     finally:
-        stop(proc)
+        stop_server(proc)
 
 
 @pytest.mark.slow
@@ -256,16 +243,48 @@ def test_pruning_under_ddp_stops_the_trial_in_both_ranks(tmp_path):
     assert not list((tmp_path / "trials").glob("trial-*/checkpoint.pt"))  # pruned trials keep no checkpoint
 
 
-def _worker(tmp_path: Path, storage: str, name: str, trials: int, *extra) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "vae", *BASE, "--space", str(space_file(tmp_path)), "--trials", str(trials),
+# `python -m vae` behind a start barrier: the worker's first trial waits, inside the trial, until every
+# worker of the barrier folder has reached its own first trial. So each worker holds a running trial at the
+# same moment (they do run side by side, whatever their start-up times), and none can take all the trials
+# before the other is up. The real tune code runs unchanged; only vae.training.fit is wrapped.
+BARRIER_MAIN = """
+import os, sys, time
+from pathlib import Path
+folder, parties = Path(sys.argv[1]), int(sys.argv[2])
+import vae.training
+fit = vae.training.fit
+def first_fit_waits(*args, **kwargs):
+    if not first_fit_waits.passed:
+        first_fit_waits.passed = True
+        (folder / f"worker-{os.getpid()}").touch()
+        deadline = time.time() + 180
+        while len(list(folder.glob("worker-*"))) < parties:
+            if time.time() > deadline:
+                raise RuntimeError("start barrier: the other worker never started a trial")
+            time.sleep(0.05)
+    return fit(*args, **kwargs)
+first_fit_waits.passed = False
+vae.training.fit = first_fit_waits
+from vae.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _worker(tmp_path: Path, storage: str, name: str, trials: int, *extra, barrier: tuple[Path, int] | None = None
+            ) -> subprocess.Popen:
+    launcher = [sys.executable, "-m", "vae"] if barrier is None else \
+        [sys.executable, "-c", BARRIER_MAIN, str(barrier[0]), str(barrier[1])]
+    cmd = [*launcher, *BASE, "--space", str(space_file(tmp_path)), "--trials", str(trials),
            "--study", name, "--storage", storage, "--pruner", "none", "--out", str(tmp_path / "trials"),
            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--json", *map(str, extra)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def _two_workers_finish_exactly(tmp_path: Path, storage: str, trials: int) -> None:
-    # 3 epochs on 600 images: trials long enough that both workers are up before the study is full
-    procs = [_worker(tmp_path, storage, "shared", trials, "--epochs", "3", "--subset", "600") for _ in range(2)]
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    procs = [_worker(tmp_path, storage, "shared", trials, "--epochs", "2", "--subset", "300", barrier=(barrier, 2))
+             for _ in range(2)]
     try:
         outs = [p.communicate(timeout=300) for p in procs]
     finally:
@@ -274,7 +293,9 @@ def _two_workers_finish_exactly(tmp_path: Path, storage: str, trials: int) -> No
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     summaries = [one_json(o[0]) for o in outs]
     assert sum(s["trials_run_here"] for s in summaries) == trials
-    assert all(s["trials_run_here"] >= 1 for s in summaries), summaries  # they did work side by side
+    # they did work side by side: the barrier held each worker's first trial until the other had one running
+    assert all(s["trials_run_here"] >= 1 for s in summaries), summaries
+    assert len(list(barrier.glob("worker-*"))) == 2
     study = load_study(storage, "shared")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * trials  # no surplus trial, none lost
     assert sorted(t.number for t in study.trials) == list(range(trials))  # no duplicates
@@ -310,13 +331,18 @@ def postgres():
     home = Path(tempfile.mkdtemp(prefix="vae-pg-"))
     if as_user:
         shutil.chown(home, "postgres")
-    port = free_port()
     data = home / "data"
     subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "vae"],
                    check=True, capture_output=True)
     ctl = [*as_user, str(bindir / "pg_ctl"), "-D", str(data)]
-    subprocess.run([*ctl, "-l", str(home / "log"), "-w", "-o",
-                    f"-p {port} -k {home} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    for attempt in range(3):  # the free port can be taken before postgres binds it: then another port
+        port = free_port()
+        started = subprocess.run([*ctl, "-l", str(home / "log"), "-w", "-o",
+                                  f"-p {port} -k {home} -c listen_addresses=127.0.0.1", "start"], capture_output=True)
+        if started.returncode == 0:
+            break
+    else:
+        raise RuntimeError(f"postgres did not start in 3 tries: {(home / 'log').read_text()[-2000:]}")
     try:
         subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "vae", "optuna"],
                        check=True, capture_output=True)
