@@ -79,7 +79,10 @@ def clean_env(tmp_path):
     env = {k: v for k, v in os.environ.items()
            if k not in TELEMETRY_VARS + CI_VARS and not k.startswith(("PREFECT_", "MLFLOW_"))}
     env.update(PYTHONPATH=f"{site}{os.pathsep}{REPO}", VAE_TEST_NET_LOG=str(log),
-               PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONUNBUFFERED="1")
+               PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONUNBUFFERED="1",
+               # the flow's temporary Prefect server gets 20 s to start by default: not enough on a loaded
+               # 2-core machine (seen: "Timed out while attempting to connect to ephemeral Prefect API server")
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120")
     return env, log
 
 
