@@ -1,4 +1,6 @@
 """Helpers the tests import: the CLI in a subprocess, free ports, live servers on 127.0.0.1."""
+
+import contextlib
 import os
 import signal
 import socket
@@ -8,12 +10,15 @@ import time
 import urllib.request
 from pathlib import Path
 
+from _pytest.mark.expression import Expression
+
 
 def run_cli(*args, env=None, timeout=600):
     """`python -m vae ARGS` in a subprocess: the real exit code, stdout and stderr."""
     e = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "vae", *map(str, args)], capture_output=True, text=True,
-                          env=e, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "vae", *map(str, args)], capture_output=True, text=True, env=e, timeout=timeout
+    )
 
 
 def free_port() -> int:
@@ -37,30 +42,61 @@ def wait_http(url: str, timeout: float, proc=None) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
-def start_server(cmd, health: str, env=None, port_env: str | None = None, timeout: float = 60):
+def start_server(
+    cmd,
+    health: str,
+    env=None,
+    port_env: str | None = None,
+    timeout: float = 60,
+    tries: int = 3,
+    log: Path | None = None,
+):
     """Start a server on a free 127.0.0.1 port (via --port, or an environment variable) and wait until
-    `health` answers 200. Returns (process, base URL)."""
-    port = free_port()
-    e = {**os.environ, **(env or {})}
-    if port_env:
-        e[port_env] = str(port)
-    else:
-        cmd = [*cmd, "--host", "127.0.0.1", "--port", str(port)]
-    exe = Path(sys.executable).parent / cmd[0]
-    proc = subprocess.Popen([str(exe), *cmd[1:]], env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + health, timeout, proc)
-    except BaseException:
+    `health` answers 200. Returns (process, base URL).
+
+    free_port() closes the port it found, so another process can take it before the server binds it: a
+    server that exits before answering (or dies right after `health` answered, which then came from
+    someone else) is started again on another port, `tries` times at most. env values of None remove
+    the variable; `log` collects the server's output (its tail goes into the error)."""
+    failures = []
+    for _ in range(tries):
+        port = free_port()
+        e = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+        full = list(cmd)
+        if port_env:
+            e[port_env] = str(port)
+        else:
+            full += ["--host", "127.0.0.1", "--port", str(port)]
+        exe = Path(sys.executable).parent / full[0]
+        out = open(log, "ab") if log is not None else subprocess.DEVNULL
+        try:
+            proc = subprocess.Popen(
+                [str(exe), *full[1:]], env=e, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        finally:
+            if log is not None:
+                out.close()
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(url + health, timeout, proc)
+            time.sleep(0.2)
+            if proc.poll() is None:
+                return proc, url
+            failures.append(f"port {port}: exited with {proc.returncode} just after {health} answered")
+        except RuntimeError as err:  # exited before answering: most likely the port was taken
+            failures.append(f"port {port}: {err}")
+        except BaseException:
+            stop_server(proc)
+            raise
         stop_server(proc)
-        raise
-    return proc, url
+    tail = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
+    raise RuntimeError(f"{cmd[0]} did not start in {tries} tries: {'; '.join(failures)}\n{tail}")
 
 
 def stop_server(proc) -> None:
     """SIGTERM the server's whole process group, then SIGKILL what is left."""
     import subprocess
+
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
@@ -68,8 +104,19 @@ def stop_server(proc) -> None:
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait()
+
+
+def selects_gpu_explicitly(markexpr: str) -> bool:
+    """True when `-m EXPR` asks for gpu tests by name: some set of markers holding `gpu` matches while the
+    same set without `gpu` does not (so `-m gpu`, `-m "gpu or slow"`; not `-m "not slow"`, `-m "not gpu"`)."""
+    if not markexpr:
+        return False
+    expr = Expression.compile(markexpr)
+
+    def matches(names):
+        return expr.evaluate(lambda name, /, **kwargs: name in names)
+
+    return any(matches(others | {"gpu"}) and not matches(others) for others in (set(), {"slow"}))

@@ -1,23 +1,31 @@
+import argparse
+import importlib
 import json
 
 import numpy as np
 import pytest
 
 from tests.helpers import run_cli
-from vae.cli import main
+from vae.cli import build_parser, main, subcommands
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--dataset", "cifar"], "dataset='cifar' is invalid: expected one of mnist-5k, mnist, fashion-mnist or idx:PATH"),
-    (["train", "--lr", "-0.001"], "lr=-0.001 is invalid: expected a number in (0, 10]"),
-    (["train", "--latent", "0"], "latent=0 is invalid: expected an integer from 1 to 4096"),
-    (["train", "--model", "gan"], "model='gan' is invalid"),
-    (["train", "--noise", "pink"], "noise='pink' is invalid"),
-    (["train", "--nproc", "0"], "nproc=0 is invalid"),
-    (["train", "--dataset", "idx:/no/such/folder"], "/no/such/folder"),
-    (["evaluate", "/no/such/run"], "checkpoint /no/such/run does not exist"),
-    (["sample", "/no/such/run", "--out", "x.gif"], "expected a .png (image grid) or .npy (array) file name"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["train", "--dataset", "cifar"],
+            "dataset='cifar' is invalid: expected one of mnist-5k, mnist, fashion-mnist or idx:PATH",
+        ),
+        (["train", "--lr", "-0.001"], "lr=-0.001 is invalid: expected a number in (0, 10]"),
+        (["train", "--latent", "0"], "latent=0 is invalid: expected an integer from 1 to 4096"),
+        (["train", "--model", "gan"], "model='gan' is invalid"),
+        (["train", "--noise", "pink"], "noise='pink' is invalid"),
+        (["train", "--nproc", "0"], "nproc=0 is invalid"),
+        (["train", "--dataset", "idx:/no/such/folder"], "/no/such/folder"),
+        (["evaluate", "/no/such/run"], "checkpoint /no/such/run does not exist"),
+        (["sample", "/no/such/run", "--out", "x.gif"], "expected a .png (image grid) or .npy (array) file name"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
     assert main(args) == 2
@@ -30,8 +38,12 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypatc
 def test_a_malformed_idx_file_is_named_and_nothing_is_written(tmp_path, monkeypatch, capsys):
     folder = tmp_path / "idx"
     folder.mkdir()
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         (folder / name).write_bytes(b"\x00\x00\x08\x03garbage")
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--dataset", f"idx:{folder}", "--out", "run"]) == 2
@@ -46,12 +58,75 @@ def test_the_real_process_exits_2(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("cmd", [[], ["train"], ["evaluate"], ["sample"], ["data", "fetch"], ["data", "info"]])
+def _commands(parser, path=()):
+    """Every command path of an argparse parser, found by walking its sub-parsers: [], [train], [data, fetch], ..."""
+    yield list(path)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*path, name))
+
+
+def _all_commands():
+    return list(_commands(build_parser()))
+
+
+ALL_COMMANDS = _all_commands()
+
+
+def test_the_help_walk_finds_every_command():
+    # the discovery below must not silently find nothing: these are the commands the README lists
+    found = {" ".join(c) for c in ALL_COMMANDS}
+    assert {
+        "",
+        "train",
+        "evaluate",
+        "sample",
+        "data",
+        "data fetch",
+        "data info",
+        "tune",
+        "registry",
+        "registry list",
+        "registry promote",
+        "registry rollback",
+        "reconstruct",
+        "encode",
+        "decode",
+        "denoise",
+        "augment",
+        "anomaly",
+        "report",
+    } <= found, found
+    assert {" ".join(c) for c in subcommands(build_parser())} <= found  # the package's own walk agrees
+
+
+def test_every_command_names_a_handler_that_exists():
+    leaves = []
+
+    def walk(parser, path=()):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            leaves.append((path, parser.get_default("handler")))
+        for action in subs:
+            for name, sub in action.choices.items():
+                walk(sub, (*path, name))
+
+    walk(build_parser())
+    assert len(leaves) >= 16
+    for path, handler in leaves:
+        module, name = handler.split(":")
+        assert callable(getattr(importlib.import_module(module), name)), path
+
+
+@pytest.mark.parametrize("cmd", ALL_COMMANDS, ids=lambda c: " ".join(c) or "vae")
 def test_help_for_every_command(capsys, cmd):
     with pytest.raises(SystemExit) as e:
         main([*cmd, "--help"])
     assert e.value.code == 0
-    assert "usage: vae" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.startswith(" ".join(["usage: vae", *cmd])), out[:200]
+    assert "-h, --help" in out
 
 
 def test_train_evaluate_sample_from_the_command_line(tmp_path, capsys):

@@ -16,8 +16,18 @@ def test_a_failed_download_exits_1_with_one_line_and_leaves_no_cache(tmp_path):
     with socket.socket() as s:  # a port where nothing listens: every mirror refuses
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/"
-    r = run_cli("data", "fetch", "--dataset", "mnist", "--mirror", dead, "--data-dir", tmp_path / "cache", "-q",
-                env={"no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1"})
+    r = run_cli(
+        "data",
+        "fetch",
+        "--dataset",
+        "mnist",
+        "--mirror",
+        dead,
+        "--data-dir",
+        tmp_path / "cache",
+        "-q",
+        env={"no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1"},
+    )
     assert r.returncode == 1, r.stderr
     assert r.stderr.startswith("vae: error: could not download") and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "cache").exists()

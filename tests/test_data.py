@@ -1,6 +1,7 @@
 """vae.data on real data: the embedded mnist-5k digits (conftest's mnist5k), idx files written from them,
 and (when present) the official MNIST files in ../shared/data/mnist. Downloads go over real HTTP to a
 server on 127.0.0.1."""
+
 from __future__ import annotations
 
 import functools
@@ -67,8 +68,7 @@ def serve():
                 hits.append(self.path)
                 return super().send_head()
 
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                                 functools.partial(Handler, directory=str(folder)))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()  # quick shutdown
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}/", hits
@@ -83,8 +83,12 @@ def serve():
 def small_idx(tmp_path_factory, mnist5k):
     """A folder with the four idx gz files (600 train, 100 test digits) and their (name, md5) list."""
     folder = tmp_path_factory.mktemp("small_idx")
-    tensors = [mnist5k.train.images[:600], mnist5k.train.labels[:600],
-               mnist5k.test.images[:100], mnist5k.test.labels[:100]]
+    tensors = [
+        mnist5k.train.images[:600],
+        mnist5k.train.labels[:600],
+        mnist5k.test.images[:100],
+        mnist5k.test.labels[:100],
+    ]
     for name, t in zip(NAMES, tensors):
         idx.write_idx(folder / f"{name}.gz", t)
     resources = [(f"{name}.gz", md5(folder / f"{name}.gz")) for name in NAMES]
@@ -92,6 +96,7 @@ def small_idx(tmp_path_factory, mnist5k):
 
 
 # ---------------------------------------------------------------- mnist-5k
+
 
 def test_mnist_5k_splits_are_stratified_disjoint_uint8(mnist5k):
     ds = mnist5k
@@ -139,14 +144,14 @@ def test_default_data_dir_and_import_have_no_side_effects(tmp_path, monkeypatch)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert data.default_data_dir() == tmp_path / "home" / ".cache" / "vae"
     assert not (tmp_path / "d").exists() and not (tmp_path / "home").exists()
-    code = ("import sys, vae.data; "
-            "assert not [m for m in sys.modules if m.split('.')[0] in ('mlxtend', 'torchvision')]")
+    code = "import sys, vae.data; assert not [m for m in sys.modules if m.split('.')[0] in ('mlxtend', 'torchvision')]"
     env = dict(os.environ, HOME=str(tmp_path / "home"), VAE_DATA_DIR=str(tmp_path / "d"))
     subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True)
     assert not (tmp_path / "d").exists() and not (tmp_path / "home").exists()
 
 
 # ---------------------------------------------------------------- idx files
+
 
 def test_write_read_idx_round_trip(tmp_path, mnist5k):
     images, labels = mnist5k.val.images, mnist5k.val.labels
@@ -219,12 +224,16 @@ def test_idx_folder_missing_folder_file_or_label(tmp_path, small_idx):
     with pytest.raises(DataError, match=r"partial lacks t10k-labels-idx1-ubyte \(raw or .gz\)"):
         data.fetch(f"idx:{partial}")
     idx.write_idx(partial / "t10k-labels-idx1-ubyte", tensors["t10k-labels-idx1-ubyte"][:99])
-    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte holds 100 images but "
-                                        r".*t10k-labels-idx1-ubyte holds 99 labels"):
+    with pytest.raises(
+        DataError,
+        match=r"t10k-images-idx3-ubyte holds 100 images but "
+        r".*t10k-labels-idx1-ubyte holds 99 labels",
+    ):
         data.load(DataConfig(dataset=f"idx:{partial}"))
 
 
 # ---------------------------------------------------------------- download and cache
+
 
 def test_fetch_over_http_into_cache(tmp_path, serve, small_idx, monkeypatch):
     source, resources, tensors = small_idx
@@ -308,23 +317,31 @@ def test_stale_cache_is_reported_and_downloaded_again(tmp_path, serve, small_idx
 
 def test_load_without_download_says_how_to_fetch(tmp_path):
     cfg = DataConfig(dataset="fashion-mnist", data_dir=str(tmp_path / "none"))
-    with pytest.raises(DataError, match=r"missing train-images-idx3-ubyte.gz.*`vae data fetch --dataset "
-                                        r"fashion-mnist`"):
+    with pytest.raises(
+        DataError,
+        match=r"missing train-images-idx3-ubyte.gz.*`vae data fetch --dataset "
+        r"fashion-mnist`",
+    ):
         data.load(cfg, download=False)
     assert not (tmp_path / "none").exists()
     folder = tmp_path / "none" / "fashion-mnist"
     folder.mkdir(parents=True)
     for name in NAMES:
         (folder / f"{name}.gz").write_bytes(b"not the real file")
-    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz has md5 [0-9a-f]{32}, expected "
-                                        r"8d4fb7e6c68d591d4c3dfef9ec88bf0d: run `vae data fetch"):
+    with pytest.raises(
+        DataError,
+        match=r"train-images-idx3-ubyte.gz has md5 [0-9a-f]{32}, expected "
+        r"8d4fb7e6c68d591d4c3dfef9ec88bf0d: run `vae data fetch",
+    ):
         data.load(cfg, download=False)
 
 
 def test_official_mnist_over_local_mirror(tmp_path, serve):
     if not SHARED_MNIST.is_dir():
-        pytest.skip(f"../shared/data/mnist not present: {SHARED_MNIST} holds the official MNIST files "
-                    "this test serves over 127.0.0.1")
+        pytest.skip(
+            f"../shared/data/mnist not present: {SHARED_MNIST} holds the official MNIST files "
+            "this test serves over 127.0.0.1"
+        )
     url, _ = serve(SHARED_MNIST)
     folder = data.fetch("mnist", tmp_path, mirror=url)  # torchvision's own md5 list
     assert folder == tmp_path / "mnist" and leftovers(folder) == []

@@ -1,6 +1,7 @@
 """The package's layout rules (README, "Layout"), read from the code's own imports: no import cycle inside
 vae/ (imports inside functions included), each outside engine imported only in its place, modules and
 functions of a readable size, and `vae --help` free of the heavy imports."""
+
 import ast
 import subprocess
 import sys
@@ -33,7 +34,9 @@ def imports(path: Path, name: str, known: dict[str, Path] | None = None) -> list
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             for a in node.names:
                 sub = f"{base}.{a.name}"
                 found.append((sub if sub in known else base, node.lineno))
@@ -54,7 +57,7 @@ def cycle(g: dict[str, set[str]]) -> list[str] | None:
         stack.append(n)
         for m in sorted(g[n]):
             if state.get(m) == 1:
-                return stack[stack.index(m):] + [m]
+                return stack[stack.index(m) :] + [m]
             if m not in state and (found := visit(m)):
                 return found
         state[n] = 2
@@ -84,17 +87,25 @@ def test_each_outside_engine_is_imported_only_in_its_place():
         for module, line in imports(path, name):
             top = module.split(".")[0]
             if top == "prefect" or top == "flows":
-                wrong.append(f"{rel}:{line} imports {module} (prefect lives in flows/ only, and vae/ never imports flows/)")
+                wrong.append(
+                    f"{rel}:{line} imports {module} (prefect lives in flows/ only, and vae/ never imports flows/)"
+                )
             elif top in PLACES and not rel.startswith(PLACES[top]):
                 wrong.append(f"{rel}:{line} imports {module} (only {PLACES[top]} may)")
     assert not wrong, "\n".join(wrong)
 
 
 def test_the_core_is_flat_and_imports_no_subpackage_above_it():
-    core = {n for n, p in modules().items() if p.parent == ROOT / "vae" and n not in ("vae", "vae.__main__", "vae.pipeline")}
+    core = {
+        n for n, p in modules().items() if p.parent == ROOT / "vae" and n not in ("vae", "vae.__main__", "vae.pipeline")
+    }
     g = graph()
-    upward = [f"{n} -> {m}" for n in core for m in g[n]
-              if m.startswith(("vae.uses", "vae.tune", "vae.tracking", "vae.cli", "vae.pipeline"))]
+    upward = [
+        f"{n} -> {m}"
+        for n in core
+        for m in g[n]
+        if m.startswith(("vae.uses", "vae.tune", "vae.tracking", "vae.cli", "vae.pipeline"))
+    ]
     assert not upward, "the core imports a layer above it: " + ", ".join(sorted(upward))
 
 
@@ -106,16 +117,21 @@ def test_modules_and_functions_stay_readable():
         if len(text.splitlines()) > MAX_MODULE_LINES:
             long.append(f"{rel}: {len(text.splitlines())} lines")
         for node in ast.walk(ast.parse(text)):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES:
+            if (
+                isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+            ):
                 long.append(f"{rel}:{node.lineno} {node.name}(): {node.end_lineno - node.lineno + 1} lines")
     assert not long, "\n".join(long)
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["train", "--help"]])
 def test_help_and_version_load_no_heavy_package(argv):
-    code = ("import sys, runpy; sys.argv = ['vae', *sys.argv[1:]]\n"
-            "try:\n    runpy.run_module('vae', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-            "heavy = sorted(m for m in ('torch', 'mlflow', 'optuna', 'prefect', 'numpy', 'matplotlib') if m in sys.modules)\n"
-            "print('HEAVY', ','.join(heavy))")
+    code = (
+        "import sys, runpy; sys.argv = ['vae', *sys.argv[1:]]\n"
+        "try:\n    runpy.run_module('vae', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'mlflow', 'optuna', 'prefect', 'numpy', 'matplotlib') if m in sys.modules]\n"
+        "print('HEAVY', ','.join(heavy))"
+    )
     r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=ROOT)
     assert "HEAVY \n" in r.stdout or r.stdout.rstrip().endswith("HEAVY"), r.stdout[-500:] + r.stderr[-500:]

@@ -71,6 +71,7 @@ def test_iwae_loss_with_one_sample_is_the_single_sample_neg_elbo():
 def test_iw_estimate_is_below_the_elbo_and_tightens_with_k(trained, mnist5k):
     from vae.checkpoint import load_model
     from vae.evaluation import elbo_metrics
+
     model, cfg, _ = load_model(trained[0])
     images = mnist5k.val.images[:300]
     x = images.reshape(-1, 784).float() / 255
@@ -84,6 +85,7 @@ def test_iw_estimate_is_below_the_elbo_and_tightens_with_k(trained, mnist5k):
 
 def test_iw_estimate_equals_a_direct_log_mean_exp():
     from torch.distributions import Bernoulli, Normal
+
     torch.manual_seed(0)
     model = build_model(ModelConfig(latent=3, hidden=(16,)))
     x = (torch.rand(2, 784) < 0.3).float()
@@ -94,8 +96,11 @@ def test_iw_estimate_equals_a_direct_log_mean_exp():
         mu, logvar = model.encode(x)
         q = Normal(mu, torch.exp(0.5 * logvar))
         z = mu + torch.exp(0.5 * logvar) * eps
-        log_w = (Bernoulli(logits=model.decode(z)).log_prob(x).sum(-1) + Normal(0.0, 1.0).log_prob(z).sum(-1)
-                 - q.log_prob(z).sum(-1))
+        log_w = (
+            Bernoulli(logits=model.decode(z)).log_prob(x).sum(-1)
+            + Normal(0.0, 1.0).log_prob(z).sum(-1)
+            - q.log_prob(z).sum(-1)
+        )
         direct = torch.log(torch.exp(log_w.double() - log_w.max(0).values.double()).mean(0)) + log_w.max(0).values
     assert torch.allclose(got, direct.float(), atol=1e-3)
 

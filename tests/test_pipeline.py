@@ -1,6 +1,7 @@
 """The Prefect pipeline end to end on a tiny budget, under a real (temporary) Prefect server, with real
 SQLite stores for MLflow and Optuna; a live `mlflow server` and a live `prefect server` where the issue
 asks for one."""
+
 import json
 import os
 import urllib.request
@@ -17,14 +18,25 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def harness():
     from prefect.testing.utilities import prefect_test_harness
+
     with prefect_test_harness(server_startup_timeout=120):
         yield
 
 
 def tiny(tmp_path, **kw):
-    params = dict(dataset="mnist-5k", subset=300, trials=2, tune_epochs=1, epochs=2, iw_samples=10,
-                  tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", storage=f"sqlite:///{tmp_path}/optuna.db",
-                  workdir=str(tmp_path / "work"), model_name="vae-test", min_improvement=0.5)
+    params = dict(
+        dataset="mnist-5k",
+        subset=300,
+        trials=2,
+        tune_epochs=1,
+        epochs=2,
+        iw_samples=10,
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        storage=f"sqlite:///{tmp_path}/optuna.db",
+        workdir=str(tmp_path / "work"),
+        model_name="vae-test",
+        min_improvement=0.5,
+    )
     params.update(kw)
     return params
 
@@ -35,20 +47,79 @@ def task_states(flow_state):
 
     async def read():
         async with get_client() as client:
-            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(
-                id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
+            )
             return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+
     import asyncio
+
     return asyncio.run(read())
+
+
+def run_json(client, run_id: str, name: str, tmp_path) -> dict:
+    """A JSON artifact of an MLflow run, downloaded through the tracking store."""
+    dst = tmp_path / "artifacts" / run_id
+    dst.mkdir(parents=True, exist_ok=True)
+    return json.loads(Path(client.download_artifacts(run_id, name, str(dst))).read_text())
+
+
+def summary_artifact(flow_state) -> str:
+    """The markdown of the `vae-pipeline-summary` artifact that this flow run created, from Prefect's API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["vae-pipeline-summary"])),
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])),
+            )
+
+    import asyncio
+
+    found = asyncio.run(read())
+    assert len(found) == 1 and found[0].type == "markdown", found
+    return found[0].data
+
+
+def idx_folder(folder: Path) -> Path:
+    """An idx: data set from mnist-5k: its first 600 training images, and as test split 200 images of its
+    validation split (so another test set than mnist-5k's)."""
+    import numpy as np
+
+    from vae.config import DataConfig
+    from vae.data import load
+
+    d = load(DataConfig())
+    folder.mkdir(parents=True)
+
+    def write(name, array, dims):
+        header = bytes([0, 0, 8, len(dims)]) + b"".join(int(n).to_bytes(4, "big") for n in dims)
+        (folder / name).write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+    for prefix, split, n in (("train", d.train, 600), ("t10k", d.val, 200)):
+        write(f"{prefix}-images-idx3-ubyte", split.images[:n].numpy(), (n, 28, 28))
+        write(f"{prefix}-labels-idx1-ubyte", split.labels[:n].numpy(), (n,))
+    return folder
 
 
 def test_bad_parameters_fail_before_any_work(tmp_path):
     import subprocess
     import sys
-    for args, message in ((["--trials", "0"], "trials=0 is invalid"), (["--dataset", "cifar"], "dataset='cifar'"),
-                          (["--min-improvement", "-1"], "min_improvement=-1.0 is invalid")):
-        r = subprocess.run([sys.executable, "-m", "flows.pipeline", *args], cwd=tmp_path, capture_output=True,
-                           text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+
+    for args, message in (
+        (["--trials", "0"], "trials=0 is invalid"),
+        (["--dataset", "cifar"], "dataset='cifar'"),
+        (["--min-improvement", "-1"], "min_improvement=-1.0 is invalid"),
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "flows.pipeline", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
         assert r.returncode == 2 and message in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
@@ -58,6 +129,7 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
     from mlflow import MlflowClient
 
     from flows.pipeline import vae_pipeline
+
     monkeypatch.chdir(tmp_path)
     params = tiny(tmp_path)
 
@@ -85,6 +157,27 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
     assert {"figures/samples.png", "figures/reconstructions.png", "figures/loss_curves.png"} <= artifacts
     assert metrics["fingerprint"] == result["study"]["fingerprint"]
 
+    # What the run leaves: pipeline.json, promotion.json on the MLflow run, the Prefect summary artifact.
+    pipeline_json = run_json(client, reg["run_id"], "pipeline.json", tmp_path)
+    assert pipeline_json["params"] == result["params"] == {**params, "nproc": 1, "study": None}
+    assert pipeline_json["metrics"] == metrics and pipeline_json["study"] == result["study"]
+    promotion = run_json(client, reg["run_id"], "promotion.json", tmp_path)
+    assert promotion == {
+        **decision,
+        "promote": True,
+        "candidate": "1",
+        "champion": None,
+        "champion_value": None,
+        "improvement": None,
+        "min_improvement": 0.5,
+        "forced": False,
+        "metric": "test_neg_elbo",
+    }
+    assert promotion["candidate_value"] == pytest.approx(metrics["neg_elbo"], abs=1e-6)
+    summary = summary_artifact(state)
+    assert "# vae-test v1" in summary and reg["run_id"] in summary and "promoted to champion" in summary
+    assert f"| test -ELBO (nats/image) | {metrics['neg_elbo']:.3f} |" in summary
+
     # The same inputs again: everything up to evaluation is reused; the new version ties the champion
     # (same model, same numbers), so the gate keeps the champion.
     again = vae_pipeline(**params, return_state=True)
@@ -93,14 +186,56 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
     assert second["registered"]["version"] == "2" and not second["decision"]["promote"]
     model = client.get_registered_model("vae-test")
     assert {k: str(v) for k, v in model.aliases.items()} == {"champion": "1", "challenger": "2"}
+    promotion = run_json(client, second["registered"]["run_id"], "promotion.json", tmp_path)
+    assert promotion["champion"] == "1" and promotion["improvement"] == 0.0 and not promotion["promote"]
+    assert "stays challenger" in summary_artifact(again)
+
+    # New data (another test split, so another fingerprint): the champion, scored on mnist-5k, cannot be
+    # compared by its tag; the pipeline scores it again on this run's test split and the gate uses that.
+    [v1_checkpoint] = (tmp_path / "work").glob("train-*/checkpoint.pt")  # the weights behind versions 1 and 2
+    folder = idx_folder(tmp_path / "idx-new")
+    third = vae_pipeline(**tiny(tmp_path, dataset=f"idx:{folder}", study="vae-test-idx", trials=1, iw_samples=0))
+    assert third["metrics"]["fingerprint"] != metrics["fingerprint"]
+    from vae.checkpoint import load_model
+    from vae.config import DataConfig
+    from vae.data import load
+    from vae.evaluation import elbo_metrics
+
+    champion, cfg, _ = load_model(v1_checkpoint)
+    rescored = elbo_metrics(champion, load(DataConfig(dataset=f"idx:{folder}", subset=300)).test.images, cfg)[
+        "neg_elbo"
+    ]
+    stored = float(client.get_model_version("vae-test", "1").tags["test_neg_elbo"])
+    assert abs(rescored - stored) > 0.01  # the two splits score differently: the check below can tell them apart
+    promotion = run_json(client, third["registered"]["run_id"], "promotion.json", tmp_path)
+    assert promotion["champion"] == "1" and promotion["candidate"] == "3"
+    assert promotion["champion_value"] == pytest.approx(rescored, rel=1e-6)
+    assert promotion["improvement"] == pytest.approx(rescored - third["metrics"]["neg_elbo"], abs=1e-5)
+    assert promotion["promote"] == (promotion["improvement"] > 0.5) == third["decision"]["promote"]
+    tags = client.get_model_version("vae-test", "3").tags
+    assert tags["promotion.compared_to"] == "1" and float(tags["promotion.improvement"]) == pytest.approx(
+        promotion["improvement"], abs=1e-5
+    )
 
 
 def test_pipeline_against_a_live_mlflow_server(harness, tmp_path, monkeypatch):
     from flows.pipeline import vae_pipeline
+
     monkeypatch.chdir(tmp_path)
-    proc, url = start_server(["mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/srv.db",
-                              "--artifacts-destination", str(tmp_path / "srv-artifacts"), "--workers", "1"],
-                             health="/health", env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    proc, url = start_server(
+        [
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/srv.db",
+            "--artifacts-destination",
+            str(tmp_path / "srv-artifacts"),
+            "--workers",
+            "1",
+        ],
+        health="/health",
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
     try:
         before = (os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri())
         result = vae_pipeline(**tiny(tmp_path, tracking_uri=url, trials=1))
@@ -120,19 +255,31 @@ def test_pipeline_against_a_live_mlflow_server(harness, tmp_path, monkeypatch):
 def test_deployments_with_cron_schedules_register_on_a_live_prefect_server(tmp_path):
     import subprocess
     import sys
+
     port_env = {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_API_HOST": "127.0.0.1"}
-    server, url = start_server(["prefect", "server", "start", "--host", "127.0.0.1"], health="/api/health",
-                               env=port_env, port_env="PREFECT_SERVER_API_PORT", timeout=120)
+    server, url = start_server(
+        ["prefect", "server", "start", "--host", "127.0.0.1"],
+        health="/api/health",
+        env=port_env,
+        port_env="PREFECT_SERVER_API_PORT",
+        timeout=120,
+    )
     api = f"{url}/api"
     env = {**os.environ, **port_env, "PREFECT_API_URL": api}
-    serve = subprocess.Popen([sys.executable, "-m", "flows.deploy", "--cron", "15 3 * * *", "--trials", "2"],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "flows.deploy", "--cron", "15 3 * * *", "--trials", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = __import__("time").time() + 90
         found = {}
         while __import__("time").time() < deadline and len(found) < 2:
-            req = urllib.request.Request(f"{api}/deployments/filter", data=b"{}", method="POST",
-                                         headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(
+                f"{api}/deployments/filter", data=b"{}", method="POST", headers={"Content-Type": "application/json"}
+            )
             with urllib.request.urlopen(req) as r:
                 found = {d["name"]: d for d in json.load(r)}
             __import__("time").sleep(1)

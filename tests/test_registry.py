@@ -1,5 +1,7 @@
 """The promotion gate and rollback against a real MLflow registry (SQLite store in a temporary folder)."""
+
 import json
+import math
 
 import mlflow
 import pytest
@@ -19,6 +21,7 @@ def store(tmp_path, trained):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     from vae.tracking.store import experiment_id
+
     with mlflow.start_run(experiment_id=experiment_id("registry-test")) as run:  # artifacts beside the db
         info = serving.log_model(trained[0], name="model")
     yield uri, info.model_uri, run.info.run_id, info.model_id
@@ -27,9 +30,14 @@ def store(tmp_path, trained):
 
 def add(store, value, fingerprint=FP):
     uri, model_uri, run_id, model_id = store
-    return registry.register(uri, "vae-test", model_uri, run_id,
-                             {"neg_elbo": value, "fingerprint": fingerprint, "dataset": "mnist-5k", "split": "test"},
-                             model_id=model_id)
+    return registry.register(
+        uri,
+        "vae-test",
+        model_uri,
+        run_id,
+        {"neg_elbo": value, "fingerprint": fingerprint, "dataset": "mnist-5k", "split": "test"},
+        model_id=model_id,
+    )
 
 
 def aliases(uri):
@@ -104,3 +112,36 @@ def test_registry_cli_lists_promotes_and_rolls_back(store, capsys):
     assert main(["registry", "promote", "--version", "99", *base]) == 2
     assert "has no version '99'" in capsys.readouterr().err
     assert main(["registry", "list", "--name", "nope", "--tracking-uri", uri]) == 2
+
+
+# The gate's boundary. Values exactly representable in binary floating point, so that the gain is exactly
+# min_improvement (100.5 - 100.0 == 0.5, no rounding): a tie with the margin does not promote, and the
+# smallest float above it does. The tags store 6 decimals, which keep these values exact.
+@pytest.mark.parametrize(
+    "champion, candidate, promoted",
+    [
+        (100.5, 100.0, False),  # gain == min_improvement exactly: not enough
+        (100.5, math.nextafter(100.0, 0), True),  # gain just above the margin: promoted
+        (100.5, 99.75, True),  # gain 0.75
+        (100.25, 100.0, False),  # gain 0.25
+    ],
+)
+def test_the_gate_needs_strictly_more_than_min_improvement(champion, candidate, promoted):
+    assert 100.5 - 100.0 == 0.5  # the premise: this boundary is exact in binary floating point
+    d = registry.decide("2", candidate, "1", champion, min_improvement=0.5)
+    assert d.promote is promoted, d.reason
+    assert d.improvement == champion - candidate
+
+
+def test_a_gain_equal_to_min_improvement_keeps_the_champion_in_the_registry(store):
+    uri = store[0]
+    v1 = add(store, 100.5)
+    assert registry.promote(uri, "vae-test", v1, min_improvement=0.5).promote
+    tie = add(store, 100.0)  # exactly 0.5 nats better
+    d = registry.promote(uri, "vae-test", tie, min_improvement=0.5)
+    assert not d.promote and d.improvement == 0.5, d
+    assert aliases(uri)["champion"] == v1
+    assert MlflowClient(uri, uri).get_model_version("vae-test", tie).tags["promotion.decision"] == "rejected"
+    above = add(store, 99.999)  # 0.501 nats better
+    assert registry.promote(uri, "vae-test", above, min_improvement=0.5).promote
+    assert aliases(uri)["champion"] == above

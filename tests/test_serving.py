@@ -1,11 +1,9 @@
 """The registered pyfunc behind a real `mlflow models serve`: the answers equal the in-process ones, bad
 requests get a 400 with a message, and registry URIs work wherever the CLI takes a MODEL."""
+
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import start_server, stop_server
 from vae.cli import main
 
 NAME = "vae-serving-test"
@@ -28,6 +26,7 @@ def registry(tmp_path_factory, trained):
 
     from vae.tracking.models import log_model
     from vae.tracking.store import using_store
+
     tmp = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     with using_store(uri):
@@ -39,46 +38,29 @@ def registry(tmp_path_factory, trained):
     return {"uri": uri, "run_id": run.info.run_id, "tmp": tmp}
 
 
-
 @pytest.fixture(scope="module")
 def server(registry):
-    """`mlflow models serve -m models:/NAME@champion` on 127.0.0.1; SIGTERM (then SIGKILL) to its process
-    group at the end, whatever happened."""
-    port = free_port()
+    """`mlflow models serve -m models:/NAME@champion` on 127.0.0.1 (on another port if the first is taken
+    before it binds); SIGTERM (then SIGKILL) to its process group at the end, whatever happened."""
     bin_dir = Path(sys.executable).parent  # the scoring server execs `uvicorn` from PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registry["uri"], "PATH": f"{bin_dir}:{os.environ['PATH']}",
-           "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    log = open(registry["tmp"] / "serve.log", "wb")
-    proc = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", URI, "--env-manager", "local",
-                             "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    env = {
+        "MLFLOW_TRACKING_URI": registry["uri"],
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "DO_NOT_TRACK": "true",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    }
+    proc, url = start_server(
+        ["mlflow", "models", "serve", "-m", URI, "--env-manager", "local"],
+        health="/ping",
+        env=env,
+        timeout=120,
+        log=registry["tmp"] / "serve.log",
+    )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow models serve exited with {proc.returncode}: "
-                            f"{(registry['tmp'] / 'serve.log').read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("mlflow models serve did not answer /ping within 120 s")
-                time.sleep(0.5)
         yield url
     finally:
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(wait)
-                break
-            except ProcessLookupError:
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        log.close()
+        stop_server(proc)
 
 
 def post(url: str, body) -> tuple[int, dict]:
@@ -101,14 +83,22 @@ def test_rest_answers_equal_the_in_process_answers(server, registry, images):
     import mlflow
 
     from vae.tracking.models import predict, resolve_model
+
     before = (mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI"))
     model, cfg, state = resolve_model(URI, registry["uri"])
-    assert (mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI"),
-            os.environ.get("MLFLOW_REGISTRY_URI")) == before  # mlflow's global state is left as it was
+    assert (
+        mlflow.get_tracking_uri(),
+        os.environ.get("MLFLOW_TRACKING_URI"),
+        os.environ.get("MLFLOW_REGISTRY_URI"),
+    ) == before  # mlflow's global state is left as it was
     assert state["source"]["run_id"] == registry["run_id"]
-    for params, shape in (({"op": "encode"}, (8, 20)), ({"op": "reconstruct"}, (8, 784)),
-                          ({"op": "score"}, (8,)), ({"op": "score", "kind": "recon"}, (8,)),
-                          ({"op": "sample", "n": 5, "seed": 3, "temperature": 0.7}, (5, 784))):
+    for params, shape in (
+        ({"op": "encode"}, (8, 20)),
+        ({"op": "reconstruct"}, (8, 784)),
+        ({"op": "score"}, (8,)),
+        ({"op": "score", "kind": "recon"}, (8,)),
+        ({"op": "sample", "n": 5, "seed": 3, "temperature": 0.7}, (5, 784)),
+    ):
         status, body = post(server, {"inputs": images.tolist(), "params": params})
         assert status == 200, body
         got = np.asarray(body["predictions"], np.float32)
@@ -121,19 +111,46 @@ def test_rest_answers_equal_the_in_process_answers(server, registry, images):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("body, message", [
-    ({"inputs": [[0.5] * 100], "params": {"op": "encode"}}, "(-1, 784)"),
-    ({"inputs": [["a"] * 784], "params": {"op": "encode"}}, "could not convert string to float"),
-    ({"inputs": [[0.5] * 784], "params": {"op": "fly"}}, "op='fly' is invalid: expected one of reconstruct"),
-    ({"inputs": [[2.0] * 784], "params": {"op": "encode"}}, "pixels must be numbers in [0, 1]"),
-    ({"inputs": [[-0.1] * 784], "params": {"op": "score"}}, "pixels must be numbers in [0, 1]"),
-    ({"inputs": [[0.5] * 784], "params": {"op": "sample", "n": 0}}, "n=0 is invalid"),
-    ({"inputs": [[0.5] * 784], "params": {"op": "sample", "n": "many"}}, "for value `many`"),
-    ({"inputs": [[0.5] * 784], "params": {"op": "score", "kind": "psnr"}}, "kind='psnr' is invalid"),
-    ({"params": {"op": "encode"}}, "input fields"),
-    (b"{not json", "JSON"),
-    (b'{"inputs": [[NaN' + b", 0.5" * 783 + b"]]}", "pixels must be numbers in [0, 1]"),
-])
+def test_rest_answers_are_the_models_posterior_means_and_pixel_probabilities(server, trained, images):
+    """Checked against the network itself, not against the predict() the server calls: the weights read
+    from the checkpoint with torch, then encode = the posterior means mu, reconstruct = sigmoid(decode(mu))."""
+    import torch
+
+    from vae.config import Config
+    from vae.models import build_model
+
+    state = torch.load(Path(trained[0]) / "checkpoint.pt", map_location="cpu", weights_only=True)
+    model = build_model(Config.from_dict(state["config"]).model)
+    model.load_state_dict(state["model"])
+    model.eval()
+    with torch.no_grad():
+        mu = model.encode(torch.from_numpy(images))[0]
+        probs = torch.sigmoid(model.decode(mu))
+    for op, want in (("encode", mu.numpy()), ("reconstruct", probs.numpy())):
+        status, body = post(server, {"inputs": images.tolist(), "params": {"op": op}})
+        assert status == 200, body
+        got = np.asarray(body["predictions"], np.float32)
+        assert got.shape == want.shape, op
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=op)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"inputs": [[0.5] * 100], "params": {"op": "encode"}}, "(-1, 784)"),
+        ({"inputs": [["a"] * 784], "params": {"op": "encode"}}, "could not convert string to float"),
+        ({"inputs": [[0.5] * 784], "params": {"op": "fly"}}, "op='fly' is invalid: expected one of reconstruct"),
+        ({"inputs": [[2.0] * 784], "params": {"op": "encode"}}, "pixels must be numbers in [0, 1]"),
+        ({"inputs": [[-0.1] * 784], "params": {"op": "score"}}, "pixels must be numbers in [0, 1]"),
+        ({"inputs": [[0.5] * 784], "params": {"op": "sample", "n": 0}}, "n=0 is invalid"),
+        ({"inputs": [[0.5] * 784], "params": {"op": "sample", "n": "many"}}, "for value `many`"),
+        ({"inputs": [[0.5] * 784], "params": {"op": "score", "kind": "psnr"}}, "kind='psnr' is invalid"),
+        ({"params": {"op": "encode"}}, "input fields"),
+        (b"{not json", "JSON"),
+        (b'{"inputs": [[NaN' + b", 0.5" * 783 + b"]]}", "pixels must be numbers in [0, 1]"),
+    ],
+)
 def test_malformed_requests_get_400_with_a_message(server, body, message):
     status, answer = post(server, body)
     assert status == 400, answer
@@ -164,6 +181,7 @@ def test_the_cli_takes_registry_uris(registry, tmp_path, monkeypatch, capsys):
 @pytest.mark.slow
 def test_report_is_attached_to_the_models_run(registry, trained, tmp_path, monkeypatch, capsys):
     from mlflow import MlflowClient
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registry["uri"])
     out = tmp_path / "report.html"
     assert main(["report", URI, "--out", str(out), "--json"]) == 0

@@ -66,16 +66,16 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
 
 @pytest.mark.parametrize("kind", ["ae", "conv-vae"])
 def test_other_models_train(tmp_path, small_cfg, mnist5k, kind):
-    cfg = small_cfg.replace(model={"kind": kind, "hidden": [128]}, data={"subset": 500},
-                            train={"epochs": 2})
+    cfg = small_cfg.replace(model={"kind": kind, "hidden": [128]}, data={"subset": 500}, train={"epochs": 2})
     h = fit(cfg, out=tmp_path, data=None).history
     key = "val_bce" if kind == "ae" else "val_neg_elbo"
     assert h[1][key] < h[0][key]
 
 
 def test_denoising_and_dynamic_binarization_train(tmp_path, small_cfg):
-    cfg = small_cfg.replace(data={"subset": 500, "binarize": "dynamic"},
-                            train={"epochs": 2, "noise": "masking", "noise_level": 0.5})
+    cfg = small_cfg.replace(
+        data={"subset": 500, "binarize": "dynamic"}, train={"epochs": 2, "noise": "masking", "noise_level": 0.5}
+    )
     h = fit(cfg, data=None).history
     assert h[1]["train_loss"] < h[0]["train_loss"]
 
@@ -97,6 +97,7 @@ def test_corruptions_do_what_they_say():
 
 def test_evaluate_reports_metrics_and_writes_figures(trained, tmp_path):
     from vae import evaluate
+
     out, result = trained
     m = evaluate(out, iw_samples=50, figures_dir=tmp_path / "fig")
     assert m["split"] == "test" and m["images"] == 500 and m["fingerprint"] == result.fingerprint
@@ -110,10 +111,12 @@ def test_evaluate_reports_metrics_and_writes_figures(trained, tmp_path):
 
 def test_dynamic_binarization_draws_fresh_pixels_every_epoch(mnist5k, small_cfg):
     from vae.training import draw_batch, epoch_generator
+
     cfg = small_cfg.replace(data={"binarize": "dynamic"})
     images, idx = mnist5k.train.images, torch.arange(256)
-    draws = [draw_batch(images, idx, epoch_generator(0, e, torch.device("cpu")), cfg, True, (0, 256))[0]
-             for e in range(40)]
+    draws = [
+        draw_batch(images, idx, epoch_generator(0, e, torch.device("cpu")), cfg, True, (0, 256))[0] for e in range(40)
+    ]
     assert all(set(d.unique().tolist()) <= {0.0, 1.0} for d in draws)
     assert not torch.equal(draws[0], draws[1])
     grey = images[:256].reshape(-1, 784).float() / 255
@@ -126,17 +129,22 @@ def test_dynamic_binarization_draws_fresh_pixels_every_epoch(mnist5k, small_cfg)
 def test_iwae_objective_trains_and_its_bound_is_tighter_than_the_elbo(tmp_path, small_cfg, mnist5k):
     from vae.checkpoint import load_model
     from vae.evaluation import elbo_metrics, iw_nll
+
     cfg = small_cfg.replace(train={"objective": "iwae", "k": 5, "epochs": 2})
     h = fit(cfg, out=tmp_path, data=mnist5k).history
     assert h[1]["train_loss"] < h[0]["train_loss"]
     assert h[1]["train_loss"] < h[1]["train_recon"] + h[1]["train_kl"]  # the 5-sample bound is tighter
     model, cfg, _ = load_model(tmp_path)
-    assert iw_nll(model, mnist5k.val.images[:200], cfg, 50) < elbo_metrics(model, mnist5k.val.images[:200], cfg)["neg_elbo"]
+    assert (
+        iw_nll(model, mnist5k.val.images[:200], cfg, 50)
+        < elbo_metrics(model, mnist5k.val.images[:200], cfg)["neg_elbo"]
+    )
 
 
 def test_exp_schedule_ends_at_a_tenth_of_the_rate():
     from vae.config import TrainConfig
     from vae.training import lr_at
+
     tc = TrainConfig(lr=1e-3, epochs=5, lr_schedule="exp")
     assert [round(lr_at(tc, e), 10) for e in (0, 4)] == [1e-3, 1e-4]
     assert lr_at(TrainConfig(lr=1e-3), 3) == 1e-3
@@ -145,6 +153,7 @@ def test_exp_schedule_ends_at_a_tenth_of_the_rate():
 def test_iwae_needs_a_variational_model():
     from vae.config import Config
     from vae.errors import ConfigError
+
     with pytest.raises(ConfigError, match="objective"):
         Config.from_dict({"model": {"kind": "ae"}, "train": {"objective": "iwae", "k": 5}})
     with pytest.raises(ConfigError, match="k=5 is invalid"):

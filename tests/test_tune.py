@@ -1,6 +1,7 @@
 """`vae tune`: real Optuna studies (SQLite, journal, PostgreSQL), real torchrun/gloo DDP trials, real MLflow stores
 (SQLite and a live `mlflow server`), SIGKILL of a worker and its resume. Budgets are tiny: 300-1000 images,
 1-5 epochs, small fixed networks where the search space does not matter to the test."""
+
 import json
 import os
 import shutil
@@ -9,12 +10,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, run_cli
+from tests.helpers import free_port, run_cli, start_server, stop_server
 from vae.cli import main
 from vae.config import Config
 
@@ -30,7 +30,6 @@ model = "vae"
 BASE = ["tune", "--subset", "300", "--epochs", "2"]
 
 
-
 def one_json(stdout: str) -> dict:
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1, stdout  # only rank 0 prints
@@ -41,6 +40,7 @@ def load_study(storage: str, name: str):
     import optuna
 
     from vae.tune import open_storage
+
     return optuna.load_study(study_name=name, storage=open_storage(storage, heartbeat=None))
 
 
@@ -65,20 +65,24 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 # ------------------------------------------------------------------------------------------- input checks
-@pytest.mark.parametrize("text, message", [
-    ("[lr]\nlow = 0.1\nhigh = 0.01\n", "[lr] low=0.1 > high=0.01: expected low <= high"),
-    ("[depth]\nlow = 1\nhigh = 2\n", "unknown parameter [depth]: expected some of lr, beta, batch_size"),
-    ("[batch_size]\nchoices = []\n", "[batch_size] choices=[] is invalid: expected a non-empty list"),
-    ("[model]\nchoices = [\"vae\", \"ae\"]\n", "[model] model='ae' is invalid in a search"),
-    ("[latent]\nlow = 0\nhigh = 8\n", "[latent] latent=0 is invalid: expected an integer from 1 to 4096"),
-    ("[lr]\nlow = 1e-4\nhigh = 1e-2\nlog = true\nstep = 0.1\n", "[lr] cannot have both log and step"),
-    ("[lr]\nlow = 1e-4\nhihg = 1e-2\n", "[lr] has unknown key(s) ['hihg']"),
-    ("[hidden_width]\nlow = 64.5\nhigh = 128\n", "[hidden_width] low=64.5 is invalid: expected an integer"),
-    ("[lr\nlow = 1\n", "cannot be parsed"),
-    ("lr_schedule = [\"exp\", \"cosine\"]\n", "[lr_schedule] lr_schedule='cosine' is invalid"),
-])
-def test_an_invalid_space_file_exits_2_naming_the_entry_and_writes_nothing(tmp_path, monkeypatch, capsys,
-                                                                             text, message):
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[lr]\nlow = 0.1\nhigh = 0.01\n", "[lr] low=0.1 > high=0.01: expected low <= high"),
+        ("[depth]\nlow = 1\nhigh = 2\n", "unknown parameter [depth]: expected some of lr, beta, batch_size"),
+        ("[batch_size]\nchoices = []\n", "[batch_size] choices=[] is invalid: expected a non-empty list"),
+        ('[model]\nchoices = ["vae", "ae"]\n', "[model] model='ae' is invalid in a search"),
+        ("[latent]\nlow = 0\nhigh = 8\n", "[latent] latent=0 is invalid: expected an integer from 1 to 4096"),
+        ("[lr]\nlow = 1e-4\nhigh = 1e-2\nlog = true\nstep = 0.1\n", "[lr] cannot have both log and step"),
+        ("[lr]\nlow = 1e-4\nhihg = 1e-2\n", "[lr] has unknown key(s) ['hihg']"),
+        ("[hidden_width]\nlow = 64.5\nhigh = 128\n", "[hidden_width] low=64.5 is invalid: expected an integer"),
+        ("[lr\nlow = 1\n", "cannot be parsed"),
+        ('lr_schedule = ["exp", "cosine"]\n', "[lr_schedule] lr_schedule='cosine' is invalid"),
+    ],
+)
+def test_an_invalid_space_file_exits_2_naming_the_entry_and_writes_nothing(
+    tmp_path, monkeypatch, capsys, text, message
+):
     path = space_file(tmp_path, text)
     monkeypatch.chdir(tmp_path)
     assert main(["tune", "--space", str(path), "--trials", "2"]) == 2
@@ -88,14 +92,17 @@ def test_an_invalid_space_file_exits_2_naming_the_entry_and_writes_nothing(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["space.toml"]  # no mlruns/, no study
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--trials", "0"], "trials=0 is invalid: expected an integer >= 1"),
-    (["--pruner", "asha"], "pruner='asha' is invalid: expected one of hyperband, median, none, threshold:X"),
-    (["--sampler", "grid"], "sampler='grid' is invalid"),
-    (["--timeout", "-5"], "timeout=-5.0 is invalid"),
-    (["--space", "/no/such.toml"], "space file /no/such.toml does not exist"),
-    (["--nproc", "0"], "nproc=0 is invalid"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--trials", "0"], "trials=0 is invalid: expected an integer >= 1"),
+        (["--pruner", "asha"], "pruner='asha' is invalid: expected one of hyperband, median, none, threshold:X"),
+        (["--sampler", "grid"], "sampler='grid' is invalid"),
+        (["--timeout", "-5"], "timeout=-5.0 is invalid"),
+        (["--space", "/no/such.toml"], "space file /no/such.toml does not exist"),
+        (["--nproc", "0"], "nproc=0 is invalid"),
+    ],
+)
 def test_bad_options_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
     assert main(["tune", *args]) == 2
@@ -118,8 +125,12 @@ def test_the_space_file_overrides_defaults_and_maps_onto_the_config(tmp_path):
     import optuna
 
     from vae.tune import DEFAULT_SPACE, load_space, suggest, to_config
-    path = space_file(tmp_path, "lr = 0.002\nbatch_size = [32, 64]\n[hidden_depth]\nvalue = 2\n"
-                                "[hidden_width]\nlow = 16\nhigh = 32\nstep = 16\n")
+
+    path = space_file(
+        tmp_path,
+        "lr = 0.002\nbatch_size = [32, 64]\n[hidden_depth]\nvalue = 2\n"
+        "[hidden_width]\nlow = 16\nhigh = 32\nstep = 16\n",
+    )
     base = Config()
     space = load_space(path, base)
     assert space["lr"] == {"value": 0.002} and space["batch_size"] == {"choices": [32, 64]}
@@ -141,11 +152,22 @@ def test_the_space_file_overrides_defaults_and_maps_onto_the_config(tmp_path):
 @pytest.mark.slow
 def test_a_nan_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path, monkeypatch, capsys):
     # Only lr is drawn, from {10, 0.001}; the seeded random sampler draws 0.001, 10, 0.001.
-    path = space_file(tmp_path, SMALL_SPACE.replace("lr = {low = 1e-3, high = 3e-3, log = true}",
-                                                    "lr = [10.0, 0.001]"))
+    path = space_file(tmp_path, SMALL_SPACE.replace("lr = {low = 1e-3, high = 3e-3, log = true}", "lr = [10.0, 0.001]"))
     monkeypatch.chdir(tmp_path)
-    args = [*BASE, "--space", str(path), "--trials", "3", "--sampler", "random", "--seed", "0",
-            "--pruner", "none", "--json"]
+    args = [
+        *BASE,
+        "--space",
+        str(path),
+        "--trials",
+        "3",
+        "--sampler",
+        "random",
+        "--seed",
+        "0",
+        "--pruner",
+        "none",
+        "--json",
+    ]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["counts"] == {"complete": 2, "pruned": 0, "fail": 1, "running": 0, "waiting": 0}
@@ -156,6 +178,7 @@ def test_a_nan_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path, monke
     assert study.trials[2].state.name == "COMPLETE"  # the trial after the NaN one ran
 
     from mlflow import MlflowClient
+
     run = MlflowClient(summary["tracking_uri"]).get_run(failed[0].user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED" and run.data.tags["state"] == "fail"
     assert "nan" in run.data.tags["reason"]
@@ -171,40 +194,56 @@ def test_a_nan_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path, monke
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    """A live `mlflow server` on 127.0.0.1 with its own SQLite store and artifact folder."""
-    port = free_port()
+    """A live `mlflow server` on 127.0.0.1 with its own SQLite store and artifact folder (started again on
+    another port if the first is taken before it binds)."""
     home = tmp_path / "mlflow-server"
     home.mkdir()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-                             "--artifacts-destination", str(home / "artifacts"), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=open(home / "server.log", "w"), env=env,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(
+        [
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{home / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(home / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        health="/health",
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_TRACKING_URI": None},
+        timeout=90,
+        log=home / "server.log",
+    )
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, (home / "server.log").read_text()[-2000:]
-            assert time.time() < deadline, "mlflow server did not become healthy in 90 s"
-            time.sleep(0.5)
         yield url
     finally:
-        stop(proc)
+        stop_server(proc)
 
 
 @pytest.mark.slow
 def test_a_ddp_study_builds_the_run_tree_on_a_live_mlflow_server(tmp_path, mlflow_server):
     space = space_file(tmp_path)
-    r = run_cli(*BASE, "--space", space, "--trials", "2", "--nproc", "2", "--pruner", "none", "--study", "ddp",
-                "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--out", tmp_path / "trials",
-                "--tracking-uri", mlflow_server, "--json", env={"OMP_NUM_THREADS": "1"})
+    r = run_cli(
+        *BASE,
+        "--space",
+        space,
+        "--trials",
+        "2",
+        "--nproc",
+        "2",
+        "--pruner",
+        "none",
+        "--study",
+        "ddp",
+        "--storage",
+        f"sqlite:///{tmp_path / 'optuna.db'}",
+        "--out",
+        tmp_path / "trials",
+        "--tracking-uri",
+        mlflow_server,
+        "--json",
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     s = one_json(r.stdout)
     assert s["counts"]["complete"] == 2 and s["trials"] == 2 and s["tracking_uri"] == mlflow_server
@@ -214,6 +253,7 @@ def test_a_ddp_study_builds_the_run_tree_on_a_live_mlflow_server(tmp_path, mlflo
     assert Config.from_dict(s["best_config"]).to_dict() == s["best_config"]
 
     from mlflow import MlflowClient
+
     client = MlflowClient(mlflow_server)
     parent = client.get_run(s["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["optuna.study"] == "ddp"
@@ -222,8 +262,9 @@ def test_a_ddp_study_builds_the_run_tree_on_a_live_mlflow_server(tmp_path, mlflo
     assert parent.data.metrics["best_val_neg_elbo"] == pytest.approx(s["best_value"])
     artifacts = {a.path for a in client.list_artifacts(s["parent_run_id"])}
     assert {"optimization_history.png", "parallel_coordinate.png", "trials.csv"} <= artifacts
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{s['parent_run_id']}'")
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{s['parent_run_id']}'"
+    )
     assert sorted(c.info.run_name for c in children) == ["trial-0", "trial-1"]
     for c in children:
         assert c.info.status == "FINISHED" and c.data.tags["state"] == "complete"
@@ -232,6 +273,7 @@ def test_a_ddp_study_builds_the_run_tree_on_a_live_mlflow_server(tmp_path, mlflo
 
     import mlflow
     import numpy as np
+
     mlflow.set_tracking_uri(mlflow_server)
     model = mlflow.pyfunc.load_model(s["best_model_uri"])  # what the pipeline will register
     z = model.predict(np.zeros((3, 784), dtype=np.float32), params={"op": "encode"})
@@ -243,10 +285,28 @@ def test_pruning_under_ddp_stops_the_trial_in_both_ranks(tmp_path):
     # No validation -ELBO is under 100 nats after one epoch: every trial is pruned there, in every rank,
     # instead of training on (a rank that missed the prune would wait forever in the next all-reduce).
     journal = tmp_path / "study.log"
-    r = run_cli(*BASE, "--space", space_file(tmp_path), "--trials", "2", "--epochs", "3", "--nproc", "2",
-                "--pruner", "threshold:100", "--storage", f"journal:{journal}", "--out", tmp_path / "trials",
-                "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--json",
-                env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    r = run_cli(
+        *BASE,
+        "--space",
+        space_file(tmp_path),
+        "--trials",
+        "2",
+        "--epochs",
+        "3",
+        "--nproc",
+        "2",
+        "--pruner",
+        "threshold:100",
+        "--storage",
+        f"journal:{journal}",
+        "--out",
+        tmp_path / "trials",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--json",
+        env={"OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     s = one_json(r.stdout)
     assert s["counts"]["pruned"] == 2 and s["best_trial"] is None and s["best_model_uri"] is None
@@ -257,16 +317,71 @@ def test_pruning_under_ddp_stops_the_trial_in_both_ranks(tmp_path):
     assert not list((tmp_path / "trials").glob("trial-*/checkpoint.pt"))  # pruned trials keep no checkpoint
 
 
-def _worker(tmp_path: Path, storage: str, name: str, trials: int, *extra) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "vae", *BASE, "--space", str(space_file(tmp_path)), "--trials", str(trials),
-           "--study", name, "--storage", storage, "--pruner", "none", "--out", str(tmp_path / "trials"),
-           "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--json", *map(str, extra)]
+# `python -m vae` behind a start barrier: the worker's first trial waits, inside the trial, until every
+# worker of the barrier folder has reached its own first trial. So each worker holds a running trial at the
+# same moment (they do run side by side, whatever their start-up times), and none can take all the trials
+# before the other is up. The real tune code runs unchanged; only the objective's fit is wrapped.
+BARRIER_MAIN = """
+import os, sys, time
+from pathlib import Path
+folder, parties = Path(sys.argv[1]), int(sys.argv[2])
+import vae.tune.objective
+fit = vae.tune.objective.fit
+def first_fit_waits(*args, **kwargs):
+    if not first_fit_waits.passed:
+        first_fit_waits.passed = True
+        (folder / f"worker-{os.getpid()}").touch()
+        deadline = time.time() + 180
+        while len(list(folder.glob("worker-*"))) < parties:
+            if time.time() > deadline:
+                raise RuntimeError("start barrier: the other worker never started a trial")
+            time.sleep(0.05)
+    return fit(*args, **kwargs)
+first_fit_waits.passed = False
+vae.tune.objective.fit = first_fit_waits
+from vae.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _worker(
+    tmp_path: Path, storage: str, name: str, trials: int, *extra, barrier: tuple[Path, int] | None = None
+) -> subprocess.Popen:
+    launcher = (
+        [sys.executable, "-m", "vae"]
+        if barrier is None
+        else [sys.executable, "-c", BARRIER_MAIN, str(barrier[0]), str(barrier[1])]
+    )
+    cmd = [
+        *launcher,
+        *BASE,
+        "--space",
+        str(space_file(tmp_path)),
+        "--trials",
+        str(trials),
+        "--study",
+        name,
+        "--storage",
+        storage,
+        "--pruner",
+        "none",
+        "--out",
+        str(tmp_path / "trials"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--json",
+        *map(str, extra),
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def _two_workers_finish_exactly(tmp_path: Path, storage: str, trials: int) -> None:
-    # 3 epochs on 600 images: trials long enough that both workers are up before the study is full
-    procs = [_worker(tmp_path, storage, "shared", trials, "--epochs", "3", "--subset", "600") for _ in range(2)]
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    procs = [
+        _worker(tmp_path, storage, "shared", trials, "--epochs", "2", "--subset", "300", barrier=(barrier, 2))
+        for _ in range(2)
+    ]
     try:
         outs = [p.communicate(timeout=300) for p in procs]
     finally:
@@ -275,7 +390,9 @@ def _two_workers_finish_exactly(tmp_path: Path, storage: str, trials: int) -> No
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     summaries = [one_json(o[0]) for o in outs]
     assert sum(s["trials_run_here"] for s in summaries) == trials
-    assert all(s["trials_run_here"] >= 1 for s in summaries), summaries  # they did work side by side
+    # they did work side by side: the barrier held each worker's first trial until the other had one running
+    assert all(s["trials_run_here"] >= 1 for s in summaries), summaries
+    assert len(list(barrier.glob("worker-*"))) == 2
     study = load_study(storage, "shared")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * trials  # no surplus trial, none lost
     assert sorted(t.number for t in study.trials) == list(range(trials))  # no duplicates
@@ -283,9 +400,11 @@ def _two_workers_finish_exactly(tmp_path: Path, storage: str, trials: int) -> No
     # Both workers attached their trials to the one parent run of the study.
     assert summaries[0]["parent_run_id"] == summaries[1]["parent_run_id"]
     from mlflow import MlflowClient
+
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    children = client.search_runs([summaries[0]["experiment_id"]],
-                                  filter_string=f"tags.mlflow.parentRunId = '{summaries[0]['parent_run_id']}'")
+    children = client.search_runs(
+        [summaries[0]["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{summaries[0]['parent_run_id']}'"
+    )
     assert len(children) == len(study.trials)
 
 
@@ -304,23 +423,36 @@ def postgres():
     """A throwaway PostgreSQL server on 127.0.0.1 (as the `postgres` user when running as root)."""
     bindir = _postgres_bin()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found under /usr/lib/postgresql/*/bin: "
-                    "`apt-get install postgresql` (.ci/run does)")
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found under /usr/lib/postgresql/*/bin: "
+            "`apt-get install postgresql` (.ci/run does)"
+        )
     pytest.importorskip("psycopg", reason="SQLAlchemy's PostgreSQL driver is missing: pip install 'psycopg[binary]'")
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     home = Path(tempfile.mkdtemp(prefix="vae-pg-"))
     if as_user:
         shutil.chown(home, "postgres")
-    port = free_port()
     data = home / "data"
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "vae"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "vae"], check=True, capture_output=True
+    )
     ctl = [*as_user, str(bindir / "pg_ctl"), "-D", str(data)]
-    subprocess.run([*ctl, "-l", str(home / "log"), "-w", "-o",
-                    f"-p {port} -k {home} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    for _attempt in range(3):  # the free port can be taken before postgres binds it: then another port
+        port = free_port()
+        started = subprocess.run(
+            [*ctl, "-l", str(home / "log"), "-w", "-o", f"-p {port} -k {home} -c listen_addresses=127.0.0.1", "start"],
+            capture_output=True,
+        )
+        if started.returncode == 0:
+            break
+    else:
+        raise RuntimeError(f"postgres did not start in 3 tries: {(home / 'log').read_text()[-2000:]}")
     try:
-        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "vae", "optuna"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "vae", "optuna"],
+            check=True,
+            capture_output=True,
+        )
         yield f"postgresql://vae@127.0.0.1:{port}/optuna"
     finally:
         subprocess.run([*ctl, "-m", "immediate", "stop"], capture_output=True)
@@ -339,6 +471,7 @@ def test_a_worker_killed_mid_trial_leaves_a_trial_that_the_rerun_fails_and_retri
     proc = _worker(*args)
     try:
         import optuna
+
         deadline = time.time() + 180
         while time.time() < deadline:  # wait until trial 0 has reported an epoch, then kill -9 the worker
             try:
@@ -370,6 +503,7 @@ def test_a_worker_killed_mid_trial_leaves_a_trial_that_the_rerun_fails_and_retri
     assert s["trials"] == 1 and s["best_trial"] == 1
 
     from mlflow import MlflowClient
+
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     lost = client.get_run(killed.user_attrs["mlflow_run_id"])
     assert lost.info.status == "FAILED" and lost.data.tags["state"] == "fail"

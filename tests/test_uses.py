@@ -1,5 +1,6 @@
 """Using a trained model: sample, reconstruct, encode/decode, denoise, augment, anomaly scores, report; from
 the CLI and from Python, on every input format, with bad inputs rejected before anything is written."""
+
 import json
 
 import numpy as np
@@ -26,6 +27,7 @@ def good(tmp_path_factory):
     class-conditional augmentation are real effects, not noise."""
     from vae.config import Config, TrainConfig
     from vae.training import fit
+
     out = tmp_path_factory.mktemp("good")
     fit(Config(train=TrainConfig(epochs=8, progress=False)), out=out)
     model, cfg, _ = load_model(str(out))
@@ -37,6 +39,7 @@ def zeros_only(tmp_path_factory, mnist5k):
     """A VAE that has only ever seen the digit 0 (400 training images)."""
     from vae.config import Config, TrainConfig
     from vae.training import fit
+
     out = tmp_path_factory.mktemp("zeros")
     fit(Config(train=TrainConfig(epochs=15, progress=False)), out=out, data=uses.one_class(mnist5k, (0,)))
     return out
@@ -47,6 +50,7 @@ def x_test(mnist5k, n=None):
 
 
 # ---------------------------------------------------------------- pure functions
+
 
 def test_auroc_is_the_pairwise_rank_statistic():
     rng = np.random.default_rng(0)
@@ -70,6 +74,7 @@ def test_threshold_quantile_and_quantization():
 
 # ---------------------------------------------------------------- sample, reconstruct, encode, decode
 
+
 def test_sample_temperature_shrinks_the_variety(trained, tmp_path, capsys):
     out, _ = trained
     for t in (0.3, 1.5):
@@ -86,6 +91,7 @@ def test_reconstruct_encode_decode_agree(trained, tmp_path, capsys, mnist5k):
     assert r["images"] == 40 and rec.shape == (40, 28, 28) and rec.min() >= 0 and rec.max() <= 1
     cli_json(capsys, "reconstruct", out, "--limit", 40, "--out", tmp_path / "rec.png")
     from PIL import Image
+
     assert Image.open(tmp_path / "rec.png").size == (8 * 30 + 2, 8 * 30 + 2)  # first 32: 4 pairs of rows of 8
 
     e = cli_json(capsys, "encode", out, "--limit", 40, "--out", tmp_path / "z.csv")
@@ -106,6 +112,7 @@ def test_every_input_format_gives_the_same_codes(trained, tmp_path, mnist5k):
     from PIL import Image
 
     from vae.idx import write_idx
+
     model, _, _ = load_model(str(trained[0]))
     u8 = mnist5k.test.images[:5].numpy()
     want = uses.encode(model, u8.reshape(5, 784).astype(np.float32) / 255)
@@ -118,8 +125,13 @@ def test_every_input_format_gives_the_same_codes(trained, tmp_path, mnist5k):
     np.save(tmp_path / "flat.npy", u8.reshape(5, 784).astype(np.float64) / 255)
     write_idx(tmp_path / "t-images-idx3-ubyte.gz", torch.from_numpy(u8))
     write_idx(tmp_path / "t-labels-idx1-ubyte.gz", mnist5k.test.labels[:5])
-    for source, n in ((folder, 5), (tmp_path / "rgb.png", 1), (tmp_path / "u8.npy", 5), (tmp_path / "flat.npy", 5),
-                      (tmp_path / "t-images-idx3-ubyte.gz", 5)):
+    for source, n in (
+        (folder, 5),
+        (tmp_path / "rgb.png", 1),
+        (tmp_path / "u8.npy", 5),
+        (tmp_path / "flat.npy", 5),
+        (tmp_path / "t-images-idx3-ubyte.gz", 5),
+    ):
         x, labels = io.read_images(source)
         np.testing.assert_allclose(uses.encode(model, x), want[:n], atol=1e-5, err_msg=str(source))
     assert np.array_equal(io.read_images(tmp_path / "t-images-idx3-ubyte.gz")[1], mnist5k.test.labels[:5].numpy())
@@ -127,6 +139,7 @@ def test_every_input_format_gives_the_same_codes(trained, tmp_path, mnist5k):
 
 def _bad_inputs(tmp):
     from PIL import Image
+
     Image.new("L", (32, 32)).save(tmp / "big.png")
     (tmp / "text.png").write_text("not an image")
     (tmp / "empty.npy").write_bytes(b"")
@@ -139,34 +152,49 @@ def _bad_inputs(tmp):
     np.save(tmp / "z3.npy", np.zeros((4, 3), np.float32))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["reconstruct", "{run}", "--input", "{tmp}/big.png", "--out", "{tmp}/o.png"],
-     "big.png: image is 32x32: expected 28x28"),
-    (["encode", "{run}", "--input", "{tmp}/text.png", "--out", "{tmp}/o.npy"], "text.png: not a readable PNG"),
-    (["encode", "{run}", "--input", "{tmp}/empty.npy", "--out", "{tmp}/o.npy"], "empty.npy: empty file"),
-    (["encode", "{run}", "--input", "{tmp}/wide.npy", "--out", "{tmp}/o.npy"], "wide.npy: array of shape (3, 100)"),
-    (["denoise", "{run}", "--input", "{tmp}/grey255.npy", "--out", "{tmp}/o.npy"], "divide 8-bit images by 255"),
-    (["denoise", "{run}", "--input", "{tmp}/nan.npy"], "nan.npy: holds NaN"),
-    (["reconstruct", "{run}", "--input", "{tmp}/none.npy", "--out", "{tmp}/o.npy"], "none.npy: holds no images"),
-    (["reconstruct", "{run}", "--input", "{tmp}/notes.txt", "--out", "{tmp}/o.npy"],
-     "notes.txt: unsupported file type '.txt'"),
-    (["reconstruct", "{run}", "--input", "{tmp}/nopng", "--out", "{tmp}/o.npy"], "nopng: folder holds no .png files"),
-    (["reconstruct", "{run}", "--input", "{tmp}/missing.png", "--out", "{tmp}/o.npy"], "missing.png: no such file"),
-    (["reconstruct", "{run}", "--out", "{tmp}/o.gif"], "expected .png (image grid) or .npy"),
-    (["reconstruct", "{run}", "--out", "{tmp}/no/dir/o.png"], "does not exist"),
-    (["decode", "{run}", "--latents", "{tmp}/z3.npy", "--out", "{tmp}/o.png"],
-     "z3.npy: latents of shape (4, 3): expected a .npy or .csv of shape (N, 20)"),
-    (["denoise", "{run}", "--noise", "pink"], "noise='pink' is invalid"),
-    (["denoise", "{run}", "--level", "1.5"], "level=1.5 is invalid"),
-    (["anomaly", "{run}", "--quantile", "1"], "quantile=1.0 is invalid"),
-    (["anomaly", "{run}", "--normal-classes", "1,x"], "classes '1,x' are invalid"),
-    (["anomaly", "{run}", "--kind", "psnr"], "kind='psnr' is invalid"),
-    (["augment", "{run}", "--per-class", "0", "--out", "{tmp}/aug"], "per-class=0 is invalid"),
-    (["augment", "{run}", "--per-class", "5", "--out", "{tmp}/nopng/../big.png"], "exists and is not an empty folder"),
-    (["report", "{run}", "--out", "{tmp}/report.pdf"], "expected an .html file name"),
-    (["encode", "{tmp}/no-run", "--out", "{tmp}/o.npy"], "checkpoint {tmp}/no-run does not exist"),
-    (["reconstruct", "{run}", "--dataset", "cifar", "--out", "{tmp}/o.npy"], "dataset='cifar' is invalid"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["reconstruct", "{run}", "--input", "{tmp}/big.png", "--out", "{tmp}/o.png"],
+            "big.png: image is 32x32: expected 28x28",
+        ),
+        (["encode", "{run}", "--input", "{tmp}/text.png", "--out", "{tmp}/o.npy"], "text.png: not a readable PNG"),
+        (["encode", "{run}", "--input", "{tmp}/empty.npy", "--out", "{tmp}/o.npy"], "empty.npy: empty file"),
+        (["encode", "{run}", "--input", "{tmp}/wide.npy", "--out", "{tmp}/o.npy"], "wide.npy: array of shape (3, 100)"),
+        (["denoise", "{run}", "--input", "{tmp}/grey255.npy", "--out", "{tmp}/o.npy"], "divide 8-bit images by 255"),
+        (["denoise", "{run}", "--input", "{tmp}/nan.npy"], "nan.npy: holds NaN"),
+        (["reconstruct", "{run}", "--input", "{tmp}/none.npy", "--out", "{tmp}/o.npy"], "none.npy: holds no images"),
+        (
+            ["reconstruct", "{run}", "--input", "{tmp}/notes.txt", "--out", "{tmp}/o.npy"],
+            "notes.txt: unsupported file type '.txt'",
+        ),
+        (
+            ["reconstruct", "{run}", "--input", "{tmp}/nopng", "--out", "{tmp}/o.npy"],
+            "nopng: folder holds no .png files",
+        ),
+        (["reconstruct", "{run}", "--input", "{tmp}/missing.png", "--out", "{tmp}/o.npy"], "missing.png: no such file"),
+        (["reconstruct", "{run}", "--out", "{tmp}/o.gif"], "expected .png (image grid) or .npy"),
+        (["reconstruct", "{run}", "--out", "{tmp}/no/dir/o.png"], "does not exist"),
+        (
+            ["decode", "{run}", "--latents", "{tmp}/z3.npy", "--out", "{tmp}/o.png"],
+            "z3.npy: latents of shape (4, 3): expected a .npy or .csv of shape (N, 20)",
+        ),
+        (["denoise", "{run}", "--noise", "pink"], "noise='pink' is invalid"),
+        (["denoise", "{run}", "--level", "1.5"], "level=1.5 is invalid"),
+        (["anomaly", "{run}", "--quantile", "1"], "quantile=1.0 is invalid"),
+        (["anomaly", "{run}", "--normal-classes", "1,x"], "classes '1,x' are invalid"),
+        (["anomaly", "{run}", "--kind", "psnr"], "kind='psnr' is invalid"),
+        (["augment", "{run}", "--per-class", "0", "--out", "{tmp}/aug"], "per-class=0 is invalid"),
+        (
+            ["augment", "{run}", "--per-class", "5", "--out", "{tmp}/nopng/../big.png"],
+            "exists and is not an empty folder",
+        ),
+        (["report", "{run}", "--out", "{tmp}/report.pdf"], "expected an .html file name"),
+        (["encode", "{tmp}/no-run", "--out", "{tmp}/o.npy"], "checkpoint {tmp}/no-run does not exist"),
+        (["reconstruct", "{run}", "--dataset", "cifar", "--out", "{tmp}/o.npy"], "dataset='cifar' is invalid"),
+    ],
+)
 def test_bad_input_exits_2_naming_the_problem_and_writes_nothing(trained, tmp_path, capsys, args, message):
     _bad_inputs(tmp_path)
     before = sorted(p.name for p in tmp_path.rglob("*"))
@@ -187,6 +215,7 @@ def test_the_real_process_exits_2_on_a_bad_file(trained, tmp_path):
 
 # ---------------------------------------------------------------- denoise, anomaly, augment
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("noise, level", [("masking", 0.5), ("gaussian", 0.5)])
 def test_denoising_raises_psnr_on_the_test_split(good, tmp_path, capsys, noise, level):
@@ -201,8 +230,21 @@ def test_denoising_raises_psnr_on_the_test_split(good, tmp_path, capsys, noise, 
 
 @pytest.mark.slow
 def test_one_class_anomaly_detection(zeros_only, tmp_path, capsys):
-    r = cli_json(capsys, "anomaly", zeros_only, "--normal-classes", "0", "--score", "mnist-5k", "--split", "test",
-                 "--quantile", "0.95", "--out", tmp_path / "scores.csv")
+    r = cli_json(
+        capsys,
+        "anomaly",
+        zeros_only,
+        "--normal-classes",
+        "0",
+        "--score",
+        "mnist-5k",
+        "--split",
+        "test",
+        "--quantile",
+        "0.95",
+        "--out",
+        tmp_path / "scores.csv",
+    )
     assert r["images"] == 500 and r["normal_classes"] == [0]
     assert r["auroc"] > 0.85, r
     assert min(r["auroc_per_class"].values()) > 0.6 and set(r["auroc_per_class"]) == {str(c) for c in range(1, 10)}
@@ -215,10 +257,14 @@ def test_one_class_anomaly_detection(zeros_only, tmp_path, capsys):
     s = uses.scores(model, x)
     assert np.median(s[labels == 0]) < np.median(s[labels != 0])
     np.save(tmp_path / "x.npy", x[:20])
-    f = cli_json(capsys, "anomaly", zeros_only, "--normal-classes", "0", "--score", tmp_path / "x.npy",
-                 "--kind", "recon")
-    assert f["images"] == 20 and "auroc" not in f and f["flagged"] == int((uses.scores(model, x[:20], "recon") >
-                                                                          f["threshold"]).sum())
+    f = cli_json(
+        capsys, "anomaly", zeros_only, "--normal-classes", "0", "--score", tmp_path / "x.npy", "--kind", "recon"
+    )
+    assert (
+        f["images"] == 20
+        and "auroc" not in f
+        and f["flagged"] == int((uses.scores(model, x[:20], "recon") > f["threshold"]).sum())
+    )
 
 
 def _classifier(mnist5k) -> torch.nn.Module:
@@ -239,6 +285,7 @@ def test_augmentation_keeps_the_class_and_is_an_idx_dataset(good, tmp_path, caps
     from vae.config import DataConfig
     from vae.data import load
     from vae.idx import read_idx
+
     r = cli_json(capsys, "augment", good[0], "--per-class", 40, "--out", tmp_path / "aug")
     assert r["per_class_counts"] == [40] * 10 and r["dataset"] == f"idx:{tmp_path / 'aug'}"
     data = load(DataConfig(r["dataset"]))
@@ -267,13 +314,16 @@ def test_augmentation_keeps_the_class_and_is_an_idx_dataset(good, tmp_path, caps
     assert r2["train_images"] == 400 + len(mnist5k.train.labels)
     images, labels = uses.augment(good[1], mnist5k.train.images.numpy(), mnist5k.train.labels.numpy(), 40)
     assert np.array_equal(read_idx(tmp_path / "aug" / "train-images-idx3-ubyte.gz").numpy(), images)
-    assert np.array_equal(read_idx(tmp_path / "aug2" / "train-labels-idx1-ubyte.gz").numpy(),
-                          np.concatenate([mnist5k.train.labels.numpy(), labels]))
+    assert np.array_equal(
+        read_idx(tmp_path / "aug2" / "train-labels-idx1-ubyte.gz").numpy(),
+        np.concatenate([mnist5k.train.labels.numpy(), labels]),
+    )
 
 
 @pytest.mark.slow
 def test_report_page_has_every_section_and_its_images(good, tmp_path, capsys):
     import re
+
     out = tmp_path / "report.html"
     r = cli_json(capsys, "report", good[0], "--out", out)
     page = out.read_text()

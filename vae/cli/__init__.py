@@ -20,19 +20,7 @@ import vae
 from vae.cli.args import add_core_commands, add_registry_command, add_tune_command, verbosity_args
 from vae.cli.args_uses import add_uses_commands
 from vae.errors import VAEError
-
-# Nothing phones home, whichever entry point runs (`vae`, `python -m vae`, the flows): set before mlflow or
-# prefect is imported. Values the user set win.
-TELEMETRY_OFF = {
-    "DO_NOT_TRACK": "true",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-}
-
-
-def telemetry_off() -> None:
-    for name, value in TELEMETRY_OFF.items():
-        os.environ.setdefault(name, value)
+from vae.telemetry import telemetry_off
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,8 @@
 
 `challenger` is the newest candidate; `champion` is the version in use. A candidate becomes champion only
 if its test -ELBO (nats/image, lower is better), measured on the same split and dataset fingerprint as the
-champion's, beats the champion's by at least `min_improvement` nats. Each decision is written as tags on
+champion's, beats the champion's by strictly more than `min_improvement` nats (a gain equal to it is not
+enough). Each decision is written as tags on
 the candidate version (and, by the pipeline, on its run). The registered model's tag `champion_history`
 (a JSON list of versions) is what `rollback` walks back.
 """
