@@ -105,5 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     except VAEError as e:
         print(f"vae: error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM where a command turned it into one
+        print(f"vae: interrupted ({a.command})", file=sys.stderr)
+        return 130
     print_result(handler, result, getattr(a, "json", False))
     return 0

@@ -175,6 +175,8 @@ def add_core_commands(sub) -> None:
     p.add_argument("--out", help="run folder (default runs/<model>-<dataset>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="plain lines even on a terminal")
+    tracking_arg(p, "log the run to this MLflow store as it trains")
+    p.add_argument("--experiment", help="log the run to this MLflow experiment (default vae-train when tracking)")
     json_arg(p)
 
     p = command(sub, "evaluate", "core:cmd_evaluate", help="test metrics and figures of a checkpoint")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from vae.checkpoint import is_model_uri, load_model
 from vae.distributed import pick_device, torchrun
@@ -53,3 +56,18 @@ def load_model_ref(ref: str, tracking_uri: str | None, device: str):
     from vae.tracking.models import resolve_model
 
     return resolve_model(ref, tracking_uri, dev)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler or `kill`) raises KeyboardInterrupt, as Ctrl-C does, so that what is open (an
+    MLflow run) is closed as KILLED rather than left RUNNING."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from vae import api, data
-from vae.checkpoint import FILENAME, checkpoint_path
+from vae.checkpoint import FILENAME, checkpoint_path, load_model
+from vae.cli import is_rank0
 from vae.cli.args import TRAIN_FLAGS
-from vae.cli.common import load_model_ref, relaunch, shows, under_torchrun
+from vae.cli.common import load_model_ref, relaunch, shows, sigterm_as_interrupt, under_torchrun
 from vae.config import Config, DataConfig
 from vae.distributed import check_nproc
 from vae.errors import ConfigError
 from vae.evaluation import write_json
+from vae.figures import write_figures
 from vae.io import check_out, save_images
 from vae.uses import sample
 
@@ -37,7 +41,7 @@ def config_from_args(a: argparse.Namespace) -> Config:
     return base.replace(**changes)
 
 
-@shows(lambda r: f"run folder: {r['out']}")
+@shows(lambda r: f"run folder: {r['out']}" + (f"\nMLflow run: {r['mlflow_run_id']}" if r.get("mlflow_run_id") else ""))
 def cmd_train(a: argparse.Namespace) -> dict[str, Any]:
     cfg = config_from_args(a)
     check_nproc(a.nproc, cfg.train.device)
@@ -46,15 +50,24 @@ def cmd_train(a: argparse.Namespace) -> dict[str, Any]:
         or f"runs/{cfg.model.kind}-{cfg.data.dataset.replace(':', '_').replace('/', '_')}"
         f"-{time.strftime('%Y%m%d-%H%M%S')}"
     )
+    if (out / FILENAME).exists() and not a.resume:  # before torchrun starts or an MLflow run is made
+        raise ConfigError(f"{out / FILENAME} already exists: pass --resume to continue, or choose another --out")
     if a.nproc > 1 and not under_torchrun():
-        if (out / FILENAME).exists() and not a.resume:
-            raise ConfigError(f"{out / FILENAME} already exists: pass --resume to continue, or choose another --out")
         data.load(cfg.data, download=True)  # downloads once, and bad data fails here, before torchrun starts
         relaunch(a, [] if a.out else ["--out", str(out)])
-    result = api.train(cfg, out=out, resume=a.resume)
+    if (a.tracking_uri or a.experiment or os.environ.get("MLFLOW_TRACKING_URI")) and is_rank0():
+        return _train_tracked(a, cfg, out)
+    return _summary(cfg, out, api.train(cfg, out=out, resume=a.resume))
+
+
+def _summary(cfg: Config, out: Path, result) -> dict[str, Any]:
+    """The run's summary, also written with the whole history to OUT/history.json (rank 0)."""
     summary = {
         "out": str(out),
         "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
         "fingerprint": result.fingerprint,
         "epochs_run": result.epochs_run,
         "seconds": round(result.seconds, 3),
@@ -64,6 +77,27 @@ def cmd_train(a: argparse.Namespace) -> dict[str, Any]:
     if result.checkpoint is not None:
         write_json({**summary, "history": result.history}, out / "history.json")
     return summary
+
+
+def _train_tracked(a: argparse.Namespace, cfg: Config, out: Path) -> dict[str, Any]:
+    """Training logged to MLflow as it happens (vae/tracking/live.py); rank 0 only."""
+    from vae.tracking.live import TrainingRun  # lazy: mlflow costs ~1.5 s, and only a tracked run needs it
+
+    data.fetch(cfg.data.dataset, cfg.data.data_dir, cfg.data.mirror)  # a download, if any, before the run starts
+    info = data.info(cfg.data)
+    with (
+        TrainingRun(a.tracking_uri, a.experiment or "vae-train", cfg, out, info, resume=a.resume) as run,
+        sigterm_as_interrupt(),
+    ):
+        summary = _summary(cfg, out, api.train(cfg, out=out, resume=a.resume, callbacks=[run]))
+        model, _, state = load_model(summary["best_checkpoint"] or summary["checkpoint"])
+        split = data.load(cfg.data, download=False).val
+        figures = write_figures(model, split, out / "figures", history=state.get("history"), seed=cfg.train.seed)
+        run.finish(
+            SimpleNamespace(**{k: summary[k] for k in ("best_epoch", "stopped_early")}, history=state["history"]),
+            files=[out / "history.json", out / "figures"],
+        )
+    return {**summary, "figures": figures, "mlflow_run_id": run.run_id, "tracking_uri": run.uri}
 
 
 def cmd_evaluate(a: argparse.Namespace) -> dict[str, Any]:

@@ -1,0 +1,75 @@
+"""`vae train --tracking-uri`: an MLflow run written while training runs (params, per-epoch metrics, system
+metrics, the data set as an input), continued on --resume, and closed KILLED on SIGTERM. Real SQLite store."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.helpers import run_cli
+
+pytestmark = pytest.mark.slow
+FAST_SYSTEM_METRICS = {"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
+
+
+def runs(uri: str, experiment: str = "vae-train"):
+    client = MlflowClient(uri)
+    return client, client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+def test_a_tracked_run_logs_each_epoch_as_it_ends_and_a_resume_continues_it(tmp_path):
+    uri, out = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "run"
+    args = ["train", "--subset", "500", "--tracking-uri", uri, "--out", out, "--no-progress"]
+    r = run_cli(*args, "--epochs", "2", env=FAST_SYSTEM_METRICS)
+    assert r.returncode == 0, r.stderr[-2000:]
+    client, [run] = runs(uri)
+    assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "2"
+    history = client.get_metric_history(run.info.run_id, "val_neg_elbo")
+    assert [m.step for m in history] == [1, 2]
+    assert history[0].timestamp < history[1].timestamp  # logged when each epoch ended, not all at the end
+    assert any(k.startswith("system/cpu") for k in run.data.metrics)  # system metrics beside the curves
+    [data] = run.inputs.dataset_inputs
+    tags = {t.key: t.value for t in data.tags}
+    assert data.dataset.name == "mnist-5k" and tags["fingerprint"].startswith(data.dataset.digest)
+    assert tags["train_images"] == "500" and tags["mlflow.data.context"] == "training"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"history.json", "figures"}
+    assert run.data.tags["best_epoch"] in ("1", "2") and run.data.tags["mlflow.source.name"]
+
+    r = run_cli(*args, "--epochs", "3", "--resume")  # the same MLflow run goes on
+    assert r.returncode == 0, r.stderr[-2000:]
+    client, [again] = runs(uri)
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_neg_elbo")] == [1, 2, 3]
+
+
+def test_sigterm_leaves_a_killed_run_with_what_it_had(tmp_path):
+    uri, out = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "vae",
+        "train",
+        "--subset",
+        "1000",
+        "--epochs",
+        "200",
+        "--tracking-uri",
+        uri,
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoint.pt").exists():  # at least one epoch is in the run
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "vae: interrupted (train)" in err, err[-2000:]
+    client, [run] = runs(uri)
+    assert run.info.status == "KILLED" and "KeyboardInterrupt" in run.data.tags["error"]
+    assert len(client.get_metric_history(run.info.run_id, "val_neg_elbo")) >= 1
