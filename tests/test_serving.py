@@ -38,24 +38,25 @@ def registry(tmp_path_factory, trained):
     return {"uri": uri, "run_id": run.info.run_id, "tmp": tmp}
 
 
+SERVE_ENV = {
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",  # the model is code plus weights: nothing is unpickled
+}
+
+
 @pytest.fixture(scope="module")
 def server(registry):
-    """`mlflow models serve -m models:/NAME@champion` on 127.0.0.1 (on another port if the first is taken
-    before it binds); SIGTERM (then SIGKILL) to its process group at the end, whatever happened."""
-    bin_dir = Path(sys.executable).parent  # the scoring server execs `uvicorn` from PATH
-    env = {
-        "MLFLOW_TRACKING_URI": registry["uri"],
-        "PATH": f"{bin_dir}:{os.environ['PATH']}",
-        "DO_NOT_TRACK": "true",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-    }
+    """`vae serve models:/NAME@champion` on 127.0.0.1 (on another port if the first is taken before it binds),
+    with the venv's bin folder NOT on PATH, as `.venv/bin/vae serve` runs from a fresh clone; SIGTERM (then
+    SIGKILL) to its process group at the end, whatever happened."""
+    env = {**SERVE_ENV, "MLFLOW_TRACKING_URI": registry["uri"]}
+    env["PATH"] = os.pathsep.join(
+        p for p in os.environ["PATH"].split(os.pathsep) if p != str(Path(sys.executable).parent)
+    )
     proc, url = start_server(
-        ["mlflow", "models", "serve", "-m", URI, "--env-manager", "local"],
-        health="/ping",
-        env=env,
-        timeout=120,
-        log=registry["tmp"] / "serve.log",
+        ["vae", "serve", URI], health="/ping", env=env, timeout=120, log=registry["tmp"] / "serve.log"
     )
     try:
         yield url
@@ -195,3 +196,15 @@ def test_report_is_attached_to_the_models_run(registry, trained, tmp_path, monke
     # a run folder names its run with --run-id; an unknown run is refused before any work
     assert main(["report", str(trained[0]), "--out", str(tmp_path / "other.html"), "--run-id", "nope"]) == 2
     assert "run_id='nope' is invalid" in capsys.readouterr().err and not (tmp_path / "other.html").exists()
+
+
+def test_vae_serve_serves_a_run_folder_too(trained, tmp_path):
+    proc, url = start_server(
+        ["vae", "serve", str(trained[0])], health="/ping", env=SERVE_ENV, timeout=120, log=tmp_path / "serve.log"
+    )
+    try:
+        x = np.zeros((2, 784), np.float32)
+        status, body = post(url, {"inputs": x.tolist(), "params": {"op": "encode"}})
+        assert status == 200 and np.asarray(body["predictions"]).shape == (2, 20)
+    finally:
+        stop_server(proc)

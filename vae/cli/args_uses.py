@@ -4,13 +4,14 @@ models:/NAME/VERSION, runs:/RUN_ID/model)."""
 
 from __future__ import annotations
 
-from vae.cli.args import INPUT_HELP, command, input_args, model_args, split_args
+from vae.cli.args import INPUT_HELP, command, input_args, model_args, split_args, tracking_arg
 
 
 def add_uses_commands(sub) -> None:
     _add_codes(sub)
     _add_denoise_augment(sub)
     _add_anomaly_report(sub)
+    _add_serve(sub)
 
 
 def _add_codes(sub) -> None:
@@ -72,6 +73,21 @@ def _add_denoise_augment(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--with-real", action="store_true", help="also include the real training images")
     p.add_argument("--out", required=True, help="new folder: train-* hold the new images, t10k-* the real test split")
+
+
+def _add_serve(sub) -> None:
+    p = command(
+        sub,
+        "serve",
+        "serve:cmd_serve",
+        help="a REST server for the model (MLflow's scoring server): POST /invocations",
+        description="Serve MODEL over REST until stopped: {'inputs': [[784 pixels]], 'params': {'op': "
+        "'encode'}} to /invocations; ops reconstruct, encode, score, sample (see docs/uses.md).",
+    )
+    p.add_argument("model", help="run folder, checkpoint.pt, or MLflow model URI such as models:/vae-mnist-5k@champion")
+    tracking_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5055)
 
 
 def _add_anomaly_report(sub) -> None:

@@ -17,6 +17,8 @@ and the message (any other exception would also be a 400, but with a generic mes
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
@@ -107,21 +109,56 @@ def signature() -> ModelSignature:
 
 
 def pip_requirements() -> list[str]:
-    return [f"{p}=={version(p)}" for p in ("torch", "numpy", "mlflow")]
+    return [f"{p}=={version(p)}" for p in ("torch", "numpy", "mlflow", "pillow", "tqdm")]
+
+
+MODEL_CODE = Path(__file__).with_name("served_model.py")
+PACKAGE = Path(__file__).resolve().parents[1]  # the `vae` package travels with the model (code_paths)
+
+
+def _model_kwargs(checkpoint: str | Path) -> dict[str, Any]:
+    """What log_model and save_model share: the model as code, the weights as an artifact, an explicit
+    signature, an input example, explicit pip requirements (inferring them costs ~9 s)."""
+    return {
+        "python_model": str(MODEL_CODE),
+        "artifacts": {"checkpoint": str(checkpoint_path(checkpoint))},
+        "code_paths": [str(PACKAGE)],
+        "signature": signature(),
+        "input_example": (np.zeros((1, 784), np.float32), {"op": "encode"}),
+        "pip_requirements": pip_requirements(),
+    }
 
 
 def log_model(checkpoint: str | Path, name: str = "model", registered_model_name: str | None = None):
-    """Log a checkpoint as a pyfunc model in the active MLflow run; returns mlflow's ModelInfo. The `vae`
-    package travels with it (code_paths), so a server needs only the pip requirements."""
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=VAEPyfunc(),
-        artifacts={"checkpoint": str(checkpoint_path(checkpoint))},
-        code_paths=[str(Path(__file__).resolve().parents[1])],
-        signature=signature(),
-        pip_requirements=pip_requirements(),
-        registered_model_name=registered_model_name,
-    )
+    """Log a checkpoint as a pyfunc model in the active MLflow run; returns mlflow's ModelInfo."""
+    return mlflow.pyfunc.log_model(name=name, registered_model_name=registered_model_name, **_model_kwargs(checkpoint))
+
+
+def save_model(checkpoint: str | Path, path: str | Path) -> Path:
+    """A checkpoint as an MLflow model folder (what `vae serve RUN_FOLDER` serves), without a tracking store."""
+    mlflow.pyfunc.save_model(path=str(path), **_model_kwargs(checkpoint))
+    return Path(path)
+
+
+def serve_command(model: str | Path, host: str, port: int) -> list[str]:
+    """`mlflow models serve` for a model URI or an MLflow model folder, in this environment. The scoring
+    server execs `uvicorn` from PATH: serve() puts this interpreter's bin folder first on it."""
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    return [str(mlflow_bin), "models", "serve", "-m", str(model), "--env-manager", "local", "-h", host, "-p", str(port)]
+
+
+def serve(model: str, host: str, port: int, tracking_uri_: str | None = None) -> int:
+    """Run the REST server for MODEL (a run folder, a checkpoint, or a model URI) until it stops; returns its
+    exit code. A run folder is saved as an MLflow model in a temporary folder first."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if is_model_uri(model):
+        uri = tracking_uri(tracking_uri_)
+        check_store(uri)
+        env["MLFLOW_TRACKING_URI"] = uri
+        return subprocess.call(serve_command(model, host, port), env=env)
+    load_model(model)  # a clear error for a missing or unreadable checkpoint, before anything starts
+    with tempfile.TemporaryDirectory(prefix="vae-serve-") as tmp:
+        return subprocess.call(serve_command(save_model(model, Path(tmp) / "model"), host, port), env=env)
 
 
 # ---------------------------------------------------------------- loading back, attaching files
