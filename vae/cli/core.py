@@ -97,7 +97,13 @@ def _train_tracked(a: argparse.Namespace, cfg: Config, out: Path) -> dict[str, A
             SimpleNamespace(**{k: summary[k] for k in ("best_epoch", "stopped_early")}, history=state["history"]),
             files=[out / "history.json", out / "figures"],
         )
-    return {**summary, "figures": figures, "mlflow_run_id": run.run_id, "tracking_uri": run.uri}
+    return {
+        **summary,
+        "figures": figures,
+        "mlflow_run_id": run.run_id,
+        "tracking_uri": run.uri,
+        "epoch_log_seconds": round(run.epoch_log_seconds, 4),
+    }
 
 
 def cmd_evaluate(a: argparse.Namespace) -> dict[str, Any]:

@@ -82,6 +82,7 @@ class TrainingRun:
         tmp = self.marker.with_suffix(".tmp")
         tmp.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": self.uri}) + "\n")
         os.replace(tmp, self.marker)
+        self.epoch_log_seconds = 0.0  # time spent logging epochs, inside the training process (benchmark)
         self.monitor = None
         if system_metrics:
             self.monitor = SystemMetricsMonitor(
@@ -106,10 +107,11 @@ class TrainingRun:
         return known["run_id"]
 
     def __call__(self, epoch: int, row: Mapping[str, float]) -> None:
+        t0 = time.perf_counter()
         ts = int(time.time() * 1000)
-        self.client.log_batch(
-            self.run_id, metrics=[Metric(k, float(v), ts, epoch) for k, v in row.items() if k != "epoch"]
-        )
+        metrics = [Metric(k, float(v), ts, epoch) for k, v in row.items() if k != "epoch"]
+        self.client.log_batch(self.run_id, metrics=metrics)
+        self.epoch_log_seconds += time.perf_counter() - t0
 
     def finish(self, result, files: list[Path] = ()) -> None:
         """The outcome of a fit(): the best epoch, early stopping, the history and figures as artifacts."""
