@@ -7,7 +7,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 PIPELINE_ARGS ?= --dataset mnist-5k --trials 16 --tune-epochs 10 --epochs 50 --iw-samples 1000
 
-.PHONY: setup run train test test-fast lint format bench gpu-prep gpu-check-cpu clean
+.PHONY: setup run train test test-fast lint format bench gpu-prep gpu-check-cpu services services-stop clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -46,6 +46,14 @@ format: setup
 bench: setup
 	$(BIN)/python benchmarks/train_speed.py --json benchmarks/results/train_speed.json
 	$(BIN)/python benchmarks/pipeline_stages.py --json benchmarks/results/pipeline_stages.json
+
+# The shared services a team runs, on 127.0.0.1: PostgreSQL (MLflow's backend and Optuna's storage), an MLflow
+# server, a Prefect server and one process worker on the work pool `vae` (flows/services.py). Prints the URLs.
+services: setup
+	$(BIN)/python -m flows.services start
+
+services-stop: setup
+	$(BIN)/python -m flows.services stop
 
 # The prepared GPU check (benchmarks/gpu_check.py). gpu-prep copies the official MNIST files into .gpu/mnist
 # (git-ignored), which the device run carries; gpu-check-cpu is its quick CPU mode, about a minute.

@@ -26,8 +26,9 @@ def default_tracking_uri() -> str:
 
 
 def default_study_storage() -> str:
-    """The Optuna storage beside the MLflow store: sqlite:///<cwd>/mlruns/optuna.db."""
-    return f"sqlite:///{Path.cwd().resolve() / 'mlruns' / 'optuna.db'}"
+    """$VAE_OPTUNA_STORAGE (a team's shared database), else the Optuna storage beside the MLflow store:
+    sqlite:///<cwd>/mlruns/optuna.db."""
+    return os.environ.get("VAE_OPTUNA_STORAGE") or f"sqlite:///{Path.cwd().resolve() / 'mlruns' / 'optuna.db'}"
 
 
 def sqlite_path(url: str) -> Path | None:

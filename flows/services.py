@@ -1,0 +1,293 @@
+"""The shared services a team runs, on this machine: PostgreSQL, an MLflow server backed by it, Optuna's
+storage in it, a Prefect server, and one process worker on a work pool. `make services` / `make
+services-stop`; the embedded default (SQLite, no servers) stays what `make run` uses.
+
+    python -m flows.services start [--home .services] [--pool vae]   # prints the URLs and the exports
+    python -m flows.services status
+    python -m flows.services stop
+
+Everything listens on 127.0.0.1. The database password is generated at the first start and kept in
+HOME/pgpass (mode 0600), which libpq reads through PGPASSFILE: no URL, command line, Prefect parameter or
+MLflow tag ever holds it. Before opening any of this to a network, put authentication and TLS in front of
+the MLflow and Prefect servers (a reverse proxy), and give PostgreSQL its own users and pg_hba rules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+DEFAULT_PORTS = {"postgres": 5433, "mlflow": 5000, "prefect": 4200}
+USER = "vae"
+DATABASES = ("mlflow", "optuna")
+
+
+def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """cmd, or one line naming what failed and why (the end of its stderr)."""
+    r = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if r.returncode != 0:
+        raise SystemExit(
+            f"services: {Path(cmd[0]).name if cmd[0] != 'runuser' else Path(cmd[4]).name} failed "
+            f"({r.returncode}): {r.stderr.strip()[-500:]}"
+        )
+    return r
+
+
+def pg_bin() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    if not found:
+        raise SystemExit(
+            "services: PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin: apt-get install postgresql"
+        )
+    return found[-1].parent
+
+
+def as_postgres() -> list[str]:
+    """initdb and the server refuse to run as root: run them as the `postgres` user then."""
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
+def ports(home: Path) -> dict[str, int]:
+    """The ports of this home's services: chosen at the first start (--base-port), kept in HOME/ports.json."""
+    saved = home / "ports.json"
+    return json.loads(saved.read_text()) if saved.exists() else dict(DEFAULT_PORTS)
+
+
+def urls(home: Path) -> dict[str, str]:
+    port = ports(home)
+    pg = f"postgresql+psycopg://{USER}@127.0.0.1:{port['postgres']}"
+    return {
+        "mlflow": f"http://127.0.0.1:{port['mlflow']}",
+        "prefect": f"http://127.0.0.1:{port['prefect']}/api",
+        "optuna": f"{pg}/optuna",
+        "mlflow_backend": f"{pg}/mlflow",
+        "pgpass": str(home / "pgpass"),
+    }
+
+
+def client_env(home: Path) -> dict[str, str]:
+    """What a client of these services sets (the pipeline, `vae tune`, a worker)."""
+    u = urls(home)
+    return {
+        "MLFLOW_TRACKING_URI": u["mlflow"],
+        "PREFECT_API_URL": u["prefect"],
+        "VAE_OPTUNA_STORAGE": u["optuna"],
+        "PGPASSFILE": u["pgpass"],
+        "DO_NOT_TRACK": "true",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+
+
+def start_postgres(home: Path) -> None:
+    bindir, data, pgpass, port = pg_bin(), home / "pg", home / "pgpass", ports(home)
+    if not data.exists():
+        password = secrets.token_urlsafe(24)
+        pwfile = home / ".pw"
+        pwfile.write_text(password + "\n")
+        pgpass.write_text(f"127.0.0.1:{port['postgres']}:*:{USER}:{password}\n")
+        pgpass.chmod(0o600)
+        if as_postgres():
+            shutil.chown(home, "postgres")
+            shutil.chown(pwfile, "postgres")
+        try:
+            run(
+                [
+                    *as_postgres(),
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    USER,
+                    "-A",
+                    "scram-sha-256",
+                    f"--pwfile={pwfile}",
+                ],
+            )
+        finally:
+            pwfile.unlink()
+    opts = f"-p {port['postgres']} -k {home} -c listen_addresses=127.0.0.1"
+    run(
+        [
+            *as_postgres(),
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(home / "postgres.log"),
+            "-w",
+            "-o",
+            opts,
+            "start",
+        ],
+    )
+    env = {**os.environ, "PGPASSFILE": str(pgpass)}
+    for db in DATABASES:
+        exists = run(
+            [
+                str(bindir / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port["postgres"]),
+                "-U",
+                USER,
+                "-d",
+                "postgres",
+                "-tAc",
+                f"SELECT 1 FROM pg_database WHERE datname='{db}'",
+            ],
+            env=env,
+        ).stdout.strip()
+        if not exists:
+            run(
+                [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port["postgres"]), "-U", USER, db],
+                env=env,
+            )
+
+
+def spawn(home: Path, name: str, cmd: list[str], env: dict[str, str]) -> int:
+    log = open(home / f"{name}.log", "ab")
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )  # its own group: stop() ends it and its children
+    return proc.pid
+
+
+def wait_http(url: str, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit(f"services: {url} did not answer within {seconds} s")
+
+
+def start(home: Path, pool: str, base_port: int | None = None) -> dict[str, str]:
+    home.mkdir(parents=True, exist_ok=True)
+    if (home / "pids.json").exists():
+        raise SystemExit(f"services: already started ({home}/pids.json): `python -m flows.services stop` first")
+    if base_port is not None:
+        (home / "ports.json").write_text(json.dumps({k: base_port + i for i, k in enumerate(DEFAULT_PORTS)}))
+    port = ports(home)
+    start_postgres(home)
+    bindir, env, pids = Path(sys.executable).parent, client_env(home), {}
+    pids["mlflow"] = spawn(
+        home,
+        "mlflow",
+        [
+            str(bindir / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port["mlflow"]),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            urls(home)["mlflow_backend"],
+            "--artifacts-destination",
+            str(home / "artifacts"),
+        ],
+        {"PGPASSFILE": env["PGPASSFILE"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
+    prefect_env = {
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port["prefect"]),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    pids["prefect"] = spawn(home, "prefect", [str(bindir / "prefect"), "server", "start"], prefect_env)
+    (home / "pids.json").write_text(json.dumps(pids))
+    wait_http(urls(home)["mlflow"] + "/health")
+    wait_http(urls(home)["prefect"] + "/health")
+    client = {**os.environ, **env, "PREFECT_HOME": str(home / "prefect")}
+    run(
+        [str(bindir / "prefect"), "work-pool", "create", pool, "--type", "process", "--overwrite"],
+        env=client,
+    )
+    pids["worker"] = spawn(
+        home,
+        "worker",
+        [str(bindir / "prefect"), "worker", "start", "--pool", pool],
+        {**env, "PREFECT_HOME": str(home / "prefect")},
+    )
+    (home / "pids.json").write_text(json.dumps(pids))
+    return env
+
+
+def stop(home: Path) -> None:
+    pids = json.loads((home / "pids.json").read_text()) if (home / "pids.json").exists() else {}
+    for name in ("worker", "prefect", "mlflow"):
+        if name in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pids[name], signal.SIGTERM)
+    for name in ("worker", "prefect", "mlflow"):
+        deadline = time.time() + 20
+        while name in pids and time.time() < deadline and _alive(pids[name]):
+            time.sleep(0.2)
+        if name in pids and _alive(pids[name]):
+            os.killpg(pids[name], signal.SIGKILL)
+    if (home / "pg").exists():
+        subprocess.run(
+            [*as_postgres(), str(pg_bin() / "pg_ctl"), "-D", str(home / "pg"), "-m", "fast", "stop"],
+            capture_output=True,
+        )
+    (home / "pids.json").unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--home", type=Path, default=Path(".services"), help="data, logs and pids (git-ignored)")
+    p.add_argument("--pool", default="vae", help="the Prefect work pool the worker serves")
+    p.add_argument(
+        "--base-port", type=int, help="postgres on this port, mlflow +1, prefect +2 (default 5433, 5000, 4200)"
+    )
+    a = p.parse_args(argv)
+    home = a.home.resolve()
+    if a.action == "stop":
+        stop(home)
+        print(f"services stopped ({home})")
+    elif a.action == "status":
+        pids = json.loads((home / "pids.json").read_text()) if (home / "pids.json").exists() else {}
+        for name, pid in pids.items():
+            print(f"{name:>8}: pid {pid} {'running' if _alive(pid) else 'gone'}")
+        print(f"postgres: {'running' if (home / 'pg' / 'postmaster.pid').exists() else 'stopped'}")
+    else:
+        try:
+            env = start(home, a.pool, a.base_port)
+        except BaseException:
+            stop(home)
+            raise
+        u = urls(home)
+        print(
+            f"MLflow   {u['mlflow']}\nPrefect  {u['prefect'].removesuffix('/api')}\nOptuna   {u['optuna']}\n"
+            f"worker   on work pool {a.pool!r}\n\nexport " + " ".join(f"{k}={v}" for k, v in env.items())
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The shared services as a team runs them (flows/services.py): PostgreSQL for MLflow and Optuna, a live
+MLflow server and Prefect server, a worker; a study run through them, with the database password nowhere
+in sight; and a clean stop."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.helpers import free_port
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def services(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.services", *args, "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    if not sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")):
+        pytest.skip("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin (.ci/run installs them)")
+    home = Path(tempfile.mkdtemp(prefix="vae-services-"))  # under /tmp: the postgres user must reach it
+    base = free_port()  # postgres here, mlflow and prefect on the next two
+    started = services(home, "start", "--base-port", str(base))
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        exports = started.stdout.split("export ", 1)[1].split()
+        yield home, dict(x.split("=", 1) for x in exports), started.stdout
+    finally:
+        services(home, "stop")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_study_runs_through_postgresql_and_the_mlflow_server_and_the_password_stays_hidden(stack, tmp_path):
+    home, env, printed = stack
+    assert env["VAE_OPTUNA_STORAGE"].startswith("postgresql+psycopg://vae@127.0.0.1:")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vae",
+            "tune",
+            "--trials",
+            "2",
+            "--epochs",
+            "1",
+            "--subset",
+            "200",
+            "--study",
+            "team",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, **env},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["trials"] == 2 and summary["tracking_uri"] == env["MLFLOW_TRACKING_URI"]
+    os.environ["PGPASSFILE"] = env["PGPASSFILE"]
+    study = optuna.load_study(study_name="team", storage=env["VAE_OPTUNA_STORAGE"])
+    assert len(study.trials) == 2
+    with urllib.request.urlopen(
+        f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/runs/get?run_id={summary['parent_run_id']}"
+    ) as resp:
+        run = resp.read().decode()
+    password = (Path(env["PGPASSFILE"]).read_text().strip().split(":"))[-1]
+    assert len(password) >= 20 and oct(Path(env["PGPASSFILE"]).stat().st_mode)[-3:] == "600"
+    seen = {"printed": printed, "tune stdout": r.stdout, "tune stderr": r.stderr, "mlflow run": run}
+    seen |= {p.name: p.read_text(errors="replace") for p in home.glob("*.log")}
+    assert [where for where, text in seen.items() if password in text] == []
+
+
+def test_stop_ends_every_service(tmp_path_factory, stack):
+    home, env, _ = stack
+    pids = json.loads((home / "pids.json").read_text())
+    assert services(home, "stop").returncode == 0
+    for pid in pids.values():
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)
+    assert not (home / "pg" / "postmaster.pid").exists() and not (home / "pids.json").exists()
