@@ -508,3 +508,36 @@ def test_a_worker_killed_mid_trial_leaves_a_trial_that_the_rerun_fails_and_retri
     lost = client.get_run(killed.user_attrs["mlflow_run_id"])
     assert lost.info.status == "FAILED" and lost.data.tags["state"] == "fail"
     assert client.get_run(retry.user_attrs["mlflow_run_id"]).data.tags["state"] == "complete"
+
+
+@pytest.mark.slow
+def test_workers_run_trials_at_once_and_the_study_ends_at_the_exact_count(tmp_path):
+    path = space_file(tmp_path, SMALL_SPACE)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    r = run_cli(
+        *BASE,
+        "--space",
+        path,
+        "--trials",
+        "3",
+        "--workers",
+        "2",
+        "--storage",
+        storage,
+        "--study",
+        "w2",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path}/mlflow.db",
+        "--out",
+        tmp_path / "trials",
+        "--json",
+        "--epochs",
+        "1",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = one_json(r.stdout)  # the workers print no JSON: only the parent's summary
+    assert summary["workers"] == 2 and summary["trials"] == 3 and summary["trials_run_here"] == 0
+    assert sum(summary["counts"].values()) == 3 and summary["surplus"] == 0
+    study = load_study(storage, "w2")
+    assert sorted(t.number for t in study.trials) == [0, 1, 2]
+    assert {t.user_attrs["worker"] for t in study.trials} <= {"0", "1"}

@@ -218,6 +218,9 @@ def add_tune_command(sub) -> None:
     p.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
     p.add_argument("--epochs", type=int, default=t.epochs, help="epochs per trial (the pruner's budget)")
     p.add_argument("--nproc", type=int, default=1, help="processes per trial (DDP under torchrun)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="trials at once: W worker processes on the study, cores (GPUs) shared"
+    )
     p.add_argument("--study", help="study name (default vae-<dataset>)")
     p.add_argument("--storage", help="sqlite:///PATH (default mlruns/optuna.db), postgresql://..., or journal:PATH")
     p.add_argument("--sampler", default="tpe", help="tpe or random")

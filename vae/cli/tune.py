@@ -6,10 +6,12 @@ import argparse
 from typing import Any
 
 from vae import data
-from vae.cli.common import relaunch, under_torchrun
+from vae.cli.common import drop_option, relaunch, under_torchrun
 from vae.config import Config, DataConfig, ModelConfig, TrainConfig
 from vae.distributed import check_nproc
+from vae.errors import ConfigError
 from vae.tune import TuneSettings, open_storage, run_study
+from vae.tune.workers import run_workers
 
 
 def cmd_tune(a: argparse.Namespace) -> dict[str, Any]:
@@ -33,10 +35,16 @@ def cmd_tune(a: argparse.Namespace) -> dict[str, Any]:
         seed=a.seed,
         heartbeat=a.heartbeat,
     )
-    if a.nproc > 1 and not under_torchrun():
-        # Everything that can be wrong in the input fails here, in one line, before torchrun starts.
+    if a.workers < 1:
+        raise ConfigError(f"workers={a.workers} is invalid: expected an integer >= 1")
+    if (a.nproc > 1 or a.workers > 1) and not under_torchrun():
+        # Everything that can be wrong in the input fails here, in one line, before any process starts.
         settings.check(base)
         open_storage(settings.storage_url(), heartbeat=None)
         data.load(base.data, download=True)
+    if a.workers > 1:
+        run_workers([x for x in drop_option(list(a.argv), "--workers") if x != "--json"], a.workers)
+        return {**run_study(base, settings), "workers": a.workers}  # the trials are done: the summary
+    if a.nproc > 1 and not under_torchrun():
         relaunch(a)
     return run_study(base, settings)

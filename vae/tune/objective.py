@@ -9,6 +9,7 @@ group serves every trial of the job (fit() reuses it). Everything a trial leaves
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -82,6 +83,7 @@ class Bookkeeper:
         self.t0, self.tracked_from = time.perf_counter(), self.tracker.seconds
         trial.set_user_attr("config", cfg.to_dict())
         trial.set_user_attr("nproc", nproc)
+        trial.set_user_attr("worker", os.environ.get("VAE_TUNE_WORKER", "0"))
         self.run_id = self.tracker.start_trial(
             trial.number,
             params,
