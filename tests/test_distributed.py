@@ -42,7 +42,11 @@ def test_two_process_ddp_gives_the_weights_of_one_process(tmp_path, one_process_
     assert "on 2 process(es)" in r.stderr
     assert_same_weights(one_process_run, tmp_path / "run")
     # only rank 0 writes: one checkpoint, no stray temporary files
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.pt", "history.json"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "best.pt",
+        "checkpoint.pt",
+        "history.json",
+    ]  # rank 0 alone writes
 
 
 # Every random draw: noise, binarization and the K importance samples are drawn for the whole global batch
