@@ -70,7 +70,9 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
     assert state.is_completed()
     result = state.result()
     states = task_states(state)
-    assert states["tune"] == "Cached" and states["train_best"] == "Cached", states
+    # the failed night's candidate is finished, not searched again: no new trial, its training reused
+    assert result["night"]["case"] == "resume" and result["study"]["trials"] == 2, result["night"]
+    assert states["train_best"] == "Cached", states
     assert states["evaluate"] == "Completed" and states["register"] == "Completed"
 
     reg, decision, metrics = result["registered"], result["decision"], result["metrics"]
@@ -85,14 +87,17 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
     assert {"figures/samples.png", "figures/reconstructions.png", "figures/loss_curves.png"} <= artifacts
     assert metrics["fingerprint"] == result["study"]["fingerprint"]
 
-    # The same inputs again: everything up to evaluation is reused; the new version ties the champion
-    # (same model, same numbers), so the gate keeps the champion.
-    again = vae_pipeline(**params, return_state=True)
-    assert task_states(again)["evaluate"] == "Cached"
-    second = again.result()
-    assert second["registered"]["version"] == "2" and not second["decision"]["promote"]
-    model = client.get_registered_model("vae-test")
-    assert {k: str(v) for k, v in model.aliases.items()} == {"champion": "1", "challenger": "2"}
+    # The same inputs again: a night is a case, not a replay. Two more trials of the same study; a new
+    # version only if they found a better configuration, never a copy of v1.
+    second = vae_pipeline(**params)
+    assert second["study"]["study"] == result["study"]["study"] and second["study"]["trials"] == 4
+    if second["night"]["case"] == "same-data-no-better":
+        assert second["registered"] is None and second["record"]["champion"] == "1"
+        assert [v.version for v in client.search_model_versions("name='vae-test'")] == ["1"]
+    else:
+        assert second["night"]["case"] == "same-data-better", second["night"]
+        assert second["registered"]["version"] == "2"
+        assert second["study"]["best_trial"] != result["study"]["best_trial"]
 
 
 def test_pipeline_against_a_live_mlflow_server(harness, tmp_path, monkeypatch):
