@@ -126,7 +126,7 @@ def _flow(args, env, **kw):
 def test_a_night_killed_mid_training_is_resumed_by_the_next(tmp_path, mnist5k):
     drop = tmp_path / "drop"
     write_pngs(mnist5k, drop, 0, 600)
-    p = params(tmp_path, drop, epochs=400)
+    p = params(tmp_path, drop, epochs=120)
     args = [f"--{k.replace('_', '-')}={v}" for k, v in p.items()]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp_path / "prefect-home")}
     killed = _flow(args, env, cwd=tmp_path)
@@ -184,7 +184,8 @@ def test_two_overlapping_runs_of_the_nightly_deployment(tmp_path, mnist5k):
             found = [d for d in _api(api, "/deployments/filter", {}) if d["name"] == "nightly"]
             time.sleep(1)
         dep = found[0]
-        assert dep["concurrency_limit"] == 1
+        assert dep["global_concurrency_limit"]["limit"] == 1, dep
+        assert dep["concurrency_options"]["collision_strategy"] == "CANCEL_NEW", dep
         runs = [_api(api, f"/deployments/{dep['id']}/create_flow_run", {})["id"] for _ in range(2)]
         states = {}
         deadline = time.time() + 400

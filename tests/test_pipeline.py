@@ -93,7 +93,7 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
     assert second["study"]["study"] == result["study"]["study"] and second["study"]["trials"] == 4
     if second["night"]["case"] == "same-data-no-better":
         assert second["registered"] is None and second["record"]["champion"] == "1"
-        assert [v.version for v in client.search_model_versions("name='vae-test'")] == ["1"]
+        assert [str(v.version) for v in client.search_model_versions("name='vae-test'")] == ["1"]
     else:
         assert second["night"]["case"] == "same-data-better", second["night"]
         assert second["registered"]["version"] == "2"
