@@ -91,27 +91,23 @@ class StepError(VAEError):
 
 
 def run_vae(args: list[str], log: Log = print, timeout: float | None = None) -> dict[str, Any]:
-    """`python -m vae ARGS --json`: forwards its stderr lines to `log`, returns its JSON result. Killed (with
-    its torchrun workers, one process group) after `timeout` seconds."""
+    """`python -m vae ARGS --json`: forwards its stderr lines to `log`, returns its JSON result. Stopped after
+    `timeout` seconds: SIGTERM (torchrun passes it to its workers), SIGKILL 30 s later. The child stays in the
+    night's process group, so killing the night's group kills it too (no orphan racing the next night)."""
     cmd = [sys.executable, "-m", "vae", *args, "--json"]
     log("$ " + " ".join(cmd[2:]))
     proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        start_new_session=timeout is not None,
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
     )
-    timer = threading.Timer(timeout or 0, lambda: os.killpg(proc.pid, 9)) if timeout else None
-    if timer:
-        timer.daemon = True
-        timer.start()
+    timers = [threading.Timer(timeout, proc.terminate), threading.Timer(timeout + 30, proc.kill)] if timeout else []
+    for t in timers:
+        t.daemon = True
+        t.start()
     try:
         return _collect(proc, args, log, timeout)
     finally:
-        if timer:
-            timer.cancel()
+        for t in timers:
+            t.cancel()
 
 
 def _collect(proc: subprocess.Popen, args: list[str], log: Log, timeout: float | None) -> dict[str, Any]:
@@ -123,7 +119,7 @@ def _collect(proc: subprocess.Popen, args: list[str], log: Log, timeout: float |
             log(line)
             tail = (tail + [line])[-20:]
     out = proc.stdout.read() if proc.stdout else ""
-    if proc.wait() == -9 and timeout:
+    if proc.wait() in (-9, -15) and timeout:
         raise StepError(f"`vae {args[0]}` was killed after its timeout of {timeout:g} s (task_timeout)")
     if proc.returncode != 0:
         last = next((x for x in reversed(tail) if "error" in x.lower()), tail[-1] if tail else "no output")
