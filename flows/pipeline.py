@@ -1,8 +1,12 @@
-"""The `vae-pipeline` flow: fetch, tune, train the best, evaluate, register, promote.
+"""The `vae-pipeline` flow: fetch, plan the night, tune, train the best, evaluate, register, promote.
 
-Tasks are thin wrappers of vae.pipeline's steps. Only fetching retries (I/O). Tuning, training and
-evaluation are cached on their inputs, which include the dataset fingerprint, so a rerun after a failure
-reuses what finished (and the Optuna study and the training checkpoint continue where they stopped).
+A night is a case, not a replay (vae/tune/nightly.py): new data gets its own study, warm-started from the
+previous data version; the same data and settings get `trials` more trials of the same study, and a new
+version only when the search found a better configuration; changed settings get their own study. Tasks are
+thin wrappers of vae.pipeline's steps. Tuning is not cached (the Optuna study is its memory, and the night's
+target grows); training and evaluation are cached on their inputs (config and data fingerprint), and a
+registered candidate is never registered again. Fetching, registering and promoting retry with backoff
+on errors that may be transient; tuning and training are killed after `task_timeout` seconds.
 
     python -m flows.pipeline --trials 4 --epochs 10          # run once, on a temporary local Prefect server
     python -m flows.deploy                                    # nightly schedule on a running `prefect server`
@@ -16,18 +20,35 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import timedelta
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.tasks import exponential_backoff
 
+from flows.nights import night_lock, record_failure
 from vae import pipeline as steps
+from vae.errors import VAEError
 from vae.pipeline import PipelineParams
 
 CACHED = dict(cache_policy=INPUTS + TASK_SOURCE, persist_result=True, cache_expiration=timedelta(days=30))
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry a registry step unless it failed on bad input (ConfigError and the like: retrying cannot help)."""
+    try:
+        state.result()
+    except VAEError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+RETRIED = dict(retries=4, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=_transient)
 
 
 class _Clock:
@@ -57,12 +78,23 @@ def _fail_after(step: str) -> None:
 
 @task(retries=3, retry_delay_seconds=[2, 8, 30])
 def fetch_data(p: PipelineParams) -> dict:
-    return steps.fetch_step(p)
+    info = steps.fetch_step(p)
+    if info.get("skipped"):
+        _log(
+            f"skipped {len(info['skipped'])} bad entries of the data: "
+            + "; ".join(f"{s['file']} ({s['why']})" for s in info["skipped"])
+        )
+    return info
 
 
-@task(**CACHED)
-def tune(p: PipelineParams, fingerprint: str) -> dict:
-    return steps.tune_step(p, fingerprint, log=_log)
+@task
+def plan(p: PipelineParams, fingerprint: str) -> dict:
+    return steps.plan_step(p, fingerprint)
+
+
+@task
+def tune(p: PipelineParams, night: dict, fingerprint: str) -> dict:
+    return steps.tune_step(p, night, fingerprint, log=_log)
 
 
 @task(**CACHED)
@@ -75,17 +107,91 @@ def evaluate(p: PipelineParams, checkpoint: str, fingerprint: str) -> dict:
     return steps.evaluate_step(p, checkpoint)
 
 
-@task
-def register(p: PipelineParams, study: dict, trained: dict, metrics: dict) -> dict:
-    return steps.register_step(p, study, trained, metrics)
+@task(**RETRIED)
+def register(p: PipelineParams, study: dict, trained: dict, metrics: dict, night: dict) -> dict:
+    return steps.register_step(p, study, trained, metrics, night)
 
 
-@task
-def promote(p: PipelineParams, registered: dict, metrics: dict) -> dict:
-    return steps.promote_step(p, registered, metrics)
+@task(**RETRIED)
+def promote(p: PipelineParams, study: dict, registered: dict, metrics: dict) -> dict:
+    decision = steps.promote_step(p, registered, metrics)
+    steps.registered_step(p, study, registered["version"])
+    return decision
 
 
-@flow(name="vae-pipeline", log_prints=True)
+def _quiet(p: PipelineParams, best: dict, night: dict, data: dict, clock: _Clock) -> dict:
+    """A night that registers nothing: its MLflow record and its Prefect artifact."""
+    record = steps.night_record_step(p, night, {"study": best.get("study"), "fingerprint": data["fingerprint"]})
+    create_markdown_artifact(
+        steps.quiet_markdown(night, record),
+        key="vae-pipeline-summary",
+        description="no new candidate: the case and the champion",
+    )
+    return {
+        "params": asdict(p),
+        "study": best,
+        "night": night,
+        "registered": None,
+        "record": record,
+        "decision": None,
+        "metrics": None,
+        "seconds": clock.seconds,
+    }
+
+
+def _night(p: PipelineParams, clock: _Clock) -> dict:
+    with clock("fetch"):
+        data = fetch_data(p)
+    with clock("tune"):
+        night = plan(p, data["fingerprint"])
+        _log(f"night: {night['case']} on study {night['study']}: {night['reason']}")
+        best = tune.with_options(timeout_seconds=p.task_timeout + 120)(p, night, data["fingerprint"])
+        night = {**night, **steps.nightly.after_search(night, best), "skipped_files": len(data.get("skipped", []))}
+    _fail_after("tune")
+    _log(f"after the search: {night['case']}: {night['reason']}")
+    if not night["train"]:
+        return _quiet(p, best, night, data, clock)
+    steps.nightly.mark_pending(p.storage_url(), best["study"], best["best_trial"])
+    with clock("train"):
+        train = train_best.with_options(timeout_seconds=p.task_timeout + 120)
+        trained = train(p, best["best_config"], data["fingerprint"])
+        # The cache (under PREFECT_HOME) outlives runs/: a hit made by another checkout, or before runs/ was
+        # deleted, names files that are not here. Train again, and evaluate again what was trained again.
+        stale = not (Path(trained["out"]) / "history.json").is_file() or not Path(trained["checkpoint"]).is_file()
+        if stale:
+            trained = train.with_options(refresh_cache=True)(p, best["best_config"], data["fingerprint"])
+    _fail_after("train")
+    with clock("evaluate"):
+        metrics = evaluate.with_options(refresh_cache=stale)(p, trained["checkpoint"], data["fingerprint"])
+    _fail_after("evaluate")
+    with clock("register"):
+        registered = register(p, best, trained, metrics, night)
+    if registered.get("duplicate"):  # this night's case stands; it just has nothing new to offer
+        steps.registered_step(p, best, registered["version"])
+        night = {
+            **night,
+            "reason": night["reason"] + f"; the candidate is already registered as v{registered['version']}",
+        }
+        return _quiet(p, best, night, data, clock)
+    with clock("promote"):
+        decision = promote(p, best, registered, metrics)
+    create_markdown_artifact(
+        steps.summary_markdown(best, metrics, registered, decision, night),
+        key="vae-pipeline-summary",
+        description="the case, metrics, promotion decision, MLflow run",
+    )
+    return {
+        "params": asdict(p),
+        "study": best,
+        "night": night,
+        "metrics": metrics,
+        "registered": registered,
+        "decision": decision,
+        "seconds": clock.seconds,
+    }
+
+
+@flow(name="vae-pipeline", log_prints=True, on_failure=[record_failure], on_crashed=[record_failure])
 def vae_pipeline(
     dataset: str = "mnist-5k",
     trials: int = 4,
@@ -100,56 +206,14 @@ def vae_pipeline(
     min_improvement: float = 0.5,
     iw_samples: int = 100,
     workdir: str = "runs/pipeline",
+    task_timeout: int = 6 * 3600,
+    space: str | None = None,
 ) -> dict:
-    p = PipelineParams(
-        dataset,
-        trials,
-        tune_epochs,
-        epochs,
-        nproc,
-        subset,
-        study,
-        storage,
-        tracking_uri,
-        model_name,
-        min_improvement,
-        iw_samples,
-        workdir,
-    )  # bad parameters fail here, before any work
+    args = dict(locals())
+    p = PipelineParams(**{f.name: args[f.name] for f in fields(PipelineParams)})  # bad parameters fail here
     clock = _Clock()
-    with clock("fetch"):
-        data = fetch_data(p)
-    with clock("tune"):
-        best = tune(p, data["fingerprint"])
-    _fail_after("tune")
-    with clock("train"):
-        trained = train_best(p, best["best_config"], data["fingerprint"])
-        # The cache (under PREFECT_HOME) outlives runs/: a hit made by another checkout, or before runs/ was
-        # deleted, names files that are not here. Train again, and evaluate again what was trained again.
-        stale = not (Path(trained["out"]) / "history.json").is_file() or not Path(trained["checkpoint"]).is_file()
-        if stale:
-            trained = train_best.with_options(refresh_cache=True)(p, best["best_config"], data["fingerprint"])
-    _fail_after("train")
-    with clock("evaluate"):
-        metrics = evaluate.with_options(refresh_cache=stale)(p, trained["checkpoint"], data["fingerprint"])
-    _fail_after("evaluate")
-    with clock("register"):
-        registered = register(p, best, trained, metrics)
-    with clock("promote"):
-        decision = promote(p, registered, metrics)
-    create_markdown_artifact(
-        steps.summary_markdown(p, best, metrics, registered, decision),
-        key="vae-pipeline-summary",
-        description="metrics, promotion decision, MLflow run",
-    )
-    return {
-        "params": asdict(p),
-        "study": best,
-        "metrics": metrics,
-        "registered": registered,
-        "decision": decision,
-        "seconds": clock.seconds,
-    }
+    with night_lock(p, _log):
+        return _night(p, clock)
 
 
 @flow(name="vae-reevaluate-champion", log_prints=True)
@@ -175,17 +239,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vae-pipeline: error: {e}", file=sys.stderr)
         return 2
     result = vae_pipeline(**vars(args))
-    reg, dec = result["registered"], result["decision"]
+    reg, dec, night = result["registered"], result["decision"], result["night"]
+    out = {
+        "case": night["case"],
+        "reason": night["reason"],
+        "stage_seconds": result["seconds"],
+        "tune": {k: result["study"].get(k) for k in ("study", "trials", "finish_seconds", "counts", "best_params")},
+    }
+    if reg is None:
+        print(
+            json.dumps(
+                {
+                    **out,
+                    "registered": None,
+                    "champion": result["record"]["champion"],
+                    "run_id": result["record"]["run_id"],
+                }
+            )
+        )
+        return 0
     print(
         json.dumps(
             {
+                **out,
                 "run_id": reg["run_id"],
                 "model": reg["name"],
                 "version": reg["version"],
                 "promoted": dec["promote"],
                 "test_neg_elbo": result["metrics"]["neg_elbo"],
-                "stage_seconds": result["seconds"],
-                "tune": {k: result["study"].get(k) for k in ("finish_seconds", "counts", "best_params")},
             }
         )
     )

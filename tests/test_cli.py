@@ -14,7 +14,7 @@ from vae.cli import build_parser, main, subcommands
     [
         (
             ["train", "--dataset", "cifar"],
-            "dataset='cifar' is invalid: expected one of mnist-5k, mnist, fashion-mnist or idx:PATH",
+            "dataset='cifar' is invalid: expected one of mnist-5k, mnist, fashion-mnist, idx:PATH or folder:PATH",
         ),
         (["train", "--lr", "-0.001"], "lr=-0.001 is invalid: expected a number in (0, 10]"),
         (["train", "--latent", "0"], "latent=0 is invalid: expected an integer from 1 to 4096"),

@@ -11,7 +11,7 @@ from typing import Any
 
 from vae.errors import ConfigError
 
-DATASETS = ("mnist-5k", "mnist", "fashion-mnist")  # plus "idx:PATH"
+DATASETS = ("mnist-5k", "mnist", "fashion-mnist")  # plus "idx:PATH" and "folder:PATH"
 MODELS = ("vae", "ae", "conv-vae")
 ACTIVATIONS = ("relu", "tanh")
 NOISES = ("none", "gaussian", "masking", "salt-pepper")
@@ -44,8 +44,10 @@ class DataConfig:
     binarize: str = "none"  # "dynamic": fresh Bernoulli draws of the grey levels every epoch
 
     def __post_init__(self) -> None:
-        ok = self.dataset in DATASETS or (self.dataset.startswith("idx:") and len(self.dataset) > 4)
-        _check(ok, "dataset", self.dataset, f"one of {', '.join(DATASETS)} or idx:PATH")
+        ok = self.dataset in DATASETS or any(
+            self.dataset.startswith(prefix) and len(self.dataset) > len(prefix) for prefix in ("idx:", "folder:")
+        )
+        _check(ok, "dataset", self.dataset, f"one of {', '.join(DATASETS)}, idx:PATH or folder:PATH")
         _check(_is_int(self.split_seed), "split_seed", self.split_seed, "an integer")
         _check(
             self.subset is None or (_is_int(self.subset) and self.subset > 0),

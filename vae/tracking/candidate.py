@@ -41,6 +41,7 @@ def log_candidate(
     metrics: Mapping[str, Any],
     tags: Mapping[str, str],
     record: Mapping[str, Any],
+    version_tags: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """One MLflow run for a candidate (params, per-epoch and test metrics, figures, `record` as pipeline.json,
     the pyfunc model), then a new version of registered model `name` with the alias `challenger`."""
@@ -58,7 +59,15 @@ def log_candidate(
             mlflow.log_artifact(path, artifact_path="figures")
         mlflow.log_dict(dict(record), "pipeline.json")
         info = log_model(trained["checkpoint"], name="model")
-        version = registry.register(uri, name, info.model_uri, run.info.run_id, dict(metrics), model_id=info.model_id)
+        version = registry.register(
+            uri,
+            name,
+            info.model_uri,
+            run.info.run_id,
+            dict(metrics),
+            model_id=info.model_id,
+            version_tags=dict(version_tags or {}),
+        )
     return {
         "run_id": run.info.run_id,
         "model_uri": info.model_uri,
@@ -66,6 +75,29 @@ def log_candidate(
         "name": name,
         "tracking_uri": uri,
     }
+
+
+def log_night(
+    uri: str | None, name: str, tags: Mapping[str, str], record: Mapping[str, Any], failed: bool = False
+) -> str:
+    """A small run in the model's experiment for a night that registered nothing (no new candidate, or a
+    night that failed or crashed): its tags (nightly.case, nightly.reason...) and `record` as pipeline.json."""
+    uri = configure(uri)
+    with using_store(uri):
+        run = mlflow.start_run(
+            experiment_id=experiment_id(name, open_client(uri)), run_name=f"night-{tags.get('nightly.case')}"
+        )
+        try:
+            mlflow.set_tags(dict(tags))
+            mlflow.log_dict(dict(record), "pipeline.json")
+        finally:
+            mlflow.end_run("FAILED" if failed else "FINISHED")
+    return run.info.run_id
+
+
+def find_candidate(uri: str | None, name: str, key: str) -> str | None:
+    """The version registered from the training run folder `key` (config + data), if there is one."""
+    return registry.find_version(configure(uri), name, "candidate_key", key)
 
 
 def champion(uri: str, name: str) -> ModelVersion | None:

@@ -3,9 +3,12 @@
 `challenger` is the newest candidate; `champion` is the version in use. A candidate becomes champion only
 if its test -ELBO (nats/image, lower is better), measured on the same split and dataset fingerprint as the
 champion's, beats the champion's by strictly more than `min_improvement` nats (a gain equal to it is not
-enough). Each decision is written as tags on
-the candidate version (and, by the pipeline, on its run). The registered model's tag `champion_history`
-(a JSON list of versions) is what `rollback` walks back.
+enough). Each decision is written as tags on the candidate version (and, by the pipeline, on its run). The
+champion history is derived from one tag per promoted version, `champion.promoted_at` (nanoseconds, written
+once by the promotion itself), less the versions `rollback` marked `rolled_back`: two promotions at once
+each write their own tag, so neither can lose the other's entry (a read-modify-write of one JSON list
+could). The registered model's tag `champion_history` is a copy of that list for people reading the UI;
+`rollback` walks the derived list back.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 def model_name(dataset: str) -> str:
-    """vae-mnist-5k, vae-fashion-mnist, vae-idx-<folder name>."""
-    if dataset.startswith("idx:"):
-        dataset = "idx-" + dataset.rstrip("/").rsplit("/", 1)[-1]
+    """vae-mnist-5k, vae-fashion-mnist, vae-idx-<folder name>, vae-folder-<folder name>."""
+    if dataset.startswith(("idx:", "folder:")):
+        kind, path = dataset.split(":", 1)
+        dataset = f"{kind}-" + path.rstrip("/").rsplit("/", 1)[-1]
     return "vae-" + re.sub(r"[^A-Za-z0-9._-]+", "-", dataset).strip("-")
 
 
@@ -98,8 +102,17 @@ def _version(client: MlflowClient, name: str, version: str | int):
         raise ConfigError(f"model {name!r} has no version {version!r}: see `vae registry list --name {name}`") from None
 
 
+PROMOTED_AT = "champion.promoted_at"
+
+
 def _history(client: MlflowClient, name: str) -> list[str]:
-    return json.loads(client.get_registered_model(name).tags.get("champion_history", "[]"))
+    """The champions, oldest first: versions with a promotion stamp that were not rolled back."""
+    stamped = [
+        (int(mv.tags[PROMOTED_AT]), int(mv.version), str(mv.version))
+        for mv in client.search_model_versions(f"name='{name}'")
+        if PROMOTED_AT in mv.tags and mv.tags.get("rolled_back") != "true"
+    ]
+    return [v for *_, v in sorted(stamped)]
 
 
 def register(
@@ -109,8 +122,10 @@ def register(
     run_id: str,
     metrics: dict[str, Any],
     model_id: str | None = None,
+    version_tags: dict[str, str] | None = None,
 ) -> str:
-    """A new version of `name` from a logged model, tagged with its test metrics, and made `challenger`."""
+    """A new version of `name` from a logged model, tagged with its test metrics (and version_tags, in the
+    same call), and made `challenger`."""
     client = _client(tracking_uri)
     try:
         client.get_registered_model(name)
@@ -123,6 +138,7 @@ def register(
         "fingerprint": metrics["fingerprint"],
         "dataset": metrics["dataset"],
         "split": metrics.get("split", "test"),
+        **(version_tags or {}),
     }
     # model_id: a remote server accepts a models:/m-... source only together with the id of that model
     mv = client.create_model_version(name, model_uri, run_id=run_id, tags=tags, model_id=model_id)
@@ -175,11 +191,22 @@ def promote(
     }.items():
         client.set_model_version_tag(name, str(cand.version), key, value)
     if d.promote:
+        client.set_model_version_tag(name, str(cand.version), PROMOTED_AT, str(time.time_ns()))
+        if cand.tags.get("rolled_back") == "true":  # promoted again by hand: back in the history
+            client.delete_model_version_tag(name, str(cand.version), "rolled_back")
         client.set_registered_model_alias(name, CHAMPION, str(cand.version))
-        client.set_registered_model_tag(
-            name, "champion_history", json.dumps(_history(client, name) + [str(cand.version)])
-        )
+        client.set_registered_model_tag(name, "champion_history", json.dumps(_history(client, name)))
     return d
+
+
+def find_version(tracking_uri: str | None, name: str, tag: str, value: str) -> str | None:
+    """The newest version of `name` whose tag `tag` is `value`, or None (also when there is no such model)."""
+    client = _client(tracking_uri)
+    try:
+        found = [int(mv.version) for mv in client.search_model_versions(f"name='{name}'") if mv.tags.get(tag) == value]
+    except MlflowException:
+        return None
+    return str(max(found)) if found else None
 
 
 def rollback(tracking_uri: str | None, name: str) -> dict[str, Any]:
@@ -190,11 +217,11 @@ def rollback(tracking_uri: str | None, name: str) -> dict[str, Any]:
         raise ConfigError(f"model {name!r} has no previous champion to roll back to (history: {history or 'empty'})")
     current, previous = history[-1], history[-2]
     client.set_registered_model_alias(name, CHAMPION, previous)
+    client.set_model_version_tag(name, current, "rolled_back", "true")
     client.set_registered_model_tag(name, "champion_history", json.dumps(history[:-1]))
     log = json.loads(client.get_registered_model(name).tags.get("rollback_log", "[]"))
     log.append({"from": current, "to": previous, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     client.set_registered_model_tag(name, "rollback_log", json.dumps(log))
-    client.set_model_version_tag(name, current, "rolled_back", "true")
     return {"name": name, "champion": previous, "rolled_back": current}
 
 

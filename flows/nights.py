@@ -1,0 +1,134 @@
+"""Guardrails of unattended nights that need Prefect: one night per work folder, and a record of every night
+that failed or died, in MLflow (a small run in the model's experiment, tag `nightly.case` = failed/crashed)
+and in Prefect (a Markdown artifact `vae-night-failure` on the flow run, whose state says Failed/Crashed).
+
+- A night raising an exception: Prefect marks it Failed and runs the flow's `on_failure` hook (`record_failure`).
+- A night whose process is killed inside a served/worker deployment: the runner marks it Crashed and runs the
+  `on_crashed` hook (`record_failure`, in the runner's process).
+- A night whose process is killed with nothing watching it (`python -m flows.pipeline` under cron, SIGKILL,
+  a lost machine): nobody can run a hook. Its lock file in the work folder names its flow run and process;
+  the next night finds the process gone, marks that flow run Crashed in Prefect with the reason, records it,
+  and then resumes its work (the study and the training checkpoint continue where they stopped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactCreate
+from prefect.runtime import flow_run as current_run
+from prefect.states import Crashed
+
+from vae import pipeline as steps
+from vae.errors import VAEError
+from vae.pipeline import PipelineParams
+from vae.stores import file_lock
+
+LOCK = "night.lock"
+FAILURE_KEY = "vae-night-failure"
+
+
+class NightBusy(VAEError):
+    """Another night is running on the same work folder."""
+
+    exit_code = 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child not yet reaped by its parent is a zombie: dead for our purpose
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _stale(old: dict, p: PipelineParams) -> bool:
+    """The night named in a lock file is over: its process is gone, or (another host) it outlived any night."""
+    if old.get("host") == socket.gethostname():
+        return not _alive(int(old.get("pid", 0)))
+    return time.time() - old.get("since", 0) > 2 * p.task_timeout + 3600
+
+
+@contextmanager
+def night_lock(p: PipelineParams, log):
+    """Hold the work folder's night lock for the flow run; a crashed night's lock is taken over (and that
+    night recorded as crashed); a live one refuses this night with NightBusy."""
+    path = Path(p.workdir) / LOCK
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "flow_run_id": str(current_run.id), "since": time.time()}
+    crashed = None
+    with file_lock(path.with_name(LOCK + ".guard")):
+        if path.exists():
+            old = json.loads(path.read_text() or "{}")
+            if not _stale(old, p):
+                raise NightBusy(
+                    f"another night is running on {p.workdir}: flow run {old.get('flow_run_id')} (pid "
+                    f"{old.get('pid')} on {old.get('host')}, since {time.ctime(old.get('since', 0))})"
+                )
+            crashed = old
+        path.write_text(json.dumps(me))
+    try:
+        if crashed:
+            _record_crashed(p, crashed, log)
+        yield
+    finally:
+        with file_lock(path.with_name(LOCK + ".guard")):
+            if path.exists() and json.loads(path.read_text() or "{}").get("flow_run_id") == me["flow_run_id"]:
+                path.unlink()
+
+
+def _artifact(client, flow_run_id, markdown: str) -> None:
+    client.create_artifact(
+        ArtifactCreate(
+            type="markdown",
+            key=FAILURE_KEY,
+            description="a night that failed or died",
+            flow_run_id=flow_run_id,
+            data=markdown,
+        )
+    )
+
+
+def _record_crashed(p: PipelineParams, old: dict, log) -> None:
+    reason = (
+        f"the process running this night (pid {old.get('pid')} on {old.get('host')}) died without finishing; "
+        f"found by flow run {current_run.id}, which resumes its work"
+    )
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(old["flow_run_id"])
+        if run.state is not None and not run.state.is_final():
+            client.set_flow_run_state(run.id, Crashed(message=reason), force=True)
+            _artifact(client, run.id, f"# Night crashed\n\n{reason}.\n")
+    steps.night_record_step(p, {"case": "crashed", "reason": reason}, {"prefect.flow_run_id": old["flow_run_id"]}, True)
+    log(f"the last night (flow run {old['flow_run_id']}) crashed: recorded in Prefect and MLflow; resuming its work")
+
+
+def record_failure(flow, flow_run, state) -> None:
+    """on_failure / on_crashed hook: the failed night in MLflow and as a Prefect artifact on its run."""
+    case = "crashed" if state.is_crashed() else "failed"
+    reason = state.message or state.name
+    names = {f.name for f in fields(PipelineParams)}
+    try:
+        p = PipelineParams(**{k: v for k, v in (flow_run.parameters or {}).items() if k in names})
+    except VAEError:
+        return  # bad parameters: the flow failed before any work, and says why in its state
+    lock = Path(p.workdir) / LOCK
+    if lock.exists() and json.loads(lock.read_text() or "{}").get("flow_run_id") == str(flow_run.id):
+        lock.unlink()  # recorded here: the next night need not record it again
+    with get_client(sync_client=True) as client:
+        _artifact(client, flow_run.id, f"# Night {case}\n\n{reason}\n\nThe next night resumes what was left.\n")
+    try:
+        steps.night_record_step(p, {"case": case, "reason": reason[:3000]}, {"prefect.flow_run_id": flow_run.id}, True)
+    except Exception as e:  # the store itself may be what failed: the Prefect state and artifact still say it
+        print(f"could not record the failed night in MLflow: {type(e).__name__}: {e}")
