@@ -5,8 +5,12 @@
 registers `vae-pipeline/nightly` (retrain, tune, register, promote) and `vae-reevaluate-champion/weekly`
 (score the champion on today's data), then waits for the server's scheduler to hand it runs. Stop it with
 SIGTERM (Prefect pauses the deployments). Cron schedules need a real server: the temporary one that
-Prefect starts for a plain flow call refuses them. For a team, `prefect work-pool create` + workers run the
-same flows without code changes (see README, "Scaling out").
+Prefect starts for a plain flow call refuses them.
+
+For a team, `--work-pool NAME` registers the same deployments for a process work pool instead, from this
+checkout (flow.from_source), and returns: `prefect worker start --pool NAME` processes, on this machine or
+others, run them (`make services` starts one). The worker's environment (MLFLOW_TRACKING_URI,
+VAE_OPTUNA_STORAGE, PGPASSFILE) says where runs and studies go, so no credential is a parameter.
 
 Guardrail: at most one run of `vae-pipeline/nightly` at a time (deployment concurrency limit 1). A run that
 would overlap the running one is cancelled by the server, its state saying "Deployment concurrency limit
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
@@ -46,6 +51,28 @@ def deployments(cron: str, reeval_cron: str, timezone: str, parameters: dict, on
     return nightly, weekly
 
 
+def deploy_to_pool(pool: str, cron: str, reeval_cron: str, timezone: str, parameters: dict, on_overlap: str) -> dict:
+    """The two deployments on a work pool, their code read from this checkout by the worker; returns their ids."""
+    root = str(Path(__file__).resolve().parents[1])
+    ids = {}
+    entries = ("flows/pipeline.py:vae_pipeline", "flows/pipeline.py:reevaluate_champion")
+    for deployment, entry in zip(deployments(cron, reeval_cron, timezone, parameters, on_overlap), entries):
+        flow = vae_pipeline.from_source(source=root, entrypoint=entry)
+        ids[f"{deployment.flow_name}/{deployment.name}"] = str(
+            flow.deploy(
+                name=deployment.name,
+                work_pool_name=pool,
+                schedule=deployment.schedules[0].schedule,
+                parameters=deployment.parameters,
+                concurrency_limit=deployment.concurrency_limit,
+                description=deployment.description,
+                tags=deployment.tags,
+                print_next_steps=False,
+            )
+        )
+    return ids
+
+
 def main(argv: list[str] | None = None) -> int:
     a = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--cron", default="0 2 * * *", help="nightly retrain (default 02:00)")
@@ -56,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--epochs", type=int, default=10)
     a.add_argument("--nproc", type=int, default=1)
     a.add_argument("--tracking-uri")
+    a.add_argument("--work-pool", help="register the deployments for this process work pool and return (no serve)")
     a.add_argument(
         "--on-overlap",
         choices=("cancel", "enqueue"),
@@ -76,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.param:
         name, _, value = item.partition("=")
         params[name.replace("-", "_")] = json.loads(value)
+    if args.work_pool:
+        ids = deploy_to_pool(args.work_pool, args.cron, args.reeval_cron, args.timezone, params, args.on_overlap)
+        print(json.dumps({"work_pool": args.work_pool, "deployments": ids}))
+        return 0
     serve(*deployments(args.cron, args.reeval_cron, args.timezone, params, args.on_overlap))
     return 0
 

@@ -88,6 +88,60 @@ def test_a_study_runs_through_postgresql_and_the_mlflow_server_and_the_password_
     assert [where for where, text in seen.items() if password in text] == []
 
 
+def test_a_nightly_deployment_runs_through_a_worker_on_the_stack(stack, tmp_path):
+    home, env, _ = stack
+    client = {**os.environ, **env, "PREFECT_HOME": str(home / "prefect")}
+    deploy = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.deploy",
+            "--work-pool",
+            "vae",
+            "--trials",
+            "1",
+            "--epochs",
+            "1",
+            "--param",
+            "subset=300",
+            "--param",
+            "tune_epochs=1",
+            "--param",
+            "iw_samples=0",
+            "--param",
+            f'workdir="{tmp_path / "work"}"',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=client,
+    )
+    assert deploy.returncode == 0, deploy.stderr[-3000:]
+    prefect = str(Path(sys.executable).parent / "prefect")
+    run = subprocess.run(
+        [prefect, "deployment", "run", "vae-pipeline/nightly", "--watch", "--watch-timeout", "900"],
+        capture_output=True,
+        text=True,
+        timeout=960,
+        env=client,
+    )
+    assert run.returncode == 0 and "Flow run finished successfully in 'Completed'" in run.stdout, run.stdout[-3000:]
+    flow_run = run.stdout.split("UUID: ")[1].split()[0]
+    inspected = subprocess.run(
+        [prefect, "flow-run", "inspect", flow_run], capture_output=True, text=True, env=client
+    ).stdout
+    with urllib.request.urlopen(
+        f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/registered-models/get?name=vae-mnist-5k"
+    ) as resp:
+        model = json.loads(resp.read())["registered_model"]
+    assert model["latest_versions"] and any(a["alias"] == "champion" for a in model.get("aliases", []))
+    password = (Path(env["PGPASSFILE"]).read_text().strip().split(":"))[-1]
+    seen = {"flow run": inspected, "deploy": deploy.stdout + deploy.stderr, "run": run.stdout}
+    seen |= {p.name: p.read_text(errors="replace") for p in home.glob("*.log")}
+    assert [where for where, text in seen.items() if password in text] == []
+
+
 def test_stop_ends_every_service(tmp_path_factory, stack):
     home, env, _ = stack
     pids = json.loads((home / "pids.json").read_text())
