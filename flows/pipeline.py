@@ -208,6 +208,7 @@ def vae_pipeline(
     workdir: str = "runs/pipeline",
     task_timeout: int = 6 * 3600,
     space: str | None = None,
+    workers: int = 1,
 ) -> dict:
     args = dict(locals())
     p = PipelineParams(**{f.name: args[f.name] for f in fields(PipelineParams)})  # bad parameters fail here

@@ -51,10 +51,11 @@ class PipelineParams:
     workdir: str = "runs/pipeline"
     task_timeout: int = 6 * 3600  # seconds a tuning or training step may take before it is killed
     space: str | None = None  # search space file (TOML/YAML) for `vae tune --space`; default: the built-in space
+    workers: int = 1  # trials at once: `vae tune --workers`, each worker with its share of the cores (GPUs)
 
     def __post_init__(self) -> None:
         DataConfig(dataset=self.dataset, subset=self.subset)  # validates the data fields
-        for name in ("trials", "tune_epochs", "epochs", "nproc", "iw_samples", "task_timeout"):
+        for name in ("trials", "tune_epochs", "epochs", "nproc", "iw_samples", "task_timeout", "workers"):
             v = getattr(self, name)
             low = 0 if name == "iw_samples" else 1
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
@@ -145,7 +146,16 @@ def plan_step(p: PipelineParams, fingerprint: str) -> dict[str, Any]:
 def tune_step(p: PipelineParams, plan: dict[str, Any], fingerprint: str, log: Log = print) -> dict[str, Any]:
     """`vae tune` until the night's study holds plan["target"] trials (a no-op when it already does)."""
     args = ["tune", "--dataset", p.dataset, "--trials", str(plan["target"]), "--epochs", str(p.tune_epochs)]
-    args += ["--nproc", str(p.nproc), "--study", plan["study"], "--storage", p.storage_url()]
+    args += [
+        "--nproc",
+        str(p.nproc),
+        "--workers",
+        str(p.workers),
+        "--study",
+        plan["study"],
+        "--storage",
+        p.storage_url(),
+    ]
     args += ["--tracking-uri", p.resolved_tracking_uri(), "--experiment", p.registered_name]
     args += ["--out", str(Path(p.workdir) / "studies" / plan["study"])]
     if p.subset:
