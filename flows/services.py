@@ -219,23 +219,35 @@ def start(home: Path, pool: str, base_port: int | None = None) -> dict[str, str]
         [str(bindir / "prefect"), "work-pool", "create", pool, "--type", "process", "--overwrite"],
         env=client,
     )
-    pids["worker"] = spawn(
+    (home / "pids.json").write_text(json.dumps(pids))
+    add_worker(home, pool)
+    return env
+
+
+def add_worker(home: Path, pool: str) -> int:
+    """One more `prefect worker` on the pool (on this machine; other machines run the same command with
+    the client environment); its pid joins pids.json as worker, worker-2, ..."""
+    pids = json.loads((home / "pids.json").read_text())
+    name = "worker" if "worker" not in pids else f"worker-{sum(k.startswith('worker') for k in pids) + 1}"
+    prefect = str(Path(sys.executable).parent / "prefect")
+    pids[name] = spawn(
         home,
-        "worker",
-        [str(bindir / "prefect"), "worker", "start", "--pool", pool],
-        {**env, "PREFECT_HOME": str(home / "prefect")},
+        name,
+        [prefect, "worker", "start", "--pool", pool],
+        {**client_env(home), "PREFECT_HOME": str(home / "prefect")},
     )
     (home / "pids.json").write_text(json.dumps(pids))
-    return env
+    return pids[name]
 
 
 def stop(home: Path) -> None:
     pids = json.loads((home / "pids.json").read_text()) if (home / "pids.json").exists() else {}
-    for name in ("worker", "prefect", "mlflow"):
+    order = [k for k in pids if k.startswith("worker")] + ["prefect", "mlflow"]
+    for name in order:
         if name in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pids[name], signal.SIGTERM)
-    for name in ("worker", "prefect", "mlflow"):
+    for name in order:
         deadline = time.time() + 20
         while name in pids and time.time() < deadline and _alive(pids[name]):
             time.sleep(0.2)
@@ -259,7 +271,7 @@ def _alive(pid: int) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("action", choices=["start", "stop", "status", "worker"], help="worker: start one more worker")
     p.add_argument("--home", type=Path, default=Path(".services"), help="data, logs and pids (git-ignored)")
     p.add_argument("--pool", default="vae", help="the Prefect work pool the worker serves")
     p.add_argument(
@@ -270,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.action == "stop":
         stop(home)
         print(f"services stopped ({home})")
+    elif a.action == "worker":
+        print(f"worker pid {add_worker(home, a.pool)} on pool {a.pool!r}")
     elif a.action == "status":
         pids = json.loads((home / "pids.json").read_text()) if (home / "pids.json").exists() else {}
         for name, pid in pids.items():

@@ -2,12 +2,15 @@
 MLflow server and Prefect server, a worker; a study run through them, with the database password nowhere
 in sight; and a clean stop."""
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -140,6 +143,45 @@ def test_a_nightly_deployment_runs_through_a_worker_on_the_stack(stack, tmp_path
     seen = {"flow run": inspected, "deploy": deploy.stdout + deploy.stderr, "run": run.stdout}
     seen |= {p.name: p.read_text(errors="replace") for p in home.glob("*.log")}
     assert [where for where, text in seen.items() if password in text] == []
+
+
+def test_a_worker_killed_mid_run_leaves_a_crashed_run_and_the_next_run_completes(stack, tmp_path):
+    home, env, _ = stack
+    client = {**os.environ, **env, "PREFECT_HOME": str(home / "prefect")}
+    prefect = str(Path(sys.executable).parent / "prefect")
+    work = tmp_path / "work"
+    params = ["-p", "epochs=40", "-p", "subset=2000", "-p", f'workdir="{work}"', "-p", 'model_name="vae-killed"']
+    first = subprocess.run(
+        [prefect, "deployment", "run", "vae-pipeline/nightly", *params],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=client,
+    )
+    assert first.returncode == 0, first.stdout + first.stderr
+    first_id = first.stdout.split("UUID: ")[1].split()[0]
+    deadline = time.time() + 600
+    while not list(work.glob("train-*/checkpoint.pt")):  # the night is training
+        assert time.time() < deadline, (home / "worker.log").read_text()[-3000:]
+        time.sleep(0.5)
+    night = json.loads((work / "night.lock").read_text())
+    pids = json.loads((home / "pids.json").read_text())
+    os.killpg(pids["worker"], signal.SIGKILL)  # the worker's machine dies: the worker and the night it ran
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(night["pid"], signal.SIGKILL)
+    assert services(home, "worker").returncode == 0  # a new worker comes up
+    second = subprocess.run(
+        [prefect, "deployment", "run", "vae-pipeline/nightly", *params, "--watch", "--watch-timeout", "900"],
+        capture_output=True,
+        text=True,
+        timeout=960,
+        env=client,
+    )
+    assert "Flow run finished successfully in 'Completed'" in second.stdout, second.stdout[-3000:]
+    inspected = subprocess.run(
+        [prefect, "flow-run", "inspect", first_id], capture_output=True, text=True, env=client
+    ).stdout
+    assert "StateType.CRASHED" in inspected and "died without" in inspected, inspected[-2000:]
 
 
 def test_stop_ends_every_service(tmp_path_factory, stack):
