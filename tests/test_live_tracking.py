@@ -1,6 +1,7 @@
 """`vae train --tracking-uri`: an MLflow run written while training runs (params, per-epoch metrics, system
 metrics, the data set as an input), continued on --resume, and closed KILLED on SIGTERM. Real SQLite store."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -64,8 +65,12 @@ def test_sigterm_leaves_a_killed_run_with_what_it_had(tmp_path):
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while not (out / "checkpoint.pt").exists():  # at least one epoch is in the run
+    while True:  # at least one epoch is in the run (logged after its checkpoint is written)
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
+        if (out / "mlflow_run.json").exists():
+            run_id = json.loads((out / "mlflow_run.json").read_text())["run_id"]
+            if MlflowClient(uri).get_metric_history(run_id, "val_neg_elbo"):
+                break
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
