@@ -160,6 +160,15 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
     assert metrics["fingerprint"] == result["study"]["fingerprint"]
 
     # What the run leaves: pipeline.json, promotion.json on the MLflow run, the Prefect summary artifact.
+    # The test metrics are on the logged model too (MLflow 3's model page), the test split a dataset input.
+    logged = client.get_logged_model(reg["model_uri"].rsplit("/", 1)[-1])
+    assert {m.key: m.value for m in logged.metrics}["test_neg_elbo"] == pytest.approx(metrics["neg_elbo"], abs=1e-6)
+    [evaluation] = [
+        d
+        for d in client.get_run(reg["run_id"]).inputs.dataset_inputs
+        if {t.key: t.value for t in d.tags}["mlflow.data.context"] == "evaluation"
+    ]
+    assert metrics["fingerprint"].startswith(evaluation.dataset.digest)
     pipeline_json = run_json(client, reg["run_id"], "pipeline.json", tmp_path)
     assert pipeline_json["params"] == result["params"] and params.items() <= result["params"].items()
     assert pipeline_json["metrics"] == metrics and pipeline_json["study"] == result["study"]

@@ -15,22 +15,12 @@ from mlflow.entities.model_registry import ModelVersion
 from vae.errors import ConfigError
 from vae.tracking import registry
 from vae.tracking.models import log_model, resolve_model
+from vae.tracking.runs import dataset_input, flat
 from vae.tracking.store import configure, experiment_id, open_client, using_store
 
 
 def _numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"train": {"lr": 1e-3}} -> {"train.lr": 1e-3}: nested configs as MLflow params."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def log_candidate(
@@ -54,11 +44,23 @@ def log_candidate(
         mlflow.log_params(flat(trained["config"]))
         for row in history:
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
-        mlflow.log_metrics({f"test_{k}": v for k, v in _numbers(metrics).items()})
         for path in metrics.get("figures", {}).values():
             mlflow.log_artifact(path, artifact_path="figures")
         mlflow.log_dict(dict(record), "pipeline.json")
         info = log_model(trained["checkpoint"], name="model")
+        # The test metrics on the logged model (MLflow 3's model page lists them) and on the run, with the
+        # test split as the run's evaluation dataset input.
+        test = dataset_input(
+            {
+                "dataset": metrics["dataset"],
+                "fingerprint": metrics["fingerprint"],
+                "source": metrics["dataset"],
+                "splits": {"test": {"size": metrics.get("images")}},
+            },
+            "evaluation",
+        )
+        open_client(uri).log_inputs(run.info.run_id, [test])
+        mlflow.log_metrics({f"test_{k}": v for k, v in _numbers(metrics).items()}, model_id=info.model_id)
         version = registry.register(
             uri,
             name,

@@ -13,38 +13,20 @@ import json
 import logging
 import os
 import time
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mlflow.data.code_dataset_source import CodeDatasetSource
-from mlflow.data.dataset_source_registry import resolve_dataset_source
-from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 from vae.config import Config
-from vae.tracking.candidate import flat
-from vae.tracking.runs import source_tags
+from vae.tracking.runs import dataset_input, flat, source_tags
 from vae.tracking.store import configure, experiment_id, open_client
 
 MARKER = "mlflow_run.json"
 SYSTEM_METRICS_SECONDS = 5.0
-
-
-def dataset_input(info: Mapping[str, Any], context: str) -> DatasetInput:
-    """A data set as an MLflow dataset input: name, where it came from, digest = the project's fingerprint
-    (first 36 characters, the width MLflow stores; the whole one is the `fingerprint` tag), split sizes."""
-    source = str(info.get("source", ""))
-    with warnings.catch_warnings():  # a local path matches two equivalent source types
-        warnings.simplefilter("ignore")
-        src = resolve_dataset_source(source) if "/" in source else CodeDatasetSource({"mlflow.source.name": source})
-    entity = MetaDataset(src, name=str(info["dataset"]), digest=str(info["fingerprint"])[:36])._to_mlflow_entity()
-    sizes = {f"{k}_images": str(v["size"]) for k, v in info.get("splits", {}).items()}
-    tags = {"mlflow.data.context": context, "fingerprint": str(info["fingerprint"]), **sizes}
-    return DatasetInput(entity, tags=[InputTag(k, v) for k, v in tags.items()])
 
 
 class TrainingRun:
