@@ -162,7 +162,8 @@ def _night(p: PipelineParams, clock: _Clock) -> dict:
             trained = train.with_options(refresh_cache=True)(p, best["best_config"], data["fingerprint"])
     _fail_after("train")
     with clock("evaluate"):
-        metrics = evaluate.with_options(refresh_cache=stale)(p, trained["checkpoint"], data["fingerprint"])
+        model_checkpoint = trained.get("best_checkpoint") or trained["checkpoint"]  # the best epoch, not the last
+        metrics = evaluate.with_options(refresh_cache=stale)(p, model_checkpoint, data["fingerprint"])
     _fail_after("evaluate")
     with clock("register"):
         registered = register(p, best, trained, metrics, night)
@@ -209,6 +210,7 @@ def vae_pipeline(
     task_timeout: int = 6 * 3600,
     space: str | None = None,
     workers: int = 1,
+    patience: int | None = 5,
 ) -> dict:
     args = dict(locals())
     p = PipelineParams(**{f.name: args[f.name] for f in fields(PipelineParams)})  # bad parameters fail here

@@ -160,6 +160,10 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
     assert metrics["fingerprint"] == result["study"]["fingerprint"]
 
     # What the run leaves: pipeline.json, promotion.json on the MLflow run, the Prefect summary artifact.
+    # The registered model is the best epoch of the training (best.pt), and the run says which it was.
+    [history] = (tmp_path / "work").glob("train-*/history.json")
+    assert client.get_run(reg["run_id"]).data.tags["best_epoch"] == str(json.loads(history.read_text())["best_epoch"])
+    assert metrics["fingerprint"] and json.loads(history.read_text())["best_checkpoint"].endswith("best.pt")
     # The test metrics are on the logged model too (MLflow 3's model page), the test split a dataset input.
     logged = client.get_logged_model(reg["model_uri"].rsplit("/", 1)[-1])
     assert {m.key: m.value for m in logged.metrics}["test_neg_elbo"] == pytest.approx(metrics["neg_elbo"], abs=1e-6)

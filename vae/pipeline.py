@@ -52,6 +52,7 @@ class PipelineParams:
     task_timeout: int = 6 * 3600  # seconds a tuning or training step may take before it is killed
     space: str | None = None  # search space file (TOML/YAML) for `vae tune --space`; default: the built-in space
     workers: int = 1  # trials at once: `vae tune --workers`, each worker with its share of the cores (GPUs)
+    patience: int | None = 5  # early stopping of the final training (epochs without a better val -ELBO); None: off
 
     def __post_init__(self) -> None:
         DataConfig(dataset=self.dataset, subset=self.subset)  # validates the data fields
@@ -60,6 +61,10 @@ class PipelineParams:
             low = 0 if name == "iw_samples" else 1
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
                 raise ConfigError(f"{name}={v!r} is invalid: expected an integer >= {low}")
+        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
+            raise ConfigError(
+                f"patience={self.patience!r} is invalid: expected an integer >= 1, or None (no early stop)"
+            )
         if not isinstance(self.min_improvement, (int, float)) or not self.min_improvement >= 0:
             raise ConfigError(f"min_improvement={self.min_improvement!r} is invalid: expected nats >= 0")
         if (
@@ -171,7 +176,7 @@ def train_step(p: PipelineParams, best_config: dict[str, Any], fingerprint: str,
     """Train the best configuration for the full budget. The run folder is named after the config and the
     data, so a rerun after a crash resumes it instead of starting over."""
     cfg = Config.from_dict(best_config).replace(
-        train={"epochs": p.epochs, "progress": False}, data={"subset": p.subset}
+        train={"epochs": p.epochs, "progress": False, "patience": p.patience}, data={"subset": p.subset}
     )
     out = Path(p.workdir) / f"train-{candidate_key(cfg, fingerprint)}"
     out.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,9 @@ def log_candidate(
         for path in metrics.get("figures", {}).values():
             mlflow.log_artifact(path, artifact_path="figures")
         mlflow.log_dict(dict(record), "pipeline.json")
-        info = log_model(trained["checkpoint"], name="model")
+        # The best epoch's weights (best.pt) are the model; a result from before best.pt existed has only the last.
+        mlflow.set_tag("best_epoch", str(trained.get("best_epoch", "last")))
+        info = log_model(trained.get("best_checkpoint") or trained["checkpoint"], name="model")
         # The test metrics on the logged model (MLflow 3's model page lists them) and on the run, with the
         # test split as the run's evaluation dataset input.
         test = dataset_input(
