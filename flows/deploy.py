@@ -15,17 +15,28 @@ VAE_OPTUNA_STORAGE, PGPASSFILE) says where runs and studies go, so no credential
 Guardrail: at most one run of `vae-pipeline/nightly` at a time (deployment concurrency limit 1). A run that
 would overlap the running one is cancelled by the server, its state saying "Deployment concurrency limit
 reached." (`--on-overlap enqueue` makes it wait for the slot instead, in state AwaitingConcurrencySlot).
+
+A machine that dies mid-night (power, OOM killer, `kill -9` of the worker) leaves its run Running and its
+slot held. Runs beat every 30 s (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set here and by `make services` for
+the worker), and both routes create the automation `vae: crash unresponsive runs`, which marks a run that
+missed 3 beats Crashed: that frees the slot for the next night, instead of the server's 5-minute lease.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from prefect import serve
-from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.automations import Automation
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy, StateType
+from prefect.events.actions import ChangeFlowRunState
+from prefect.events.schemas.automations import EventTrigger, Posture
+from prefect.events.schemas.events import ResourceSpecification
 from prefect.schedules import Cron
 
 from flows.pipeline import reevaluate_champion, vae_pipeline
@@ -49,6 +60,42 @@ def deployments(cron: str, reeval_cron: str, timezone: str, parameters: dict, on
         tags=["vae"],
     )
     return nightly, weekly
+
+
+HEARTBEAT_SECONDS = 30  # Prefect's minimum
+UNRESPONSIVE = "vae: crash unresponsive runs"
+
+
+def crash_unresponsive_runs(missed: int = 3) -> str:
+    """The server-side automation that marks a flow run Crashed once it has sent no heartbeat, and reached
+    no final state, for `missed` heartbeats; created once, updated when it exists. Returns its id."""
+    done = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")}
+    automation = Automation(
+        name=UNRESPONSIVE,
+        description="A run whose process died (its machine, the OOM killer, kill -9) is marked Crashed, "
+        "which frees its deployment's concurrency slot.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", *done},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=missed * HEARTBEAT_SECONDS),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {missed * HEARTBEAT_SECONDS} s: the process running it died",
+            )
+        ],
+    )
+    try:
+        automation.id = Automation.read(name=UNRESPONSIVE).id
+    except ValueError:
+        return str(automation.create().id)
+    automation.update()
+    return str(automation.id)
 
 
 def deploy_to_pool(pool: str, cron: str, reeval_cron: str, timezone: str, parameters: dict, on_overlap: str) -> dict:
@@ -104,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.param:
         name, _, value = item.partition("=")
         params[name.replace("-", "_")] = json.loads(value)
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_SECONDS))  # the served runs' beat
+    crash_unresponsive_runs()
     if args.work_pool:
         ids = deploy_to_pool(args.work_pool, args.cron, args.reeval_cron, args.timezone, params, args.on_overlap)
         print(json.dumps({"work_pool": args.work_pool, "deployments": ids}))

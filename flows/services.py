@@ -86,6 +86,8 @@ def client_env(home: Path) -> dict[str, str]:
         "DO_NOT_TRACK": "true",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # the worker's flow runs beat; flows.deploy's automation marks one that stops beating Crashed
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
     }
 
 
