@@ -40,7 +40,7 @@ class TrainingRun:
         out: Path,
         data_info: Mapping[str, Any],
         resume: bool = False,
-        system_metrics: bool = True,
+        system_metrics: bool | None = None,
     ) -> None:
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop lines per run
         self.uri = configure(uri)
@@ -66,6 +66,8 @@ class TrainingRun:
         os.replace(tmp, self.marker)
         self.epoch_log_seconds = 0.0  # time spent logging epochs, inside the training process (benchmark)
         self.monitor = None
+        if system_metrics is None:  # on, unless MLflow's own switch is set to false
+            system_metrics = os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").lower() not in ("false", "0")
         if system_metrics:
             self.monitor = SystemMetricsMonitor(
                 self.run_id,
