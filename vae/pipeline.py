@@ -26,6 +26,7 @@ from vae.data import load
 from vae.errors import ConfigError, VAEError
 from vae.evaluation import elbo_metrics
 from vae.evaluation import evaluate as evaluate_model
+from vae.lifetime import PARENT_ENV
 from vae.stores import default_study_storage, default_tracking_uri
 from vae.tracking import candidate, registry
 from vae.tracking.store import configure
@@ -99,12 +100,12 @@ class StepError(VAEError):
 def run_vae(args: list[str], log: Log = print, timeout: float | None = None) -> dict[str, Any]:
     """`python -m vae ARGS --json`: forwards its stderr lines to `log`, returns its JSON result. Stopped after
     `timeout` seconds: SIGTERM (torchrun passes it to its workers), SIGKILL 30 s later. The child stays in the
-    night's process group, so killing the night's group kills it too (no orphan racing the next night)."""
+    night's process group, and gets SIGTERM when this process dies, even by SIGKILL (vae/lifetime.py): no
+    orphan racing the next night."""
     cmd = [sys.executable, "-m", "vae", *args, "--json"]
     log("$ " + " ".join(cmd[2:]))
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())}  # dies with this process
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     timers = [threading.Timer(timeout, proc.terminate), threading.Timer(timeout + 30, proc.kill)] if timeout else []
     for t in timers:
         t.daemon = True

@@ -20,6 +20,7 @@ import vae
 from vae.cli.args import add_core_commands, add_registry_command, add_tune_command, verbosity_args
 from vae.cli.args_uses import add_uses_commands
 from vae.errors import VAEError
+from vae.lifetime import die_with_parent
 from vae.telemetry import telemetry_off
 
 
@@ -94,6 +95,7 @@ def print_result(handler, result: dict[str, Any], as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     telemetry_off()
+    die_with_parent()
     argv = sys.argv[1:] if argv is None else list(argv)
     a = build_parser().parse_args(argv)
     a.argv = argv  # re-used verbatim when `--nproc N` relaunches the command under torchrun

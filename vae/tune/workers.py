@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from vae.errors import VAEError
+from vae.lifetime import PARENT_ENV
 
 
 class WorkerFailed(VAEError):
@@ -39,7 +40,10 @@ def run_workers(argv: Sequence[str], workers: int) -> None:
     """`python -m vae ARGV` as `workers` processes at once, each with its worker_env(); returns when all have
     ended, or raises WorkerFailed naming the ones that failed."""
     procs = [
-        subprocess.Popen([sys.executable, "-m", "vae", *argv], env={**os.environ, **worker_env(i, workers)})
+        subprocess.Popen(
+            [sys.executable, "-m", "vae", *argv],
+            env={**os.environ, **worker_env(i, workers), PARENT_ENV: str(os.getpid())},  # die with this process
+        )
         for i in range(workers)
     ]
     codes = [p.wait() for p in procs]
