@@ -10,6 +10,11 @@ on errors that may be transient; tuning and training are killed after `task_time
 
     python -m flows.pipeline --trials 4 --epochs 10          # run once, on a temporary local Prefect server
     python -m flows.deploy                                    # nightly schedule on a running `prefect server`
+
+With require_approval, the run pauses after the gate and before `champion` moves, until someone answers the
+form of the paused run (approve or reject, with a comment) in the Prefect UI or through its API; the answer
+is recorded on the registered version. Pausing needs a Prefect server that outlives the run (PREFECT_API_URL):
+without one the flow refuses to start.
 """
 
 from __future__ import annotations
@@ -23,15 +28,19 @@ from contextlib import contextmanager
 from dataclasses import asdict, fields
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from prefect.settings import PREFECT_API_URL
 from prefect.tasks import exponential_backoff
 
 from flows.nights import night_lock, record_failure
 from vae import pipeline as steps
-from vae.errors import VAEError
+from vae.errors import ConfigError, VAEError
 from vae.pipeline import PipelineParams
 
 CACHED = dict(cache_policy=INPUTS + TASK_SOURCE, persist_result=True, cache_expiration=timedelta(days=30))
@@ -63,7 +72,7 @@ class _Clock:
         try:
             yield
         finally:
-            self.seconds[stage] = round(time.perf_counter() - t0, 3)
+            self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - t0, 3)  # adds up
 
 
 def _log(line: str) -> None:
@@ -113,10 +122,50 @@ def register(p: PipelineParams, study: dict, trained: dict, metrics: dict, night
 
 
 @task(**RETRIED)
-def promote(p: PipelineParams, study: dict, registered: dict, metrics: dict) -> dict:
-    decision = steps.promote_step(p, registered, metrics)
+def gate(p: PipelineParams, trained: dict, registered: dict, metrics: dict) -> dict:
+    return steps.gate_step(p, trained, registered, metrics)
+
+
+@task(**RETRIED)
+def promote(
+    p: PipelineParams, study: dict, trained: dict, registered: dict, metrics: dict, gated: dict, approval: dict | None
+) -> dict:
+    decision = steps.promote_step(trained, registered, metrics, gated, approval)
     steps.registered_step(p, study, registered["version"])
     return decision
+
+
+class SignOff(RunInput):
+    """The form of a paused run: the reviewer's answer on moving `champion` to the new version."""
+
+    decision: Literal["approve", "reject"]
+    reviewer: str
+    comment: str = ""
+
+
+def need_server(p: PipelineParams) -> None:
+    """A sign-off needs a server someone else can reach to answer; the temporary one dies with the run."""
+    if p.require_approval and not PREFECT_API_URL.value():
+        raise ConfigError(
+            "require_approval needs a Prefect server that outlives this run, to answer the paused run's form: "
+            "start one (`prefect server start`) and set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api)"
+        )
+
+
+def _sign_off(p: PipelineParams, registered: dict, gated: dict) -> dict:
+    """Pause until a reviewer answers; FlowPauseTimeout after approval_timeout (the champion stays)."""
+    d = gated["decision"]
+    _log(
+        f"{registered['name']} v{registered['version']} passes the gate ({d['reason']}). Waiting for a sign-off: "
+        f"read comparison/comparison.md on MLflow run {registered['run_id']}, then answer this paused run's form "
+        f"in the Prefect UI (approve or reject, with a comment)"
+    )
+    answer = pause_flow_run(
+        wait_for_input=SignOff, timeout=p.approval_timeout, poll_interval=2, key=f"sign-off-v{registered['version']}"
+    )
+    _log(f"sign-off: {answer.decision} by {answer.reviewer}: {answer.comment or '(no comment)'}")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {"decision": answer.decision, "reviewer": answer.reviewer, "comment": answer.comment, "time": stamp}
 
 
 def _quiet(p: PipelineParams, best: dict, night: dict, data: dict, clock: _Clock) -> dict:
@@ -175,7 +224,10 @@ def _night(p: PipelineParams, clock: _Clock) -> dict:
         }
         return _quiet(p, best, night, data, clock)
     with clock("promote"):
-        decision = promote(p, best, registered, metrics)
+        gated = gate(p, trained, registered, metrics)
+    approval = _sign_off(p, registered, gated) if p.require_approval and gated["decision"]["promote"] else None
+    with clock("promote"):
+        decision = promote(p, best, trained, registered, metrics, gated, approval)
     create_markdown_artifact(
         steps.summary_markdown(best, metrics, registered, decision, night),
         key="vae-pipeline-summary",
@@ -211,9 +263,12 @@ def vae_pipeline(
     space: str | None = None,
     workers: int = 1,
     patience: int | None = 5,
+    require_approval: bool = False,
+    approval_timeout: int = 24 * 3600,
 ) -> dict:
     args = dict(locals())
     p = PipelineParams(**{f.name: args[f.name] for f in fields(PipelineParams)})  # bad parameters fail here
+    need_server(p)
     clock = _Clock()
     with night_lock(p, _log):
         return _night(p, clock)
@@ -233,11 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     a = argparse.ArgumentParser(description="Run the vae-pipeline flow once.")
     d = PipelineParams()
     for name, value in asdict(d).items():
+        if isinstance(value, bool):
+            a.add_argument("--" + name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=value)
+            continue
         kind = type(value) if value is not None else (int if name == "subset" else str)
         a.add_argument("--" + name.replace("_", "-"), type=kind, default=value)
     args = a.parse_args(argv)
     try:
-        PipelineParams(**vars(args))
+        need_server(PipelineParams(**vars(args)))
     except Exception as e:  # one line, exit 2, before Prefect starts anything
         print(f"vae-pipeline: error: {e}", file=sys.stderr)
         return 2

@@ -112,13 +112,17 @@ def test_bad_parameters_fail_before_any_work(tmp_path):
         (["--trials", "0"], "trials=0 is invalid"),
         (["--dataset", "cifar"], "dataset='cifar'"),
         (["--min-improvement", "-1"], "min_improvement=-1.0 is invalid"),
+        (["--require-approval"], "require_approval needs a Prefect server"),  # no PREFECT_API_URL here
     ):
         r = subprocess.run(
             [sys.executable, "-m", "flows.pipeline", *args],
             cwd=tmp_path,
             capture_output=True,
             text=True,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            env={
+                **{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"},
+                "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+            },
         )
         assert r.returncode == 2 and message in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
@@ -187,8 +191,22 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
         "min_improvement": 0.5,
         "forced": False,
         "metric": "test_neg_elbo",
+        "interval": None,
+        "approval": None,
     }
     assert promotion["candidate_value"] == pytest.approx(metrics["neg_elbo"], abs=1e-6)
+    # The comparison artifact says there is no champion and shows the candidate alone; the model card is
+    # the version's description.
+    shown = {a.path for a in client.list_artifacts(reg["run_id"], "comparison")}
+    files = ("comparison.md", "comparison.json", "reconstructions.png", "samples.png")
+    assert shown == {f"comparison/{f}" for f in files}
+    comparison = run_json(client, reg["run_id"], "comparison/comparison.json", tmp_path)
+    assert list(comparison["models"]) == ["challenger v1"] and comparison["decision"]["promote"]
+    assert comparison["models"]["challenger v1"]["neg_elbo"] == metrics["neg_elbo"]
+    card = client.get_model_version("vae-test", "1").description
+    for part in (metrics["fingerprint"], "`mnist-5k`", f"best epoch {json.loads(history.read_text())['best_epoch']}"):
+        assert part in card, (part, card)
+    assert "promoted to champion: no champion yet" in card and '"subset": 300' in card and "Git commit:** `" in card
     summary = summary_artifact(state)
     assert "# vae-test v1" in summary and reg["run_id"] in summary and "promoted to champion" in summary
     assert f"| test -ELBO (nats/image) | {metrics['neg_elbo']:.3f} |" in summary
@@ -229,7 +247,21 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
     assert promotion["champion"] == champion_version and promotion["candidate"] == third["registered"]["version"]
     assert promotion["champion_value"] == pytest.approx(rescored, rel=1e-6)
     assert promotion["improvement"] == pytest.approx(rescored - third["metrics"]["neg_elbo"], abs=1e-5)
-    assert promotion["promote"] == (promotion["improvement"] > 0.5) == third["decision"]["promote"]
+    # The gate's paired test: the champion and the candidate on the same test images, with the interval
+    gain = promotion["interval"]
+    assert gain["images"] == third["metrics"]["images"] and gain["low"] <= gain["mean"] <= gain["high"]
+    assert gain["mean"] == pytest.approx(promotion["improvement"], abs=1e-3)
+    clear = promotion["improvement"] > 0.5 and gain["low"] > 0.5
+    assert promotion["promote"] == clear == third["decision"]["promote"]
+    assert f"[{gain['low']:.3f}, {gain['high']:.3f}] nats" in promotion["reason"]
+    comparison = run_json(client, third["registered"]["run_id"], "comparison/comparison.json", tmp_path)
+    label = f"champion v{champion_version}"
+    assert list(comparison["models"]) == [f"challenger v{third['registered']['version']}", label]
+    assert comparison["models"][label]["neg_elbo"] == pytest.approx(rescored, rel=1e-6)
+    assert {"recon", "kl", "active_units"} <= comparison["models"][label].keys()
+    assert comparison["decision"]["interval"] == gain
+    card = client.get_model_version("vae-test", third["registered"]["version"]).description
+    assert third["metrics"]["fingerprint"] in card and promotion["reason"] in card
     tags = client.get_model_version("vae-test", third["registered"]["version"]).tags
     assert tags["promotion.compared_to"] == champion_version and float(tags["promotion.improvement"]) == pytest.approx(
         promotion["improvement"], abs=1e-5
@@ -270,11 +302,14 @@ def test_pipeline_against_a_live_mlflow_server(harness, tmp_path, monkeypatch):
         stop_server(proc)
 
 
-def test_deployments_with_cron_schedules_register_on_a_live_prefect_server(tmp_path):
-    import subprocess
-    import sys
-
-    port_env = {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_API_HOST": "127.0.0.1"}
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A live `prefect server` on 127.0.0.1 for the tests of this module that need one: (API URL, the
+    environment a process needs to use it)."""
+    port_env = {
+        "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-home")),
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+    }
     server, url = start_server(
         ["prefect", "server", "start", "--host", "127.0.0.1"],
         health="/api/health",
@@ -282,8 +317,17 @@ def test_deployments_with_cron_schedules_register_on_a_live_prefect_server(tmp_p
         port_env="PREFECT_SERVER_API_PORT",
         timeout=120,
     )
-    api = f"{url}/api"
-    env = {**os.environ, **port_env, "PREFECT_API_URL": api}
+    try:
+        yield f"{url}/api", {**os.environ, **port_env, "PREFECT_API_URL": f"{url}/api"}
+    finally:
+        stop_server(server)
+
+
+def test_deployments_with_cron_schedules_register_on_a_live_prefect_server(prefect_server):
+    import subprocess
+    import sys
+
+    api, env = prefect_server
     serve = subprocess.Popen(
         [sys.executable, "-m", "flows.deploy", "--cron", "15 3 * * *", "--trials", "2"],
         env=env,
@@ -308,4 +352,79 @@ def test_deployments_with_cron_schedules_register_on_a_live_prefect_server(tmp_p
         assert [s["schedule"]["cron"] for s in found["weekly"]["schedules"]] == ["0 4 * * 0"]
     finally:
         stop_server(serve)
-        stop_server(server)
+
+
+def paused_run(api: str, proc, timeout: float = 420) -> str:
+    """The id of the flow run that is paused on the server, once there is one."""
+    import time
+
+    deadline = time.time() + timeout
+    body = json.dumps({"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}}).encode()
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        req = urllib.request.Request(
+            f"{api}/flow_runs/filter", data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req) as r:
+            runs = json.load(r)
+        if runs:
+            return runs[0]["id"]
+        time.sleep(1)
+    raise TimeoutError(f"no paused flow run within {timeout} s")
+
+
+def test_require_approval_pauses_before_champion_moves_and_records_the_sign_off(prefect_server, tmp_path):
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    api, env = prefect_server
+    params = tiny(tmp_path, trials=1, epochs=1, iw_samples=0)
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in params.items()] + ["--require-approval"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.pipeline", *args],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        flow_run = paused_run(api, proc)
+        # Paused: the version is registered and its comparison is on its run for the reviewer; no champion yet
+        uri = params["tracking_uri"]
+        client = MlflowClient(uri, uri)
+        assert {k: str(v) for k, v in client.get_registered_model("vae-test").aliases.items()} == {"challenger": "1"}
+        run_id = client.get_model_version("vae-test", "1").run_id
+        waiting = run_json(client, run_id, "comparison/comparison.json", tmp_path)["decision"]
+        assert waiting["awaiting"] and waiting["promote"]
+        answer = {"decision": "approve", "reviewer": "ada", "comment": "samples look like digits"}
+        signed = subprocess.run(  # the README's command: flows/signoff.py answers through the Prefect client
+            [sys.executable, "-m", "flows.signoff", "approve", "--reviewer", "ada", "--comment", answer["comment"]],
+            cwd=tmp_path,
+            env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert signed.returncode == 0 and flow_run in signed.stdout, signed.stderr[-3000:]
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            stop_server(proc)
+    assert proc.returncode == 0, err[-3000:]
+    assert json.loads(out.strip().splitlines()[-1])["promoted"] is True
+    assert {k: str(v) for k, v in client.get_registered_model("vae-test").aliases.items()} == {
+        "challenger": "1",
+        "champion": "1",
+    }
+    version = client.get_model_version("vae-test", "1")
+    assert {k: version.tags[f"approval.{k}"] for k in answer} == answer
+    promotion = run_json(client, run_id, "promotion.json", tmp_path)
+    assert promotion["promote"] and {k: promotion["approval"][k] for k in answer} == answer
+    assert "Sign-off:** approve by ada" in version.description
+    assert "**Sign-off:** approve by ada: samples look like digits" in (
+        Path(client.download_artifacts(run_id, "comparison/comparison.md", str(tmp_path))).read_text()
+    )

@@ -145,3 +145,39 @@ def test_a_gain_equal_to_min_improvement_keeps_the_champion_in_the_registry(stor
     above = add(store, 99.999)  # 0.501 nats better
     assert registry.promote(uri, "vae-test", above, min_improvement=0.5).promote
     assert aliases(uri)["champion"] == above
+
+
+def test_a_sign_off_is_recorded_and_a_reject_keeps_the_champion(store):
+    uri = store[0]
+    v1 = add(store, 100.0)
+    assert registry.promote(uri, "vae-test", v1, 0.5).promote
+    asked = []
+
+    def reject(d):
+        asked.append(d)
+        return {"decision": "reject", "reviewer": "ada", "comment": "samples look blurry", "time": "t1"}
+
+    v2 = add(store, 90.0)
+    d = registry.promote(uri, "vae-test", v2, 0.5, approve=reject)
+    assert [a.promote for a in asked] == [True]  # the reviewer is asked about a promotion the gate allows
+    assert not d.promote and d.reason.endswith("rejected at sign-off by ada: samples look blurry"), d.reason
+    assert d.approval["decision"] == "reject" and aliases(uri)["champion"] == v1
+    tags = MlflowClient(uri, uri).get_model_version("vae-test", v2).tags
+    assert tags["promotion.decision"] == "rejected" and "rejected at sign-off" in tags["promotion.reason"]
+    assert (tags["approval.decision"], tags["approval.reviewer"], tags["approval.comment"]) == (
+        "reject",
+        "ada",
+        "samples look blurry",
+    )
+
+    v3 = add(store, 80.0)
+    iv = {"mean": 20.0, "low": 19.0, "high": 21.0, "confidence": 0.95, "images": 500}
+    approve = {"decision": "approve", "reviewer": "bob", "time": "t2"}
+    d = registry.promote(uri, "vae-test", v3, 0.5, interval=iv, approve=lambda d: approve)
+    assert d.promote and d.approval["reviewer"] == "bob" and aliases(uri)["champion"] == v3
+    tags = MlflowClient(uri, uri).get_model_version("vae-test", v3).tags
+    assert tags["approval.decision"] == "approve" and float(tags["promotion.gain_low"]) == 19.0
+
+    v4 = add(store, 80.0)  # no gain: refused by the gate, nobody is asked
+    d = registry.promote(uri, "vae-test", v4, 0.5, approve=lambda d: pytest.fail("asked about a refused candidate"))
+    assert not d.promote and "approval.decision" not in MlflowClient(uri, uri).get_model_version("vae-test", v4).tags

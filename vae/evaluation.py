@@ -87,6 +87,25 @@ def elbo_metrics(
 
 
 @torch.no_grad()
+def per_image_neg_elbo(model: VAE, images_u8: torch.Tensor, cfg: Config, seed: int = 0, batch_size: int = 2000):
+    """(N,) -ELBO of each image, nats: the draws of elbo_metrics (same generator, same order), so the mean
+    is its neg_elbo. Two models with the same latent size scored with one seed see the same eps and the same
+    binarized targets: common random numbers, so a per-image difference carries little estimator noise."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    gen = torch.Generator(device=dev).manual_seed(10_007 + seed)
+    out = []
+    for s in range(0, images_u8.shape[0], batch_size):
+        x = _targets(images_u8[s : s + batch_size].to(dev), cfg, gen)
+        mu, logvar = model.encode(x)
+        eps = torch.randn(mu.shape, generator=gen, device=dev)
+        out.append(neg_elbo(model.decode(mu + torch.exp(0.5 * logvar) * eps), x, mu, logvar)[0].cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+@torch.no_grad()
 def iw_nll(model: VAE, images_u8: torch.Tensor, cfg: Config, k: int, seed: int = 0, batch_size: int = 100) -> float:
     """Mean importance-weighted -log p(x) over the images, K samples each (see losses.iw_log_likelihood)."""
     dev = next(model.parameters()).device

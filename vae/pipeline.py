@@ -24,11 +24,10 @@ from vae.api import evaluate
 from vae.config import Config, DataConfig, ModelConfig, TrainConfig
 from vae.data import load
 from vae.errors import ConfigError, VAEError
-from vae.evaluation import elbo_metrics
 from vae.evaluation import evaluate as evaluate_model
 from vae.lifetime import PARENT_ENV
 from vae.stores import default_study_storage, default_tracking_uri
-from vae.tracking import candidate, registry
+from vae.tracking import candidate, promotion, registry
 from vae.tracking.store import configure
 from vae.tune import nightly
 
@@ -54,10 +53,21 @@ class PipelineParams:
     space: str | None = None  # search space file (TOML/YAML) for `vae tune --space`; default: the built-in space
     workers: int = 1  # trials at once: `vae tune --workers`, each worker with its share of the cores (GPUs)
     patience: int | None = 5  # early stopping of the final training (epochs without a better val -ELBO); None: off
+    require_approval: bool = False  # pause before `champion` moves until a reviewer approves (Prefect server only)
+    approval_timeout: int = 24 * 3600  # seconds a sign-off may take; then the run fails and the champion stays
 
     def __post_init__(self) -> None:
         DataConfig(dataset=self.dataset, subset=self.subset)  # validates the data fields
-        for name in ("trials", "tune_epochs", "epochs", "nproc", "iw_samples", "task_timeout", "workers"):
+        for name in (
+            "trials",
+            "tune_epochs",
+            "epochs",
+            "nproc",
+            "iw_samples",
+            "task_timeout",
+            "workers",
+            "approval_timeout",
+        ):
             v = getattr(self, name)
             low = 0 if name == "iw_samples" else 1
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
@@ -66,6 +76,8 @@ class PipelineParams:
             raise ConfigError(
                 f"patience={self.patience!r} is invalid: expected an integer >= 1, or None (no early stop)"
             )
+        if not isinstance(self.require_approval, bool):
+            raise ConfigError(f"require_approval={self.require_approval!r} is invalid: expected true or false")
         if not isinstance(self.min_improvement, (int, float)) or not self.min_improvement >= 0:
             raise ConfigError(f"min_improvement={self.min_improvement!r} is invalid: expected nats >= 0")
         if (
@@ -264,23 +276,17 @@ def quiet_markdown(night: dict[str, Any], record: dict[str, Any]) -> str:
     )
 
 
-def promote_step(p: PipelineParams, registered: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
-    """Gate the challenger against the champion on the same data: if the champion was scored on other data
-    (its fingerprint differs), score it again on this run's test split first."""
-    uri, name = registered["tracking_uri"], registered["name"]
-    champion_value = None
-    champ = candidate.champion(uri, name)
-    if champ is not None and champ.tags.get("fingerprint") != metrics["fingerprint"]:
-        champion_value = _rescore(uri, name, metrics["dataset"], p.subset)
-    d = registry.promote(uri, name, registered["version"], p.min_improvement, champion_value=champion_value)
-    candidate.record_decision(uri, registered["run_id"], d.as_dict())
-    return d.as_dict()
+def gate_step(p: PipelineParams, trained: dict, registered: dict, metrics: dict) -> dict[str, Any]:
+    """The gate's decision on the registered candidate against the champion, re-scored on this run's test
+    images (vae/tracking/promotion.py); nothing moves yet."""
+    return promotion.gate(trained, registered, metrics, p.min_improvement, p.iw_samples, p.require_approval)
 
 
-def _rescore(uri: str, name: str, dataset: str, subset: int | None) -> float:
-    model, cfg = candidate.load_champion(uri, name)
-    data = load(DataConfig(dataset=dataset, subset=subset))
-    return elbo_metrics(model, data.test.images, cfg)["neg_elbo"]
+def promote_step(
+    trained: dict, registered: dict, metrics: dict, gated: dict, approval: dict | None = None
+) -> dict[str, Any]:
+    """Act on the gate's decision and the reviewer's answer (if asked): tags, champion, comparison, card."""
+    return promotion.promote(trained, registered, metrics, gated, approval)
 
 
 def reevaluate_champion(p: PipelineParams, log: Log = print) -> dict[str, Any]:

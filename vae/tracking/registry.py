@@ -3,12 +3,14 @@
 `challenger` is the newest candidate; `champion` is the version in use. A candidate becomes champion only
 if its test -ELBO (nats/image, lower is better), measured on the same split and dataset fingerprint as the
 champion's, beats the champion's by strictly more than `min_improvement` nats (a gain equal to it is not
-enough). Each decision is written as tags on the candidate version (and, by the pipeline, on its run). The
-champion history is derived from one tag per promoted version, `champion.promoted_at` (nanoseconds, written
-once by the promotion itself), less the versions `rollback` marked `rolled_back`: two promotions at once
-each write their own tag, so neither can lose the other's entry (a read-modify-write of one JSON list
-could). The registered model's tag `champion_history` is a copy of that list for people reading the UI;
-`rollback` walks the derived list back.
+enough). When the caller scored both models on the same images (the pipeline does: vae/comparison.py), the
+gain must be real too: the whole 95% interval of the mean per-image gain must lie above `min_improvement`,
+or the challenger is refused as inside the noise. Each decision is written as tags on the candidate version
+(and, by the pipeline, on its run). The champion history is derived from one tag per promoted version,
+`champion.promoted_at` (nanoseconds, written once by the promotion itself), less the versions `rollback`
+marked `rolled_back`: two promotions at once each write their own tag, so neither can lose the other's entry
+(a read-modify-write of one JSON list could). The registered model's tag `champion_history` is a copy of
+that list for people reading the UI; `rollback` walks the derived list back.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from vae.comparison import interval_text
 from vae.errors import ConfigError
 
 METRIC = "test_neg_elbo"
@@ -46,6 +50,12 @@ class Decision:
     champion_value: float | None = None
     min_improvement: float = 0.0
     forced: bool = False
+    interval: dict[str, Any] | None = None  # GainInterval.as_dict() of the paired comparison, when there was one
+    approval: dict[str, Any] | None = None  # a reviewer's sign-off: decision, reviewer, comment, time
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Decision:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
     @property
     def improvement(self) -> float | None:
@@ -63,7 +73,9 @@ def decide(
     champion_value: float | None,
     min_improvement: float,
     force: bool = False,
+    interval: Mapping[str, Any] | None = None,
 ) -> Decision:
+    """Promote iff the gain beats min_improvement strictly; with an interval, iff all of it does."""
     kw = dict(
         candidate=candidate,
         candidate_value=candidate_value,
@@ -71,17 +83,30 @@ def decide(
         champion_value=champion_value,
         min_improvement=min_improvement,
         forced=force,
+        interval=dict(interval) if interval is not None else None,
     )
     if force:
         return Decision(True, "forced by hand", **kw)
     if champion is None:
         return Decision(True, "no champion yet: the first version is promoted", **kw)
     gain = champion_value - candidate_value
+    if interval is not None:
+        noise = interval_text(interval)
+        if gain > min_improvement and interval["low"] > min_improvement:
+            return Decision(
+                True, f"beats champion v{champion} by {gain:.3f} nats, {noise} clear of {min_improvement}", **kw
+            )
+        if gain > min_improvement:
+            return Decision(
+                False,
+                f"gain over champion v{champion} of {gain:.3f} nats is inside the noise: {noise} "
+                f"does not clear min_improvement {min_improvement}",
+                **kw,
+            )
+    why = f"does not beat champion v{champion} by more than {min_improvement} nats (improvement {gain:.3f}"
     if gain > min_improvement:
         return Decision(True, f"beats champion v{champion} by {gain:.3f} nats (> {min_improvement})", **kw)
-    return Decision(
-        False, f"does not beat champion v{champion} by more than {min_improvement} nats (improvement {gain:.3f})", **kw
-    )
+    return Decision(False, why + (f"; {interval_text(interval)})" if interval is not None else ")"), **kw)
 
 
 def _client(tracking_uri: str | None) -> MlflowClient:
@@ -146,16 +171,18 @@ def register(
     return str(mv.version)
 
 
-def promote(
+def judge(
     tracking_uri: str | None,
     name: str,
     version: str | int,
     min_improvement: float = 0.0,
     force: bool = False,
     champion_value: float | None = None,
+    interval: Mapping[str, Any] | None = None,
 ) -> Decision:
-    """Make `version` champion if it passes the gate (or force). champion_value: the champion's test -ELBO
-    re-measured on the candidate's data, when the caller has it (the pipeline does when fingerprints differ)."""
+    """The gate's decision on `version`, nothing written yet (apply() acts on it). champion_value: the
+    champion's test -ELBO re-measured on the candidate's data, when the caller has it (the pipeline does,
+    with the paired `interval`)."""
     if not min_improvement >= 0:
         raise ConfigError(f"min_improvement={min_improvement} is invalid: expected a number of nats >= 0")
     client = _client(tracking_uri)
@@ -173,30 +200,61 @@ def promote(
                 f"compare them on the same test split (the pipeline re-evaluates the champion), or pass --force"
             )
         champion_value = float(champ.tags[METRIC])
-    d = decide(
-        str(cand.version),
-        float(cand.tags[METRIC]),
-        str(champ.version) if champ else None,
-        champion_value,
-        min_improvement,
-        force,
+    champion = str(champ.version) if champ else None
+    return decide(
+        str(cand.version), float(cand.tags[METRIC]), champion, champion_value, min_improvement, force, interval
     )
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    for key, value in {
+
+
+def apply(tracking_uri: str | None, name: str, d: Decision, approval: Mapping[str, Any] | None = None) -> Decision:
+    """Record the decision as tags on the version and, if it promotes, move `champion`. `approval` (a
+    reviewer's answer: decision approve|reject, reviewer, comment, time) is recorded too; a reject keeps the
+    champion where it is."""
+    client = _client(tracking_uri)
+    if approval is not None:
+        d = replace(d, approval=dict(approval))
+        if approval["decision"] != "approve" and d.promote:
+            who = f"{approval['reviewer']}: {approval.get('comment') or 'no comment'}"
+            d = replace(d, promote=False, reason=f"{d.reason}; rejected at sign-off by {who}")
+        for key in ("decision", "reviewer", "comment", "time"):
+            client.set_model_version_tag(name, d.candidate, f"approval.{key}", str(approval.get(key, "")))
+    tags = {
         "promotion.decision": "promoted" if d.promote else "rejected",
-        "promotion.reason": d.reason,
-        "promotion.time": stamp,
+        "promotion.reason": d.reason[:5000],
+        "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "promotion.compared_to": d.champion or "none",
         "promotion.improvement": "" if d.improvement is None else f"{d.improvement:.6f}",
-    }.items():
-        client.set_model_version_tag(name, str(cand.version), key, value)
+    }
+    if d.interval is not None:
+        tags |= {"promotion.gain_low": f"{d.interval['low']:.6f}", "promotion.gain_high": f"{d.interval['high']:.6f}"}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, d.candidate, key, value)
     if d.promote:
-        client.set_model_version_tag(name, str(cand.version), PROMOTED_AT, str(time.time_ns()))
+        cand = client.get_model_version(name, d.candidate)
+        client.set_model_version_tag(name, d.candidate, PROMOTED_AT, str(time.time_ns()))
         if cand.tags.get("rolled_back") == "true":  # promoted again by hand: back in the history
-            client.delete_model_version_tag(name, str(cand.version), "rolled_back")
-        client.set_registered_model_alias(name, CHAMPION, str(cand.version))
+            client.delete_model_version_tag(name, d.candidate, "rolled_back")
+        client.set_registered_model_alias(name, CHAMPION, d.candidate)
         client.set_registered_model_tag(name, "champion_history", json.dumps(_history(client, name)))
     return d
+
+
+def promote(
+    tracking_uri: str | None,
+    name: str,
+    version: str | int,
+    min_improvement: float = 0.0,
+    force: bool = False,
+    champion_value: float | None = None,
+    interval: Mapping[str, Any] | None = None,
+    approve: Callable[[Decision], Mapping[str, Any]] | None = None,
+) -> Decision:
+    """judge() then apply(): make `version` champion if it passes the gate (or force). `approve`, if given,
+    is asked before a promotion and returns the reviewer's answer (see apply)."""
+    d = judge(tracking_uri, name, version, min_improvement, force, champion_value, interval)
+    if d.reason.endswith("is already champion"):
+        return d
+    return apply(tracking_uri, name, d, approve(d) if approve is not None and d.promote else None)
 
 
 def find_version(tracking_uri: str | None, name: str, tag: str, value: str) -> str | None:

@@ -1,0 +1,87 @@
+"""The pipeline's promotion, in two steps with an optional sign-off between them (flows/pipeline.py pauses
+there when require_approval is set): gate() decides, promote() records the decision and moves `champion`.
+vae/pipeline.py's gate_step and promote_step call them with the run's parameters.
+
+gate() scores the champion again on this run's test split, image by image with the candidate's noise
+(vae/comparison.py), so the gate compares like with like and knows whether the gain is real. Both steps
+write the comparison artifact on the candidate's run (the gate's verdict for the reviewer, then the final
+decision); promote() writes the model card into the registered version's description.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from vae.checkpoint import load_model
+from vae.comparison import comparison_figures, model_card, paired_gain, write_comparison
+from vae.data import load
+from vae.evaluation import evaluate as evaluate_model
+from vae.evaluation import per_image_neg_elbo
+from vae.tracking import candidate, registry, review
+
+
+def _shown(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k != "figures"}
+
+
+def gate(
+    trained: dict, registered: dict, metrics: dict, min_improvement: float, iw_samples: int, require_approval: bool
+) -> dict[str, Any]:
+    """The decision on the registered candidate (nothing moved yet), with the champion's metrics on the
+    same test images and the interval of the gain. With require_approval, the comparison is logged now,
+    for the reviewer to read before answering."""
+    uri, name, version = registered["tracking_uri"], registered["name"], str(registered["version"])
+    model, cfg, _ = load_model(trained.get("best_checkpoint") or trained["checkpoint"])
+    data = load(cfg.data)
+    label = f"challenger v{version}"
+    columns: list[tuple[str, dict]] = [(label, _shown(metrics))]
+    champ, champion_value, interval, shown = candidate.champion(uri, name), None, None, None
+    if champ is not None and str(champ.version) != version:
+        champion_model, champion_cfg = candidate.load_champion(uri, name)
+        champion_cfg = dataclasses.replace(champion_cfg, data=cfg.data)  # the same images, the same targets
+        scored = evaluate_model(champion_model, champion_cfg, data, iw_samples=iw_samples)
+        champion_value = scored["neg_elbo"]
+        interval = paired_gain(
+            per_image_neg_elbo(champion_model, data.test.images, champion_cfg),
+            per_image_neg_elbo(model, data.test.images, cfg),
+        ).as_dict()
+        shown = (f"champion v{champ.version}", champion_model)
+        columns.append((shown[0], scored))
+    d = registry.judge(uri, name, version, min_improvement, champion_value=champion_value, interval=interval)
+    out = Path(trained["out"]) / f"comparison-v{version}"
+    comparison_figures(out, (label, model), shown, data.test.images)
+    gated = {"decision": d.as_dict(), "columns": columns, "folder": str(out)}
+    if require_approval:
+        _write(gated, registered, {**d.as_dict(), "awaiting": True})
+    return gated
+
+
+def _write(gated: dict, registered: dict, decision: dict) -> None:
+    title = f"{registered['name']} v{registered['version']} against the champion"
+    write_comparison(Path(gated["folder"]), title, [tuple(c) for c in gated["columns"]], decision)
+    review.log_comparison(registered["tracking_uri"], registered["run_id"], gated["folder"])
+
+
+def promote(
+    trained: dict, registered: dict, metrics: dict, gated: dict, approval: dict | None = None
+) -> dict[str, Any]:
+    """Act on the gate's decision (and the reviewer's answer, if one was asked): tags on the version,
+    `champion` moved on a promotion, promotion.json and the comparison on the run, the model card."""
+    uri, name, version, run_id = (registered[k] for k in ("tracking_uri", "name", "version", "run_id"))
+    d = registry.apply(uri, name, registry.Decision.from_dict(gated["decision"]), approval)
+    candidate.record_decision(uri, run_id, d.as_dict())
+    _write(gated, registered, d.as_dict())
+    history = candidate.read_history(trained["out"])
+    facts = {
+        "name": name,
+        "version": version,
+        "run_id": run_id,
+        "decision": d.as_dict(),
+        "metrics": _shown(metrics),
+        "trained": {**trained, "epochs_run": len(history)},
+        "git_commit": review.git_commit(uri, run_id),
+    }
+    review.set_model_card(uri, name, str(version), model_card(facts))
+    return d.as_dict()
