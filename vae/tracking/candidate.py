@@ -40,15 +40,17 @@ def register_candidate(
     evaluation = log_evaluation(uri, night_id, trained, metrics, metrics.get("figures", {}))
     run_id = trained["mlflow_run_id"]
     open_client(uri).log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in run_tags.items()])
-    version = registry.register(
-        uri,
-        name,
-        trained["model_uri"],
-        run_id,
-        dict(metrics),
-        model_id=trained["model_id"],
-        version_tags={**version_tags, "night_run_id": night_id, "evaluation_run_id": evaluation},
-    )
+    # using_store: a SQLite registry looks the logged model up through mlflow's global tracking URI
+    with using_store(uri):
+        version = registry.register(
+            uri,
+            name,
+            trained["model_uri"],
+            run_id,
+            dict(metrics),
+            model_id=trained["model_id"],
+            version_tags={**version_tags, "night_run_id": night_id, "evaluation_run_id": evaluation},
+        )
     return {
         "run_id": run_id,
         "model_uri": trained["model_uri"],
