@@ -31,7 +31,9 @@ def tiny(tmp_path, **kw):
         tune_epochs=1,
         epochs=2,
         iw_samples=10,
-        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        # not ./mlflow.db of the working directory (mlflow's own default there): code that falls back on
+        # mlflow's global URI instead of this one fails
+        tracking_uri=f"sqlite:///{tmp_path}/store/mlflow.db",
         storage=f"sqlite:///{tmp_path}/optuna.db",
         workdir=str(tmp_path / "work"),
         model_name="vae-test",
