@@ -35,6 +35,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
+from prefect.runtime import flow_run as current_run
 from prefect.settings import PREFECT_API_URL
 from prefect.tasks import exponential_backoff
 
@@ -43,7 +44,10 @@ from vae import pipeline as steps
 from vae.errors import ConfigError, VAEError
 from vae.pipeline import PipelineParams
 
-CACHED = dict(cache_policy=INPUTS + TASK_SOURCE, persist_result=True, cache_expiration=timedelta(days=30))
+# The night's run id is no part of a cache key: a later night reuses the training and takes its run under itself.
+CACHED = dict(
+    cache_policy=(INPUTS - "night_id") + TASK_SOURCE, persist_result=True, cache_expiration=timedelta(days=30)
+)
 
 
 def _transient(task, task_run, state) -> bool:
@@ -96,19 +100,29 @@ def fetch_data(p: PipelineParams) -> dict:
     return info
 
 
+@task(**RETRIED)
+def open_night(p: PipelineParams) -> str:
+    return steps.night_step(p, str(current_run.id))
+
+
+@task(**RETRIED)
+def close_night(p: PipelineParams, night_id: str, night: dict, extra: dict) -> dict:
+    return steps.night_record_step(p, night, extra, run_id=night_id)
+
+
 @task
 def plan(p: PipelineParams, fingerprint: str) -> dict:
     return steps.plan_step(p, fingerprint)
 
 
 @task
-def tune(p: PipelineParams, night: dict, fingerprint: str) -> dict:
-    return steps.tune_step(p, night, fingerprint, log=_log)
+def tune(p: PipelineParams, night: dict, fingerprint: str, night_id: str) -> dict:
+    return steps.tune_step(p, night, fingerprint, night_id, log=_log)
 
 
 @task(**CACHED)
-def train_best(p: PipelineParams, best_config: dict, fingerprint: str) -> dict:
-    return steps.train_step(p, best_config, fingerprint, log=_log)
+def train_best(p: PipelineParams, best_config: dict, fingerprint: str, night_id: str) -> dict:
+    return steps.train_step(p, best_config, fingerprint, night_id, log=_log)
 
 
 @task(**CACHED)
@@ -117,8 +131,8 @@ def evaluate(p: PipelineParams, checkpoint: str, fingerprint: str) -> dict:
 
 
 @task(**RETRIED)
-def register(p: PipelineParams, study: dict, trained: dict, metrics: dict, night: dict) -> dict:
-    return steps.register_step(p, study, trained, metrics, night)
+def register(p: PipelineParams, study: dict, trained: dict, metrics: dict, night: dict, night_id: str) -> dict:
+    return steps.register_step(p, study, trained, metrics, night, night_id)
 
 
 @task(**RETRIED)
@@ -168,9 +182,9 @@ def _sign_off(p: PipelineParams, registered: dict, gated: dict) -> dict:
     return {"decision": answer.decision, "reviewer": answer.reviewer, "comment": answer.comment, "time": stamp}
 
 
-def _quiet(p: PipelineParams, best: dict, night: dict, data: dict, clock: _Clock) -> dict:
+def _quiet(p: PipelineParams, best: dict, night: dict, data: dict, clock: _Clock, night_id: str) -> dict:
     """A night that registers nothing: its MLflow record and its Prefect artifact."""
-    record = steps.night_record_step(p, night, {"study": best.get("study"), "fingerprint": data["fingerprint"]})
+    record = close_night(p, night_id, night, {"study": best.get("study"), "fingerprint": data["fingerprint"]})
     create_markdown_artifact(
         steps.quiet_markdown(night, record),
         key="vae-pipeline-summary",
@@ -178,6 +192,7 @@ def _quiet(p: PipelineParams, best: dict, night: dict, data: dict, clock: _Clock
     )
     return {
         "params": asdict(p),
+        "night_run_id": night_id,
         "study": best,
         "night": night,
         "registered": None,
@@ -189,45 +204,48 @@ def _quiet(p: PipelineParams, best: dict, night: dict, data: dict, clock: _Clock
 
 
 def _night(p: PipelineParams, clock: _Clock) -> dict:
+    night_id = open_night(p)  # the night's MLflow run: everything below hangs under it
     with clock("fetch"):
         data = fetch_data(p)
     with clock("tune"):
         night = plan(p, data["fingerprint"])
         _log(f"night: {night['case']} on study {night['study']}: {night['reason']}")
-        best = tune.with_options(timeout_seconds=p.task_timeout + 120)(p, night, data["fingerprint"])
+        best = tune.with_options(timeout_seconds=p.task_timeout + 120)(p, night, data["fingerprint"], night_id)
         night = {**night, **steps.nightly.after_search(night, best), "skipped_files": len(data.get("skipped", []))}
     _fail_after("tune")
     _log(f"after the search: {night['case']}: {night['reason']}")
     if not night["train"]:
-        return _quiet(p, best, night, data, clock)
+        return _quiet(p, best, night, data, clock, night_id)
     steps.nightly.mark_pending(p.storage_url(), best["study"], best["best_trial"])
     with clock("train"):
         train = train_best.with_options(timeout_seconds=p.task_timeout + 120)
-        trained = train(p, best["best_config"], data["fingerprint"])
+        trained = train(p, best["best_config"], data["fingerprint"], night_id)
         # The cache (under PREFECT_HOME) outlives runs/: a hit made by another checkout, or before runs/ was
         # deleted, names files that are not here. Train again, and evaluate again what was trained again.
         stale = not (Path(trained["out"]) / "history.json").is_file() or not Path(trained["checkpoint"]).is_file()
         if stale:
-            trained = train.with_options(refresh_cache=True)(p, best["best_config"], data["fingerprint"])
+            trained = train.with_options(refresh_cache=True)(p, best["best_config"], data["fingerprint"], night_id)
     _fail_after("train")
     with clock("evaluate"):
         model_checkpoint = trained.get("best_checkpoint") or trained["checkpoint"]  # the best epoch, not the last
         metrics = evaluate.with_options(refresh_cache=stale)(p, model_checkpoint, data["fingerprint"])
     _fail_after("evaluate")
     with clock("register"):
-        registered = register(p, best, trained, metrics, night)
+        registered = register(p, best, trained, metrics, night, night_id)
     if registered.get("duplicate"):  # this night's case stands; it just has nothing new to offer
         steps.registered_step(p, best, registered["version"])
         night = {
             **night,
             "reason": night["reason"] + f"; the candidate is already registered as v{registered['version']}",
         }
-        return _quiet(p, best, night, data, clock)
+        return _quiet(p, best, night, data, clock, night_id)
     with clock("promote"):
         gated = gate(p, trained, registered, metrics)
     approval = _sign_off(p, registered, gated) if p.require_approval and gated["decision"]["promote"] else None
     with clock("promote"):
         decision = promote(p, best, trained, registered, metrics, gated, approval)
+    outcome = {"registered_version": registered["version"], "promoted": decision["promote"], "study": best}
+    close_night(p, night_id, night, {**outcome, "metrics": metrics, "registered": registered, "decision": decision})
     create_markdown_artifact(
         steps.summary_markdown(best, metrics, registered, decision, night),
         key="vae-pipeline-summary",
@@ -235,6 +253,7 @@ def _night(p: PipelineParams, clock: _Clock) -> dict:
     )
     return {
         "params": asdict(p),
+        "night_run_id": night_id,
         "study": best,
         "night": night,
         "metrics": metrics,
@@ -303,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     reg, dec, night = result["registered"], result["decision"], result["night"]
     out = {
         "case": night["case"],
+        "night_run_id": result["night_run_id"],
         "reason": night["reason"],
         "stage_seconds": result["seconds"],
         "tune": {k: result["study"].get(k) for k in ("study", "trials", "finish_seconds", "counts", "best_params")},
@@ -333,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"\nMLflow: run `mlflow ui --backend-store-uri {reg['tracking_uri']}` and open http://127.0.0.1:5000 "
-        f"(experiment {reg['name']}, run {reg['run_id']}); registered model {reg['name']} v{reg['version']} "
+        f"(experiment {reg['name']}: night run {result['night_run_id']}, its training run {reg['run_id']} holds "
+        f"the model); registered model {reg['name']} v{reg['version']} "
         f"({'champion' if dec['promote'] else 'challenger'}).",
         file=sys.stderr,
     )

@@ -39,11 +39,17 @@ def test_a_tracked_run_logs_each_epoch_as_it_ends_and_a_resume_continues_it(tmp_
     assert tags["train_images"] == "500" and tags["mlflow.data.context"] == "training"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"history.json", "figures"}
     assert run.data.tags["best_epoch"] in ("1", "2") and run.data.tags["mlflow.source.name"]
+    # the best epoch is the run's logged model (MLflow 3: the model's page links back to this run)
+    model = client.get_logged_model(run.data.tags["model_id"])
+    assert model.source_run_id == run.info.run_id and model.name == "model"
 
-    r = run_cli(*args, "--epochs", "3", "--resume")  # the same MLflow run goes on
+    # The same MLflow run goes on, and moves under the parent it is resumed with (the pipeline's next night).
+    night = client.create_run(run.info.experiment_id, run_name="night").info.run_id
+    r = run_cli(*args, "--epochs", "3", "--resume", "--parent-run-id", night)
     assert r.returncode == 0, r.stderr[-2000:]
-    client, [again] = runs(uri)
-    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    again = client.get_run(run.info.run_id)
+    assert again.info.status == "FINISHED" and again.data.tags["mlflow.parentRunId"] == night
+    assert len(client.search_runs([run.info.experiment_id])) == 2  # the night and the one training run
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_neg_elbo")] == [1, 2, 3]
 
 

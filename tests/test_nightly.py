@@ -168,6 +168,15 @@ def test_a_night_killed_mid_training_is_resumed_by_the_next(tmp_path, mnist5k):
     assert result["case"] == "resume" and result["version"] == "1"
     crashed = night_runs(p["tracking_uri"], "crashed")
     assert len(crashed) == 1 and crashed[0].info.status == "FAILED"
+    # The killed night's own run was closed (no second run for it), and its training run, resumed, went on
+    # under the night that finished it.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(p["tracking_uri"])
+    assert crashed[0].data.tags["prefect.flow_run_id"] and crashed[0].data.tags["vae.step"] == "night"
+    training = client.get_run(result["run_id"])
+    assert training.data.tags["mlflow.parentRunId"] == result["night_run_id"] and training.info.status == "FINISHED"
+    assert training.data.tags["vae.earlier_parent_run_id"] == crashed[0].info.run_id
     code = (
         "import asyncio\nfrom prefect.client.orchestration import get_client\n"
         "async def main():\n    async with get_client() as c:\n"

@@ -31,7 +31,9 @@ def tiny(tmp_path, **kw):
         tune_epochs=1,
         epochs=2,
         iw_samples=10,
-        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        # not ./mlflow.db of the working directory (mlflow's own default there): code that falls back on
+        # mlflow's global URI instead of this one fails
+        tracking_uri=f"sqlite:///{tmp_path}/store/mlflow.db",
         storage=f"sqlite:///{tmp_path}/optuna.db",
         workdir=str(tmp_path / "work"),
         model_name="vae-test",
@@ -62,6 +64,50 @@ def run_json(client, run_id: str, name: str, tmp_path) -> dict:
     dst = tmp_path / "artifacts" / run_id
     dst.mkdir(parents=True, exist_ok=True)
     return json.loads(Path(client.download_artifacts(run_id, name, str(dst))).read_text())
+
+
+def runs_under(client, run_id: str) -> list:
+    experiment = client.get_run(run_id).info.experiment_id
+    return client.search_runs([experiment], f"tags.mlflow.parentRunId = '{run_id}'")
+
+
+def night_tree(client, night_id: str) -> dict[str, list]:
+    """The runs under a night's run by their `vae.step` (tune, train, evaluate), after checking that the night
+    is a top-level run and the only one of its flow run."""
+    night = client.get_run(night_id)
+    assert night.data.tags["vae.step"] == "night" and "mlflow.parentRunId" not in night.data.tags
+    tree: dict[str, list] = {}
+    for run in runs_under(client, night_id):
+        tree.setdefault(run.data.tags["vae.step"], []).append(run)
+    return tree
+
+
+def top_level(client, experiment: str) -> list:
+    exp = client.get_experiment_by_name(experiment)
+    return [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
+
+
+def assert_registered_tree(client, night_id: str, reg: dict, trials: int) -> None:
+    """Everything that produced a registered version hangs under its night: the study run with `trials` trial
+    runs, the training run (the version's run, holding the model and the per-epoch curves) and the evaluation."""
+    tree = night_tree(client, night_id)
+    assert sorted(tree) == ["evaluate", "train", "tune"] and all(len(v) == 1 for v in tree.values()), tree
+    [study], [training], [evaluation] = tree["tune"], tree["train"], tree["evaluate"]
+    trial_runs = runs_under(client, study.info.run_id)
+    assert len(trial_runs) == trials and all(t.data.tags["vae.step"] == "trial" for t in trial_runs)
+    assert all(t.data.tags["state"] in ("complete", "pruned", "fail") for t in trial_runs)
+    assert training.info.run_id == reg["run_id"] == client.get_model_version("vae-test", reg["version"]).run_id
+    assert evaluation.info.run_id == reg["evaluation_run_id"] and training.info.status == "FINISHED"
+    curve = client.get_metric_history(training.info.run_id, "val_neg_elbo")
+    assert [m.step for m in curve] == list(range(1, int(training.data.tags["epochs_trained"]) + 1))
+    logged = client.get_logged_model(reg["model_id"])
+    assert logged.source_run_id == training.info.run_id  # the model is the training run's own
+    contexts = [
+        {t.key: t.value for t in d.tags}["mlflow.data.context"]
+        for run in (training, evaluation)
+        for d in client.get_run(run.info.run_id).inputs.dataset_inputs
+    ]
+    assert contexts == ["training", "evaluation"]
 
 
 def summary_artifact(flow_state) -> str:
@@ -157,11 +203,27 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
     model = client.get_registered_model("vae-test")
     assert {k: str(v) for k, v in model.aliases.items()} == {"champion": "1", "challenger": "1"}
     run = client.get_run(reg["run_id"])
-    assert run.data.metrics["test_neg_elbo"] == pytest.approx(metrics["neg_elbo"])
     assert run.data.tags["promotion.decision"] == "promoted"
-    artifacts = {a.path for a in client.list_artifacts(reg["run_id"], "figures")}
-    assert {"figures/samples.png", "figures/reconstructions.png", "figures/loss_curves.png"} <= artifacts
+    evaluation = client.get_run(reg["evaluation_run_id"])
+    assert evaluation.data.metrics["test_neg_elbo"] == pytest.approx(metrics["neg_elbo"])
+    for run_id in (reg["run_id"], reg["evaluation_run_id"]):  # validation figures; test figures
+        artifacts = {a.path for a in client.list_artifacts(run_id, "figures")}
+        assert {"figures/samples.png", "figures/reconstructions.png", "figures/loss_curves.png"} <= artifacts
     assert metrics["fingerprint"] == result["study"]["fingerprint"]
+
+    # One run per night at the top of the experiment. The failed night holds its study run and trials; the
+    # night that finished its work holds the study run it ran (no new trial), the training (trained by the
+    # failed night, reused from the cache, and taken under this night) and the evaluation.
+    nights = top_level(client, "vae-test")
+    [failed_id] = [r.info.run_id for r in nights if r.info.run_id != result["night_run_id"]]
+    assert len(nights) == 2 and reg["night_run_id"] == result["night_run_id"]
+    failed_night = client.get_run(failed_id)
+    assert failed_night.info.status == "FAILED" and failed_night.data.tags["nightly.case"] == "failed"
+    [failed_study] = night_tree(client, failed_id)["tune"]
+    assert sorted(r.info.run_name for r in runs_under(client, failed_study.info.run_id)) == ["trial-0", "trial-1"]
+    assert_registered_tree(client, result["night_run_id"], reg, trials=0)
+    assert run.data.tags["vae.earlier_parent_run_id"] == failed_id
+    assert client.get_run(result["night_run_id"]).info.run_name.endswith("-resume")
 
     # What the run leaves: pipeline.json, promotion.json on the MLflow run, the Prefect summary artifact.
     # The registered model is the best epoch of the training (best.pt), and the run says which it was.
@@ -171,13 +233,14 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
     # The test metrics are on the logged model too (MLflow 3's model page), the test split a dataset input.
     logged = client.get_logged_model(reg["model_uri"].rsplit("/", 1)[-1])
     assert {m.key: m.value for m in logged.metrics}["test_neg_elbo"] == pytest.approx(metrics["neg_elbo"], abs=1e-6)
+    assert {m.key: m.dataset_digest for m in logged.metrics}["test_neg_elbo"] == metrics["fingerprint"][:36]
     [evaluation] = [
         d
-        for d in client.get_run(reg["run_id"]).inputs.dataset_inputs
+        for d in client.get_run(reg["evaluation_run_id"]).inputs.dataset_inputs
         if {t.key: t.value for t in d.tags}["mlflow.data.context"] == "evaluation"
     ]
     assert metrics["fingerprint"].startswith(evaluation.dataset.digest)
-    pipeline_json = run_json(client, reg["run_id"], "pipeline.json", tmp_path)
+    pipeline_json = run_json(client, result["night_run_id"], "pipeline.json", tmp_path)  # the night's record
     assert pipeline_json["params"] == result["params"] and params.items() <= result["params"].items()
     assert pipeline_json["metrics"] == metrics and pipeline_json["study"] == result["study"]
     promotion = run_json(client, reg["run_id"], "promotion.json", tmp_path)
@@ -215,8 +278,13 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
     # version only if they found a better configuration, never a copy of v1.
     second = vae_pipeline(**params)
     assert second["study"]["study"] == result["study"]["study"] and second["study"]["trials"] == 4
+    assert len(top_level(client, "vae-test")) == 3  # one more night, one more top-level run
+    [second_study] = night_tree(client, second["night_run_id"])["tune"]  # its own study run: this night's trials
+    assert sorted(r.info.run_name for r in runs_under(client, second_study.info.run_id)) == ["trial-2", "trial-3"]
+    assert second_study.data.tags["optuna.study"] == result["study"]["study"]
     if second["night"]["case"] == "same-data-no-better":
         assert second["registered"] is None and second["record"]["champion"] == "1"
+        assert sorted(night_tree(client, second["night_run_id"])) == ["tune"]  # a quiet night: no training
         assert [str(v.version) for v in client.search_model_versions("name='vae-test'")] == ["1"]
     else:
         assert second["night"]["case"] == "same-data-better", second["night"]
@@ -298,6 +366,13 @@ def test_pipeline_against_a_live_mlflow_server(harness, tmp_path, monkeypatch):
         tags = {t["key"]: t["value"] for t in version.get("tags", [])}
         assert tags["promotion.decision"] == "promoted"
         assert float(tags["test_neg_elbo"]) == pytest.approx(result["metrics"]["neg_elbo"], abs=1e-4)
+        # The night's run tree, read back through the server: one top-level run, everything under it.
+        from mlflow import MlflowClient
+
+        client = MlflowClient(url, url)
+        assert [r.info.run_id for r in top_level(client, "vae-test")] == [result["night_run_id"]]
+        assert_registered_tree(client, result["night_run_id"], result["registered"], trials=1)
+        assert version["run_id"] == result["registered"]["run_id"]
     finally:
         stop_server(proc)
 

@@ -182,6 +182,17 @@ def test_a_nan_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path, monke
     run = MlflowClient(summary["tracking_uri"]).get_run(failed[0].user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED" and run.data.tags["state"] == "fail"
     assert "nan" in run.data.tags["reason"]
+    # A trial's run is the same live run as `vae train`'s: config and drawn params, the data as a dataset
+    # input, per-epoch metrics, under the study run; no system metrics (cheap for short trials).
+    client = MlflowClient(summary["tracking_uri"])
+    done = client.get_run(study.trials[2].user_attrs["mlflow_run_id"])
+    assert done.data.tags["mlflow.parentRunId"] == summary["parent_run_id"] and done.data.tags["state"] == "complete"
+    assert done.data.params["lr"] == done.data.params["train.lr"] == "0.001"
+    assert [d.dataset.name for d in done.inputs.dataset_inputs] == ["mnist-5k"]
+    assert len(client.get_metric_history(done.info.run_id, "val_neg_elbo")) == 2
+    assert not any(k.startswith("system/") for k in done.data.metrics)
+    study_run = client.get_run(summary["parent_run_id"])
+    assert study_run.data.tags["best_trial_run_id"] == done.info.run_id or summary["best_trial"] != 2
     assert not (tmp_path / "mlruns" / "studies" / summary["study"] / "trial-1").exists()
     best = Path(summary["out"]) / f"trial-{summary['best_trial']}" / "checkpoint.pt"
     assert best.is_file() and Config.from_dict(summary["best_config"]).train.lr == 0.001

@@ -287,7 +287,11 @@ def load(cfg: DataConfig, download: bool = True) -> Dataset:
 
 
 def info(cfg: DataConfig) -> dict:
-    data = load(cfg, download=False)  # reports what is there; fetching is `vae data fetch`'s job
+    return describe(load(cfg, download=False), cfg)  # reports what is there; fetching is `vae data fetch`'s job
+
+
+def describe(data: Dataset, cfg: DataConfig) -> dict:
+    """A loaded data set as `vae data info` shows it: name, source, split sizes, fingerprint, skipped entries."""
     splits = {
         name: {"size": len(labels), "per_class": torch.bincount(labels, minlength=10).tolist()}
         for name, labels in ((n, getattr(data, n).labels) for n in SPLITS)

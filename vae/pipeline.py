@@ -27,7 +27,7 @@ from vae.errors import ConfigError, VAEError
 from vae.evaluation import evaluate as evaluate_model
 from vae.lifetime import PARENT_ENV
 from vae.stores import default_study_storage, default_tracking_uri
-from vae.tracking import candidate, promotion, registry
+from vae.tracking import candidate, night_runs, promotion, registry
 from vae.tracking.store import configure
 from vae.tune import nightly
 
@@ -161,8 +161,17 @@ def plan_step(p: PipelineParams, fingerprint: str) -> dict[str, Any]:
     )
 
 
-def tune_step(p: PipelineParams, plan: dict[str, Any], fingerprint: str, log: Log = print) -> dict[str, Any]:
-    """`vae tune` until the night's study holds plan["target"] trials (a no-op when it already does)."""
+def night_step(p: PipelineParams, flow_run_id: str) -> str:
+    """The night's top-level MLflow run, under which the study, training and evaluation runs hang."""
+    tags = {night_runs.FLOW_RUN_TAG: flow_run_id, "dataset": p.dataset, "model": p.registered_name}
+    return night_runs.start_night(p.resolved_tracking_uri(), p.registered_name, tags)
+
+
+def tune_step(
+    p: PipelineParams, plan: dict[str, Any], fingerprint: str, night_id: str | None = None, log: Log = print
+) -> dict[str, Any]:
+    """`vae tune` until the night's study holds plan["target"] trials (a no-op when it already does); its study
+    run (and its trials) under the night's run."""
     args = ["tune", "--dataset", p.dataset, "--trials", str(plan["target"]), "--epochs", str(p.tune_epochs)]
     args += [
         "--nproc",
@@ -174,8 +183,7 @@ def tune_step(p: PipelineParams, plan: dict[str, Any], fingerprint: str, log: Lo
         "--storage",
         p.storage_url(),
     ]
-    args += ["--tracking-uri", p.resolved_tracking_uri(), "--experiment", p.registered_name]
-    args += ["--out", str(Path(p.workdir) / "studies" / plan["study"])]
+    args += ["--out", str(Path(p.workdir) / "studies" / plan["study"]), *tracked(p, night_id)]
     if p.subset:
         args += ["--subset", str(p.subset)]
     if p.space:
@@ -185,9 +193,18 @@ def tune_step(p: PipelineParams, plan: dict[str, Any], fingerprint: str, log: Lo
     return result
 
 
-def train_step(p: PipelineParams, best_config: dict[str, Any], fingerprint: str, log: Log = print) -> dict[str, Any]:
-    """Train the best configuration for the full budget. The run folder is named after the config and the
-    data, so a rerun after a crash resumes it instead of starting over."""
+def tracked(p: PipelineParams, night_id: str | None) -> list[str]:
+    """The flags that send a `vae tune` or `vae train` to the model's experiment, under the night's run."""
+    args = ["--tracking-uri", p.resolved_tracking_uri(), "--experiment", p.registered_name]
+    return args + (["--parent-run-id", night_id] if night_id else [])
+
+
+def train_step(
+    p: PipelineParams, best_config: dict[str, Any], fingerprint: str, night_id: str | None = None, log: Log = print
+) -> dict[str, Any]:
+    """Train the best configuration for the full budget, live in MLflow under the night's run; its best epoch
+    is the run's logged model. The run folder is named after the config and the data, so a rerun after a
+    crash resumes it (and its MLflow run) instead of starting over."""
     cfg = Config.from_dict(best_config).replace(
         train={"epochs": p.epochs, "progress": False, "patience": p.patience}, data={"subset": p.subset}
     )
@@ -195,7 +212,7 @@ def train_step(p: PipelineParams, best_config: dict[str, Any], fingerprint: str,
     out.mkdir(parents=True, exist_ok=True)
     config_file = out / "config.json"
     config_file.write_text(json.dumps(cfg.to_dict(), indent=2))
-    args = ["train", "--config", str(config_file), "--out", str(out), "--nproc", str(p.nproc)]
+    args = ["train", "--config", str(config_file), "--out", str(out), "--nproc", str(p.nproc), *tracked(p, night_id)]
     if (out / "checkpoint.pt").exists():
         log(f"resuming the training in {out} from its checkpoint")
         args.append("--resume")
@@ -213,36 +230,29 @@ def evaluate_step(p: PipelineParams, checkpoint: str) -> dict[str, Any]:
 
 
 def register_step(
-    p: PipelineParams, study: dict[str, Any], trained: dict[str, Any], metrics: dict[str, Any], night: dict[str, Any]
+    p: PipelineParams,
+    study: dict[str, Any],
+    trained: dict[str, Any],
+    metrics: dict[str, Any],
+    night: dict[str, Any],
+    night_id: str,
 ) -> dict[str, Any]:
-    """One MLflow run for the candidate, then a new registered version with the alias `challenger`. Never a
-    second version of one candidate (config + data): a retry, or a night that reaches a candidate already
-    registered, gets that version back with duplicate=True."""
+    """The evaluation run under the night, then a new registered version of the training run's logged model
+    with the alias `challenger`. Never a second version of one candidate (config + data): a retry, or a night
+    that reaches a candidate already registered, gets that version back with duplicate=True."""
     uri, name = configure(p.resolved_tracking_uri()), p.registered_name
     key = Path(trained["out"]).name.removeprefix("train-")
     found = candidate.find_candidate(uri, name, key)
     if found is not None:
         return {"duplicate": True, "version": found, "name": name, "tracking_uri": uri, "run_id": None}
     tags = {
-        "vae.step": "pipeline",
-        "dataset": metrics["dataset"],
-        "fingerprint": metrics["fingerprint"],
         "study": study.get("study", ""),
         "study_trial": str(study.get("best_trial")),
-        "study_parent_run_id": study.get("parent_run_id", ""),
-        "nightly.case": night["case"],
-        "nightly.reason": night["reason"][:4000],
+        "study_run_id": study.get("parent_run_id", ""),
+        "night_run_id": night_id,
     }
-    return candidate.log_candidate(
-        uri,
-        name,
-        trained,
-        candidate.read_history(trained["out"]),
-        metrics,
-        tags,
-        {"params": asdict(p), "study": study, "metrics": metrics, "night": night},
-        version_tags={"candidate_key": key, "nightly.case": night["case"]},
-    )
+    version_tags = {"candidate_key": key, "nightly.case": night["case"]}
+    return candidate.register_candidate(uri, name, trained, metrics, night_id, tags, version_tags)
 
 
 def registered_step(p: PipelineParams, study: dict[str, Any], version: str) -> None:
@@ -250,20 +260,24 @@ def registered_step(p: PipelineParams, study: dict[str, Any], version: str) -> N
     nightly.mark_registered(p.storage_url(), study["study"], study["best_trial"], study["best_value"], version)
 
 
-def night_record_step(p: PipelineParams, night: dict[str, Any], extra: dict[str, Any], failed: bool = False) -> dict:
-    """A night that registered nothing (no new candidate, or a failure): a small MLflow run in the model's
-    experiment saying which case, why, and which version stays champion."""
+def night_record_step(
+    p: PipelineParams, night: dict[str, Any], extra: dict[str, Any], failed: bool = False, run_id: str | None = None
+) -> dict:
+    """Close the night's run (`run_id`; else the one its Prefect flow run `extra["prefect.flow_run_id"]` opened;
+    else a new one, for a night that died before opening it): which case, why, which version is champion."""
     uri, name = configure(p.resolved_tracking_uri()), p.registered_name
+    flow_run = extra.get(night_runs.FLOW_RUN_TAG)
+    run_id = run_id or (night_runs.find_night(uri, name, str(flow_run)) if flow_run else None)
+    run_id = run_id or night_runs.start_night(uri, name, {k: str(v) for k, v in extra.items()})
     champ = candidate.champion(uri, name)
     champion = str(champ.version) if champ is not None else None
     tags = {
-        "vae.step": "pipeline",
         "nightly.case": night["case"],
         "nightly.reason": night["reason"][:4000],
         "champion": champion or "none",
-        **{k: str(v) for k, v in extra.items()},
+        **{k: str(v) for k, v in extra.items() if not isinstance(v, (dict, list))},  # the rest: pipeline.json
     }
-    run_id = candidate.log_night(uri, name, tags, {"params": asdict(p), "night": night, **extra}, failed)
+    night_runs.end_night(uri, run_id, tags, {"params": asdict(p), "night": night, **extra}, failed)
     return {"run_id": run_id, "champion": champion, "name": name, "tracking_uri": uri}
 
 

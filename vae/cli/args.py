@@ -92,6 +92,12 @@ def data_args(
     p.add_argument("--mirror", help="base URL holding the official gz files (default $VAE_MNIST_MIRROR)")
 
 
+def parent_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--parent-run-id", help=f"MLflow run to nest {what} under (mlflow.parentRunId; the pipeline's night run)"
+    )
+
+
 def tracking_arg(p: argparse.ArgumentParser, what: str = "MLflow store for model URIs") -> None:
     p.add_argument("--tracking-uri", help=f"{what} (default $MLFLOW_TRACKING_URI, else sqlite:///./mlruns/mlflow.db)")
 
@@ -180,6 +186,7 @@ def add_core_commands(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="plain lines even on a terminal")
     tracking_arg(p, "log the run to this MLflow store as it trains")
     p.add_argument("--experiment", help="log the run to this MLflow experiment (default vae-train when tracking)")
+    parent_arg(p, "the run")
     json_arg(p)
 
     p = command(sub, "evaluate", "core:cmd_evaluate", help="test metrics and figures of a checkpoint")
@@ -241,6 +248,7 @@ def add_tune_command(sub) -> None:
     p.add_argument("--out", help="folder of the trials' checkpoints (default mlruns/studies/<study>)")
     tracking_arg(p, "MLflow tracking URI")
     p.add_argument("--experiment", default="vae-tune", help="MLflow experiment (default vae-tune)")
+    parent_arg(p, "the study's run")
     p.add_argument("--device", default=t.device, help="auto, cpu or cuda")
     json_arg(p)
 

@@ -55,7 +55,7 @@ def cmd_train(a: argparse.Namespace) -> dict[str, Any]:
     if a.nproc > 1 and not under_torchrun():
         data.load(cfg.data, download=True)  # downloads once, and bad data fails here, before torchrun starts
         relaunch(a, [] if a.out else ["--out", str(out)])
-    if (a.tracking_uri or a.experiment or os.environ.get("MLFLOW_TRACKING_URI")) and is_rank0():
+    if (a.tracking_uri or a.experiment or a.parent_run_id or os.environ.get("MLFLOW_TRACKING_URI")) and is_rank0():
         return _train_tracked(a, cfg, out)
     return _summary(cfg, out, api.train(cfg, out=out, resume=a.resume))
 
@@ -80,27 +80,33 @@ def _summary(cfg: Config, out: Path, result) -> dict[str, Any]:
 
 
 def _train_tracked(a: argparse.Namespace, cfg: Config, out: Path) -> dict[str, Any]:
-    """Training logged to MLflow as it happens (vae/tracking/live.py); rank 0 only."""
+    """Training logged to MLflow as it happens (vae/tracking/live.py), its best epoch logged as the run's
+    model at the end; rank 0 only."""
     from vae.tracking.live import TrainingRun  # lazy: mlflow costs ~1.5 s, and only a tracked run needs it
 
     data.fetch(cfg.data.dataset, cfg.data.data_dir, cfg.data.mirror)  # a download, if any, before the run starts
     info = data.info(cfg.data)
     with (
-        TrainingRun(a.tracking_uri, a.experiment or "vae-train", cfg, out, info, resume=a.resume) as run,
+        TrainingRun(
+            a.tracking_uri, a.experiment or "vae-train", cfg, out, info, resume=a.resume, parent_id=a.parent_run_id
+        ) as run,
         sigterm_as_interrupt(),
     ):
         summary = _summary(cfg, out, api.train(cfg, out=out, resume=a.resume, callbacks=[run]))
         model, _, state = load_model(summary["best_checkpoint"] or summary["checkpoint"])
         split = data.load(cfg.data, download=False).val
         figures = write_figures(model, split, out / "figures", history=state.get("history"), seed=cfg.train.seed)
-        run.finish(
+        model_info = run.finish(
             SimpleNamespace(**{k: summary[k] for k in ("best_epoch", "stopped_early")}, history=state["history"]),
             files=[out / "history.json", out / "figures"],
+            model=Path(summary["best_checkpoint"] or summary["checkpoint"]),
         )
     return {
         **summary,
         "figures": figures,
         "mlflow_run_id": run.run_id,
+        "model_id": model_info.model_id,
+        "model_uri": model_info.model_uri,
         "tracking_uri": run.uri,
         "epoch_log_seconds": round(run.epoch_log_seconds, 4),
     }

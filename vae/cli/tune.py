@@ -32,6 +32,7 @@ def cmd_tune(a: argparse.Namespace) -> dict[str, Any]:
         out=a.out,
         tracking_uri=a.tracking_uri,
         experiment=a.experiment,
+        parent_run_id=a.parent_run_id,
         seed=a.seed,
         heartbeat=a.heartbeat,
     )

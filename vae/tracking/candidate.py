@@ -1,5 +1,5 @@
-"""The pipeline's MLflow records: the candidate's run and registered version, the promotion decision on it,
-and a re-evaluation of the champion on new data."""
+"""The pipeline's MLflow records: the candidate's evaluation and registered version, the promotion decision on
+its run, and a re-evaluation of the champion on new data."""
 
 from __future__ import annotations
 
@@ -10,93 +10,57 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import RunTag
 from mlflow.entities.model_registry import ModelVersion
 
 from vae.errors import ConfigError
 from vae.tracking import registry
-from vae.tracking.models import log_model, resolve_model
-from vae.tracking.runs import dataset_input, flat
-from vae.tracking.store import configure, experiment_id, open_client, using_store
+from vae.tracking.models import resolve_model
+from vae.tracking.night_runs import log_evaluation
+from vae.tracking.store import configure, open_client, using_store
 
 
 def _numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def log_candidate(
+def register_candidate(
     uri: str | None,
     name: str,
     trained: Mapping[str, Any],
-    history: list[dict[str, float]],
     metrics: Mapping[str, Any],
-    tags: Mapping[str, str],
-    record: Mapping[str, Any],
-    version_tags: Mapping[str, str] | None = None,
+    night_id: str,
+    run_tags: Mapping[str, str],
+    version_tags: Mapping[str, str],
 ) -> dict[str, Any]:
-    """One MLflow run for a candidate (params, per-epoch and test metrics, figures, `record` as pipeline.json,
-    the pyfunc model), then a new version of registered model `name` with the alias `challenger`."""
+    """A candidate in its night's run tree: the evaluation run (test metrics linked to the training run's
+    logged model), `run_tags` on the training run, then a new version of registered model `name` from that
+    logged model, whose run is the training run, with the alias `challenger`."""
     uri = configure(uri)
-    with (
-        using_store(uri),
-        mlflow.start_run(experiment_id=experiment_id(name, open_client(uri)), run_name=f"pipeline-{name}") as run,
-    ):
-        mlflow.set_tags(dict(tags))
-        mlflow.log_params(flat(trained["config"]))
-        for row in history:
-            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
-        for path in metrics.get("figures", {}).values():
-            mlflow.log_artifact(path, artifact_path="figures")
-        mlflow.log_dict(dict(record), "pipeline.json")
-        # The best epoch's weights (best.pt) are the model; a result from before best.pt existed has only the last.
-        mlflow.set_tag("best_epoch", str(trained.get("best_epoch", "last")))
-        info = log_model(trained.get("best_checkpoint") or trained["checkpoint"], name="model")
-        # The test metrics on the logged model (MLflow 3's model page lists them) and on the run, with the
-        # test split as the run's evaluation dataset input.
-        test = dataset_input(
-            {
-                "dataset": metrics["dataset"],
-                "fingerprint": metrics["fingerprint"],
-                "source": metrics["dataset"],
-                "splits": {"test": {"size": metrics.get("images")}},
-            },
-            "evaluation",
-        )
-        open_client(uri).log_inputs(run.info.run_id, [test])
-        mlflow.log_metrics({f"test_{k}": v for k, v in _numbers(metrics).items()}, model_id=info.model_id)
+    evaluation = log_evaluation(uri, night_id, trained, metrics, metrics.get("figures", {}))
+    run_id = trained["mlflow_run_id"]
+    open_client(uri).log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in run_tags.items()])
+    # using_store: a SQLite registry looks the logged model up through mlflow's global tracking URI
+    with using_store(uri):
         version = registry.register(
             uri,
             name,
-            info.model_uri,
-            run.info.run_id,
+            trained["model_uri"],
+            run_id,
             dict(metrics),
-            model_id=info.model_id,
-            version_tags=dict(version_tags or {}),
+            model_id=trained["model_id"],
+            version_tags={**version_tags, "night_run_id": night_id, "evaluation_run_id": evaluation},
         )
     return {
-        "run_id": run.info.run_id,
-        "model_uri": info.model_uri,
+        "run_id": run_id,
+        "model_uri": trained["model_uri"],
+        "model_id": trained["model_id"],
         "version": version,
         "name": name,
         "tracking_uri": uri,
+        "evaluation_run_id": evaluation,
+        "night_run_id": night_id,
     }
-
-
-def log_night(
-    uri: str | None, name: str, tags: Mapping[str, str], record: Mapping[str, Any], failed: bool = False
-) -> str:
-    """A small run in the model's experiment for a night that registered nothing (no new candidate, or a
-    night that failed or crashed): its tags (nightly.case, nightly.reason...) and `record` as pipeline.json."""
-    uri = configure(uri)
-    with using_store(uri):
-        run = mlflow.start_run(
-            experiment_id=experiment_id(name, open_client(uri)), run_name=f"night-{tags.get('nightly.case')}"
-        )
-        try:
-            mlflow.set_tags(dict(tags))
-            mlflow.log_dict(dict(record), "pipeline.json")
-        finally:
-            mlflow.end_run("FAILED" if failed else "FINISHED")
-    return run.info.run_id
 
 
 def find_candidate(uri: str | None, name: str, key: str) -> str | None:

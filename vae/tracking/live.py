@@ -1,10 +1,13 @@
-"""A training run in MLflow as it happens: `vae train --tracking-uri/--experiment` (and the pipeline).
+"""A training run in MLflow as it happens: `vae train --tracking-uri/--experiment`, the pipeline's training of
+the best configuration, and every tuning trial go through this one class.
 
 Params and the data set (a dataset input whose digest is the project's fingerprint) at the start, each
 epoch's metrics as the epoch ends (the run is a fit() callback: the training loop itself knows nothing of
-MLflow), CPU/memory (and GPU) system metrics beside them, the history and figures at the end, and the
-run's status: FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM. Rank 0 only, so a DDP job is one
-run. A resumed training run continues its MLflow run: the run id is kept in OUT/mlflow_run.json.
+MLflow), CPU/memory (and GPU) system metrics beside them (off for tuning trials: a few seconds each, and
+dozens of them), the history, figures and model at the end, and the run's status: FINISHED, FAILED on an
+error, KILLED on Ctrl-C or SIGTERM. Rank 0 only, so a DDP job is one run. A run may hang under a parent run
+(`mlflow.parentRunId`: a pipeline's night, a study). A resumed training run continues its MLflow run: the
+run id is kept in OUT/mlflow_run.json; resumed under another parent (the next night), it moves there.
 """
 
 from __future__ import annotations
@@ -17,20 +20,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import mlflow
+from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 from vae.config import Config
-from vae.tracking.runs import dataset_input, flat, source_tags
-from vae.tracking.store import configure, experiment_id, open_client
+from vae.tracking.models import log_model
+from vae.tracking.runs import PARENT_TAG, dataset_input, flat, source_tags
+from vae.tracking.store import configure, experiment_id, open_client, using_store
 
 MARKER = "mlflow_run.json"
 SYSTEM_METRICS_SECONDS = 5.0
 
 
 class TrainingRun:
-    """Use as a context manager around fit(), passing the object itself as a callback."""
+    """Use as a context manager around fit(), passing the object itself as a callback; or call end() yourself
+    (a tuning trial ends with its own state). `tags` and `extra_params` add to the run's own."""
 
     def __init__(
         self,
@@ -41,24 +48,33 @@ class TrainingRun:
         data_info: Mapping[str, Any],
         resume: bool = False,
         system_metrics: bool | None = None,
+        parent_id: str | None = None,
+        run_name: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        extra_params: Mapping[str, Any] | None = None,
+        client: MlflowClient | None = None,
     ) -> None:
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop lines per run
         self.uri = configure(uri)
-        self.client = open_client(self.uri)
+        self.client = client or open_client(self.uri)
         self.out, self.marker = Path(out), Path(out) / MARKER
-        self.run_id = self._continued() if resume else None
+        self.run_id = self._continued(parent_id) if resume else None
         self.resumed = self.run_id is not None
         if self.run_id is None:
-            tags = {
+            all_tags = {
                 **source_tags(),
                 "vae.step": "train",
                 "dataset": str(data_info["dataset"]),
                 "fingerprint": str(data_info["fingerprint"]),
                 "run_folder": str(self.out.resolve()),
+                **{k: str(v)[:5000] for k, v in (tags or {}).items()},
             }
-            run = self.client.create_run(experiment_id(experiment, self.client), run_name=self.out.name, tags=tags)
-            self.run_id = run.info.run_id
-            self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in flat(cfg.to_dict()).items()])
+            if parent_id:
+                all_tags[PARENT_TAG] = parent_id
+            exp = experiment_id(experiment, self.client)
+            self.run_id = self.client.create_run(exp, run_name=run_name or self.out.name, tags=all_tags).info.run_id
+            params = {**flat(cfg.to_dict()), **(extra_params or {})}
+            self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
             self.client.log_inputs(self.run_id, [dataset_input(data_info, "training")])
         self.out.mkdir(parents=True, exist_ok=True)
         tmp = self.marker.with_suffix(".tmp")
@@ -77,17 +93,19 @@ class TrainingRun:
             )
             self.monitor.start()
 
-    def _continued(self) -> str | None:
+    def _continued(self, parent_id: str | None) -> str | None:
         """The run of the checkpoint being resumed, when it was tracked in this same store and still exists."""
         try:
             known = json.loads(self.marker.read_text())
             if known.get("tracking_uri") != self.uri:
                 return None
-            if self.client.get_run(known["run_id"]).info.lifecycle_stage != "active":
+            run = self.client.get_run(known["run_id"])
+            if run.info.lifecycle_stage != "active":
                 return None
         except (OSError, ValueError, KeyError, MlflowException):
             return None
         self.client.update_run(known["run_id"], status="RUNNING")
+        adopt(self.client, known["run_id"], parent_id)
         return known["run_id"]
 
     def __call__(self, epoch: int, row: Mapping[str, float]) -> None:
@@ -97,8 +115,9 @@ class TrainingRun:
         self.client.log_batch(self.run_id, metrics=metrics)
         self.epoch_log_seconds += time.perf_counter() - t0
 
-    def finish(self, result, files: list[Path] = ()) -> None:
-        """The outcome of a fit(): the best epoch, early stopping, the history and figures as artifacts."""
+    def finish(self, result, files: list[Path] = (), model: Path | None = None):
+        """The outcome of a fit(): the best epoch, early stopping, the history and figures as artifacts, and
+        `model` (the best epoch's checkpoint) as the run's logged model; returns its ModelInfo (or None)."""
         tags = {
             "best_epoch": str(result.best_epoch),
             "stopped_early": str(result.stopped_early).lower(),
@@ -110,15 +129,42 @@ class TrainingRun:
                 self.client.log_artifacts(self.run_id, str(f), Path(f).name)
             elif Path(f).is_file():
                 self.client.log_artifact(self.run_id, str(f))
+        return self.log_model(model) if model is not None else None
+
+    def log_model(self, checkpoint: Path):
+        """`checkpoint` as the pyfunc model of this run (MLflow 3: a logged model whose source run is this one)."""
+        with using_store(self.uri), mlflow.start_run(run_id=self.run_id):
+            info = log_model(checkpoint, name="model")
+        self.client.update_run(self.run_id, status="RUNNING")  # start_run's exit ended it: end() says how
+        self.client.log_batch(self.run_id, tags=[RunTag("model_id", info.model_id)])
+        return info
+
+    def end(self, status: str = "FINISHED", tags: Mapping[str, str] | None = None) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
+            self.monitor = None
+        if tags:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        self.client.set_terminated(self.run_id, status)
 
     def __enter__(self) -> TrainingRun:
         return self
 
     def __exit__(self, kind, error, tb) -> None:
-        if self.monitor is not None:
-            self.monitor.finish()
-        status = "FINISHED"
-        if kind is not None:
-            status = "KILLED" if issubclass(kind, (KeyboardInterrupt, SystemExit)) else "FAILED"
-            self.client.set_tag(self.run_id, "error", f"{kind.__name__}: {error}"[:5000])
-        self.client.set_terminated(self.run_id, status)
+        if kind is None:
+            self.end("FINISHED")
+            return
+        status = "KILLED" if issubclass(kind, (KeyboardInterrupt, SystemExit)) else "FAILED"
+        self.end(status, {"error": f"{kind.__name__}: {error}"})
+
+
+def adopt(client: MlflowClient, run_id: str, parent_id: str | None) -> None:
+    """Hang an existing run under `parent_id` (a training resumed, or reused, by a later night), noting the
+    parent it leaves in `vae.earlier_parent_run_id`."""
+    if not parent_id:
+        return
+    old = client.get_run(run_id).data.tags.get(PARENT_TAG)
+    if old != parent_id:
+        client.set_tag(run_id, PARENT_TAG, parent_id)
+        if old:
+            client.set_tag(run_id, "vae.earlier_parent_run_id", old)

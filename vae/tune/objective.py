@@ -23,7 +23,7 @@ from vae.config import Config
 from vae.data import Dataset
 from vae.distributed import DistContext, broadcast_object
 from vae.errors import DivergedError
-from vae.tracking.runs import StudyTracker
+from vae.tracking.study import StudyTracker
 from vae.training import FitResult, fit
 from vae.tune.space import suggest, to_config
 from vae.tune.storage import AskLock, counted
@@ -56,14 +56,16 @@ def pruning(trial, on_rank0=None):
 
 @dataclass
 class Bookkeeper:
-    """Rank 0's record of each trial: the surplus check, the MLflow child run, user attributes, the seconds
-    spent training and tracking (for the benchmark), and the trial's folder (kept only when it completes)."""
+    """Rank 0's record of each trial: the surplus check, the trial's live MLflow run (a TrainingRun under the
+    study run, as `vae train` logs), user attributes, the seconds spent training and tracking (for the
+    benchmark), and the trial's folder (kept only when it completes)."""
 
     study: optuna.Study
     tracker: StudyTracker
     lock: AskLock
     out: Path
     n_trials: int
+    data_info: dict[str, Any]  # the data set as the trials' dataset input
     ran: int = 0
 
     def is_surplus(self, trial: optuna.Trial) -> bool:
@@ -84,25 +86,16 @@ class Bookkeeper:
         trial.set_user_attr("config", cfg.to_dict())
         trial.set_user_attr("nproc", nproc)
         trial.set_user_attr("worker", os.environ.get("VAE_TUNE_WORKER", "0"))
-        self.run_id = self.tracker.start_trial(
-            trial.number,
-            params,
-            {
-                "epochs": cfg.train.epochs,
-                "dataset": cfg.data.dataset,
-                "subset": cfg.data.subset,
-                "nproc": nproc,
-                "hidden": ",".join(map(str, cfg.model.hidden)),
-            },
-        )
-        trial.set_user_attr("mlflow_run_id", self.run_id)
+        folder = self.out / f"trial-{trial.number}"
+        self.run = self.tracker.start_trial(trial.number, cfg, self.data_info, folder, {**params, "nproc": nproc})
+        trial.set_user_attr("mlflow_run_id", self.run.run_id)
 
     def log_epoch(self, epoch: int, row: dict[str, float]) -> None:
-        self.tracker.log_epoch(self.run_id, epoch, row)
+        self.run(epoch, row)
 
     def _seconds(self, trial: optuna.Trial) -> None:
         # training: fit less the MLflow calls made from its callback; tracking: every MLflow call of the trial
-        tracking = self.tracker.seconds - self.tracked_from
+        tracking = self.tracker.seconds - self.tracked_from + self.run.epoch_log_seconds
         trial.set_user_attr("train_seconds", time.perf_counter() - self.t0 - tracking)
 
     def failed(self, trial: optuna.Trial, error: Exception) -> None:
@@ -111,7 +104,7 @@ class Bookkeeper:
         state = "pruned" if isinstance(error, optuna.TrialPruned) else "fail"
         reason = str(error) if isinstance(error, (optuna.TrialPruned, DivergedError)) else repr(error)
         trial.set_user_attr("fail_reason" if state == "fail" else "pruned_reason", reason)
-        self.tracker.end_trial(self.run_id, state, reason=reason)
+        self.tracker.end_trial(self.run, state, reason=reason)
         trial.set_user_attr("tracking_seconds", self.tracker.seconds - self.tracked_from)
         shutil.rmtree(self.out / f"trial-{trial.number}", ignore_errors=True)  # only complete trials become models
 
@@ -119,7 +112,7 @@ class Bookkeeper:
         self._seconds(trial)
         trial.set_user_attr("checkpoint", str(Path(result.checkpoint).resolve()))
         final = {k: v for k, v in result.metrics.items() if k.startswith(("val_", "train_"))}
-        self.tracker.end_trial(self.run_id, "complete", metrics=final)
+        self.tracker.end_trial(self.run, "complete", metrics=final)
         trial.set_user_attr("tracking_seconds", self.tracker.seconds - self.tracked_from)
 
 

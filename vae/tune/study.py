@@ -22,11 +22,12 @@ import optuna
 from tqdm import tqdm
 
 from vae.config import Config
-from vae.data import load
+from vae.data import describe, load
 from vae.distributed import DistContext, barrier, broadcast_object, distributed
 from vae.errors import ConfigError
 from vae.stores import default_study_storage, redact
-from vae.tracking.runs import StudyTracker, space_tag
+from vae.tracking.runs import space_tag
+from vae.tracking.study import StudyTracker
 from vae.tune.objective import Bookkeeper, Objective, Surplus, TrialFailed
 from vae.tune.space import load_space
 from vae.tune.storage import AskLock, counted, make_pruner, make_sampler, next_action, open_storage
@@ -47,6 +48,7 @@ class TuneSettings:
     out: str | Path | None = None  # default: mlruns/studies/<study>
     tracking_uri: str | None = None
     experiment: str = "vae-tune"
+    parent_run_id: str | None = None  # the MLflow run the study run hangs under (the pipeline's night)
     seed: int | None = None  # sampler seed
     heartbeat: int | None = 30  # seconds; 0 or None: no heartbeats
 
@@ -95,7 +97,7 @@ def run_study(base: Config, s: TuneSettings) -> dict[str, Any]:
         if ctx.is_main:
             lock = AskLock(s.storage_url(), s.study_name(base))
             study, tracker = open_study(s, base, space, data.fingerprint, lock)
-            book = Bookkeeper(study, tracker, lock, s.folder(base), s.n_trials)
+            book = Bookkeeper(study, tracker, lock, s.folder(base), s.n_trials, describe(data, base.data))
         objective = Objective(base, space, data, ctx, s.folder(base), book)
         t_start = time.perf_counter()
         _trial_loop(ctx, study, objective, s)
@@ -180,7 +182,7 @@ def open_study(
             )
         if key not in attrs:
             st.set_user_attr(key, value)
-    tracker = StudyTracker(s.tracking_uri, s.experiment)
+    tracker = StudyTracker(s.tracking_uri, s.experiment, s.parent_run_id)
     tags = {
         "optuna.study": name,
         "optuna.storage": redact(url),

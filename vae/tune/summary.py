@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from vae.figures import pyplot
 from vae.stores import redact
-from vae.tracking.runs import StudyTracker
+from vae.tracking.study import StudyTracker
 from vae.tune.storage import counted
 
 
@@ -49,6 +49,7 @@ def summarize(
             metrics,
             {
                 "best_trial": best.number if best else "none",
+                "best_trial_run_id": best.user_attrs.get("mlflow_run_id", "none") if best else "none",
                 "best_params": json.dumps(best.params) if best else "{}",
                 "figures_skipped": "; ".join(skipped) or "none",
             },
