@@ -105,6 +105,40 @@ def test_iw_estimate_equals_a_direct_log_mean_exp():
     assert torch.allclose(got, direct.float(), atol=1e-3)
 
 
+@pytest.mark.parametrize("kind", ["vae", "conv-vae"])
+def test_iw_estimate_of_grey_levels_matches_the_cross_entropy_of_each_sample(kind):
+    # the MLP decoders take the folded path (x . l as a matmul, softplus in place), conv-vae recon_bce:
+    # both must give log-mean-exp of -recon_bce + log p(z) - log q(z|x) over the same draws
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind=kind, latent=3, hidden=(16,)))
+    x = torch.rand(4, 784)
+    k = 30
+    got = iw_log_likelihood(model, x, k, generator=torch.Generator().manual_seed(3), max_elements=784 * 4 * 7)
+    eps = torch.randn(k, 4, 3, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        logits = model.decode(z.reshape(-1, 3)).reshape(k, 4, 784)
+        log_w = -recon_bce(logits, x.expand_as(logits)) + log_normal(z) - log_normal(eps) + 0.5 * logvar.sum(-1)
+        direct = torch.logsumexp(log_w.double(), 0) - math.log(k)
+    assert torch.allclose(got.double(), direct, atol=1e-3)
+
+
+def test_the_blocked_softplus_sum_matches_softplus_in_double_precision():
+    from vae.losses import softplus_sum
+
+    torch.manual_seed(0)
+    logits = torch.cat([torch.randn(500, 784) * 8, torch.full((1, 784), -90.0), torch.full((1, 784), 90.0)])
+    exact = torch.nn.functional.softplus(logits.double()).sum(-1)
+    assert torch.allclose(softplus_sum(logits.clone()).double(), exact, rtol=1e-6, atol=1e-3)
+    assert torch.allclose(
+        softplus_sum(logits[:, :783].clone()).double(),
+        exact - torch.nn.functional.softplus(logits[:, 783].double()),
+        rtol=1e-6,
+        atol=1e-3,
+    )  # a width that is no multiple of the block
+
+
 def test_iw_estimate_is_the_same_whatever_the_chunking():
     torch.manual_seed(0)
     model = build_model(ModelConfig(latent=4, hidden=(32,)))
