@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -66,9 +67,11 @@ HEARTBEAT_SECONDS = 30  # Prefect's minimum
 UNRESPONSIVE = "vae: crash unresponsive runs"
 
 
-def crash_unresponsive_runs(missed: int = 3) -> str:
+def crash_unresponsive_runs(missed: int = 3, tries: int = 5) -> str | None:
     """The server-side automation that marks a flow run Crashed once it has sent no heartbeat, and reached
-    no final state, for `missed` heartbeats; created once, updated when it exists. Returns its id."""
+    no final state, for `missed` heartbeats; created once, updated when it exists. Returns its id, or None
+    after `tries` failed attempts (a server that has just started can refuse writes for a moment): the
+    deployments are still served, and the warning says what is missing."""
     done = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")}
     automation = Automation(
         name=UNRESPONSIVE,
@@ -90,12 +93,23 @@ def crash_unresponsive_runs(missed: int = 3) -> str:
             )
         ],
     )
-    try:
-        automation.id = Automation.read(name=UNRESPONSIVE).id
-    except ValueError:
-        return str(automation.create().id)
-    automation.update()
-    return str(automation.id)
+    for attempt in range(tries):
+        try:
+            try:
+                automation.id = Automation.read(name=UNRESPONSIVE).id
+            except ValueError:  # not there yet
+                return str(automation.create().id)
+            automation.update()
+            return str(automation.id)
+        except Exception as e:  # the API's errors (HTTP, database busy): try again, then go on without it
+            error = e
+            time.sleep(2 * (attempt + 1))
+    print(
+        f"flows.deploy: warning: could not create the automation {UNRESPONSIVE!r} ({type(error).__name__}: "
+        f"{error}); a run whose process dies stays Running until the server's lease expires",
+        file=sys.stderr,
+    )
+    return None
 
 
 def deploy_to_pool(pool: str, cron: str, reeval_cron: str, timezone: str, parameters: dict, on_overlap: str) -> dict:

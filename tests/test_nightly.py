@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -189,15 +190,23 @@ def test_a_night_killed_mid_training_is_resumed_by_the_next(tmp_path, mnist5k):
     assert any("died without finishing" in x for x in lines)
 
 
-def _api(url, path, body=None):
+def _api(url, path, body=None, tries=5):
+    """One call of the Prefect REST API; a 503 (the server busy, seen in CI under load) is tried again, as
+    Prefect's own client does."""
     req = urllib.request.Request(
         url + path,
         data=json.dumps(body).encode() if body is not None else None,
         method="POST" if body is not None else "GET",
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(req) as r:
-        return json.load(r)
+    for attempt in range(tries):
+        try:
+            with urllib.request.urlopen(req) as r:
+                return json.load(r)
+        except urllib.error.HTTPError as e:
+            if e.code != 503 or attempt == tries - 1:
+                raise
+            time.sleep(2 * (attempt + 1))
 
 
 def test_two_overlapping_runs_of_the_nightly_deployment(tmp_path, mnist5k):
