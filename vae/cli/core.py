@@ -92,12 +92,14 @@ def _train_tracked(a: argparse.Namespace, cfg: Config, out: Path) -> dict[str, A
         ) as run,
         sigterm_as_interrupt(),
     ):
-        summary = _summary(cfg, out, api.train(cfg, out=out, resume=a.resume, callbacks=[run]))
-        model, _, state = load_model(summary["best_checkpoint"] or summary["checkpoint"])
+        result = api.train(cfg, out=out, resume=a.resume, callbacks=[run])
+        summary = _summary(cfg, out, result)
+        model, _, _ = load_model(summary["best_checkpoint"] or summary["checkpoint"])
         split = data.load(cfg.data, download=False).val
-        figures = write_figures(model, split, out / "figures", history=state.get("history"), seed=cfg.train.seed)
+        # the whole history, not the best checkpoint's (which ends at the best epoch)
+        figures = write_figures(model, split, out / "figures", history=result.history, seed=cfg.train.seed)
         model_info = run.finish(
-            SimpleNamespace(**{k: summary[k] for k in ("best_epoch", "stopped_early")}, history=state["history"]),
+            SimpleNamespace(**{k: summary[k] for k in ("best_epoch", "stopped_early")}, history=result.history),
             files=[out / "history.json", out / "figures"],
             model=Path(summary["best_checkpoint"] or summary["checkpoint"]),
         )
