@@ -30,3 +30,36 @@ def test_a_vae_train_started_by_the_pipeline_dies_with_it(tmp_path):
     for p in alive:
         p.kill()
     assert gone and not alive, "the vae train child outlived the killed pipeline process"
+
+
+class _SignalsWhilePickled:
+    """Sends SIGTERM to this process while torch.save is pickling it: an interrupt in the middle of a write."""
+
+    def __reduce__(self):
+        import collections
+        import os
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        return (collections.OrderedDict, ())  # a global that weights_only loading allows
+
+
+def test_sigterm_during_a_checkpoint_write_arrives_after_it_as_the_interrupt(tmp_path):
+    import torch
+
+    from vae import checkpoint as ckpt
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        ckpt.save({"epoch": 3, "weights": torch.ones(4), "poke": _SignalsWhilePickled()}, tmp_path / "checkpoint.pt")
+        raise AssertionError("the SIGTERM sent during the write was lost")
+    except KeyboardInterrupt as e:  # not torch's RuntimeError from a cut zip writer
+        assert str(e) == f"signal {signal.SIGTERM}"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert signal.getsignal(signal.SIGTERM) is previous
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # whole, and in place
+    assert state["epoch"] == 3 and state["poke"] == {}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left

@@ -17,6 +17,7 @@ import torch
 
 from vae.config import Config
 from vae.errors import CheckpointError
+from vae.lifetime import interrupts_deferred
 from vae.models import VAE, build_model
 
 FORMAT = "vae-checkpoint/1"
@@ -38,19 +39,21 @@ def checkpoint_path(path: str | Path) -> Path:
 
 def save(state: dict[str, Any], path: str | Path) -> None:
     """Write to a temporary file in the same folder, fsync, then rename: a kill at any moment leaves
-    either the previous checkpoint or the new one, never half of one."""
+    either the previous checkpoint or the new one, never half of one. SIGINT and SIGTERM wait until the
+    write ends (a fraction of a second), so that they reach the caller as the interrupt they are."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with interrupts_deferred():
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save({"format": FORMAT, **state}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
