@@ -10,8 +10,9 @@ cpu --quick --out /tmp/gpu-check`. Steps, each isolated (a failing step is recor
 skipped once the time budget is spent:
   env        device name, torch version, matmul peak (fp32 and bf16 on CUDA)
   pytest     `pytest -m gpu` (CUDA only)
-  train      `vae train` with the seed's model, batch 128: seconds per epoch fp32 and --bf16, against the
-             seed's own DataLoader loop on the same device (benchmarks/train_speed.py's workers)
+  train      `vae train` with the seed's model, batch 128: seconds per epoch fp32 and --bf16, each with and
+             without --cuda-graph, and test -ELBO, against the seed's own DataLoader loop on the same device
+             (benchmarks/train_speed.py's workers; on the CPU --cuda-graph runs its fallback, without a graph)
   ddp        `vae train --nproc 1` (a 1-process NCCL/gloo group) and what `--nproc 2` does on one device
   iw         `vae evaluate --iw-samples K` on the whole test split
   packing    P small trials at once on one device (P processes) against the same P one after another
@@ -117,8 +118,9 @@ def train_step(c: Check, a: argparse.Namespace) -> dict:
     """Seconds per epoch (median of epochs 2..E), test -ELBO, for the seed's loop and `vae train`."""
     rows = {}
     variants = [("seed", []), ("vae_fp32", []), ("vae_bf16", ["--bf16"])]
+    variants += [("vae_graph", ["--cuda-graph"]), ("vae_graph_bf16", ["--cuda-graph", "--bf16"])]
     for name, extra in variants:
-        if name == "vae_bf16" and a.device != "cuda":
+        if name in ("vae_bf16", "vae_graph_bf16") and a.device != "cuda":
             continue
         kind = "seed" if name == "seed" else "vae"
         cmd = [
@@ -131,7 +133,7 @@ def train_step(c: Check, a: argparse.Namespace) -> dict:
             "--epochs",
             str(a.epochs),
             "--device",
-            a.device,
+            "auto" if "--cuda-graph" in extra and a.device == "cpu" else a.device,  # CPU: --cuda-graph's fallback
             *extra,
         ]
         r = last_json(c.run(cmd + (["--subset", str(a.subset)] if a.subset else []), timeout=400))
@@ -142,7 +144,7 @@ def train_step(c: Check, a: argparse.Namespace) -> dict:
             "test_neg_elbo": r["neg_elbo"],
             "train_images": r["train_images"],
         }
-    for name in ("vae_fp32", "vae_bf16"):
+    for name in ("vae_fp32", "vae_bf16", "vae_graph", "vae_graph_bf16"):
         if name in rows:
             rows[name]["speedup_vs_seed"] = rows["seed"]["seconds_per_epoch"] / rows[name]["seconds_per_epoch"]
     return rows

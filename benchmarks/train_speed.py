@@ -93,24 +93,31 @@ def seed_worker(dataset: str, epochs: int, seed: int, device: str = "cpu", subse
 
 
 def vae_worker(
-    dataset: str, epochs: int, seed: int, device: str = "cpu", subset: int | None = None, bf16: bool = False
+    dataset: str,
+    epochs: int,
+    seed: int,
+    device: str = "cpu",
+    subset: int | None = None,
+    bf16: bool = False,
+    cuda_graph: bool = False,
 ) -> dict:
     import tempfile
 
     from vae.checkpoint import load_model
     from vae.config import Config, DataConfig, TrainConfig
     from vae.data import load
+    from vae.distributed import pick_device
     from vae.evaluation import elbo_metrics
     from vae.training import fit
 
     cfg = Config(
         data=DataConfig(dataset=dataset, subset=subset),
-        train=TrainConfig(epochs=epochs, seed=seed, progress=False, device=device, bf16=bf16),
+        train=TrainConfig(epochs=epochs, seed=seed, progress=False, device=device, bf16=bf16, cuda_graph=cuda_graph),
     )
     data = load(cfg.data, download=False)
     with tempfile.TemporaryDirectory() as tmp:
         result = fit(cfg, out=tmp, data=data)
-        model, _, _ = load_model(tmp, map_location=device)
+        model, _, _ = load_model(tmp, map_location=pick_device(device))  # "auto" is no torch device
     test = elbo_metrics(model, data.test.images, cfg)
     return {
         "epoch_seconds": [h["epoch_seconds"] for h in result.history],
@@ -142,6 +149,7 @@ def run_worker(kind: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--dataset", args.dataset, "--epochs", str(args.epochs)]
     cmd += ["--device", args.device] + (["--subset", str(args.subset)] if args.subset else [])
     cmd += ["--bf16"] if getattr(args, "bf16", False) else []
+    cmd += ["--cuda-graph"] if getattr(args, "cuda_graph", False) else []
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"{kind} worker failed:\n{out.stderr[-3000:]}")
@@ -157,10 +165,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--subset", type=int, help="train on the first N training images only")
     p.add_argument("--bf16", action="store_true", help="vae train with bf16 autocast (CUDA)")
+    p.add_argument("--cuda-graph", action="store_true", help="vae train replaying a recorded step (CUDA)")
     p.add_argument("--worker", choices=["seed", "vae"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        extra = {"bf16": args.bf16} if args.worker == "vae" else {}
+        extra = {"bf16": args.bf16, "cuda_graph": args.cuda_graph} if args.worker == "vae" else {}
         fn = seed_worker if args.worker == "seed" else vae_worker
         res = fn(args.dataset, args.epochs, seed=0, device=args.device, subset=args.subset, **extra)
         res["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

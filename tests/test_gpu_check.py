@@ -27,6 +27,7 @@ def test_gpu_check_quick_mode_runs_every_step_on_the_cpu(tmp_path):
     train = report["train"]
     assert train["vae_fp32"]["seconds_per_epoch"] > 0 and train["vae_fp32"]["speedup_vs_seed"] > 0
     assert train["seed"]["test_neg_elbo"] > 0 and train["vae_fp32"]["test_neg_elbo"] > 0
+    assert train["vae_graph"]["test_neg_elbo"] == pytest.approx(train["vae_fp32"]["test_neg_elbo"], rel=1e-4)
     assert report["ddp"]["nproc1"]["val_neg_elbo"] > 0 and report["ddp"]["nproc2_on_one_device"]["exit"] == 0
     assert report["iw"]["k"] == 10 and report["iw"]["images"] == 500 and report["iw"]["iw_nll"] > 0
     assert report["packing"]["trials"] == 2 and report["packing"]["speedup"] > 0

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from vae import checkpoint as ckpt
+from vae.batches import corrupt
 from vae.errors import CheckpointError, DivergedError
-from vae.training import corrupt, fit
+from vae.training import fit
 
 
 def test_loss_decreases_and_metrics_are_in_nats(trained):
@@ -110,7 +111,7 @@ def test_evaluate_reports_metrics_and_writes_figures(trained, tmp_path):
 
 
 def test_dynamic_binarization_draws_fresh_pixels_every_epoch(mnist5k, small_cfg):
-    from vae.training import draw_batch, epoch_generator
+    from vae.batches import draw_batch, epoch_generator
 
     cfg = small_cfg.replace(data={"binarize": "dynamic"})
     images, idx = mnist5k.train.images, torch.arange(256)

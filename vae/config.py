@@ -93,6 +93,7 @@ class TrainConfig:
     lr_schedule: str = "constant"  # "exp": lr decays geometrically to lr/10 at the last epoch
     device: str = "auto"
     bf16: bool = False  # autocast on CUDA
+    cuda_graph: bool = False  # replay one recorded step per full batch (vae/captured.py); one CUDA process
     progress: bool = True
     patience: int | None = None  # early stopping: stop after this many epochs without a better val loss; None: off
 
@@ -127,6 +128,12 @@ class TrainConfig:
             "a number > 0 or None",
         )
         _check(self.device in DEVICES, "device", self.device, f"one of {', '.join(DEVICES)}")
+        _check(
+            not (self.cuda_graph and self.device == "cpu"),
+            "cuda_graph",
+            self.cuda_graph,
+            "False with device='cpu': a CUDA graph needs --device cuda (or auto)",
+        )
         _check(self.objective in OBJECTIVES, "objective", self.objective, f"one of {', '.join(OBJECTIVES)}")
         _check(_is_int(self.k) and 1 <= self.k <= 5000, "k", self.k, "an integer from 1 to 5000")
         _check(self.objective == "iwae" or self.k == 1, "k", self.k, "1 unless objective='iwae'")

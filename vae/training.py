@@ -23,13 +23,15 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from vae import checkpoint as ckpt
+from vae.batches import draw_batch, epoch_generator, shard
+from vae.captured import CapturedStep
 from vae.config import Config
-from vae.data import Dataset, load, pixels
+from vae.data import Dataset, load
 from vae.distributed import DistContext, all_reduce_sum, barrier, distributed
-from vae.errors import CheckpointError, DivergedError
+from vae.errors import CheckpointError, ConfigError, DivergedError
 from vae.evaluation import elbo_metrics
 from vae.losses import iwae_bound, kl_std_normal, neg_elbo, recon_bce
-from vae.models import PIXELS, build_model
+from vae.models import build_model
 
 Callback = Callable[[int, dict[str, float]], None]
 log = logging.getLogger(__name__)
@@ -48,10 +50,6 @@ class FitResult:
     stopped_early: bool = False
 
 
-def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
-
-
 def lr_at(tc, epoch: int) -> float:
     """Learning rate of an epoch. "exp" decays geometrically from lr to lr/10 over the run: a compressed
     stand-in for the IWAE paper's schedule (lr 1e-3 * 10^(-i/7) for 3^i epochs, i = 0..7)."""
@@ -63,18 +61,6 @@ def lr_at(tc, epoch: int) -> float:
 def _float(o):
     """The output in float32 (under bf16 autocast the logits arrive in bf16)."""
     return type(o)(o.recon_logits.float(), o.mu.float(), o.logvar.float(), o.z.float())
-
-
-def corrupt(x: torch.Tensor, noise: str, level: float, u: torch.Tensor | None) -> torch.Tensor:
-    """Denoising input. u: (B, 784) draws, N(0,1) for gaussian, U(0,1) otherwise; None when noise='none'."""
-    if noise == "gaussian":
-        return (x + level * u).clamp_(0, 1)
-    if noise == "masking":  # each pixel zeroed with probability `level`
-        return x.masked_fill(u < level, 0.0)
-    if noise == "salt-pepper":  # `level` of the pixels flipped to 0 or 1, half each
-        out = x.masked_fill(u < level / 2, 0.0)
-        return out.masked_fill((u >= level / 2) & (u < level), 1.0)
-    return x
 
 
 def _log(ctx: DistContext, msg: str) -> None:
@@ -122,6 +108,7 @@ class _Run:
     start_epoch: int = 0
     best_epoch: int = 0  # 0: none yet
     best_value: float = math.inf
+    step: CapturedStep | None = None  # --cuda-graph: full batches replay one recorded step
 
 
 def _fit(
@@ -217,6 +204,7 @@ def _setup(cfg: Config, out: Path | None, resume: bool, data: Dataset | None, ct
         data = data or load(cfg.data, download=False)
     torch.manual_seed(tc.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     model = build_model(cfg.model).to(dev)
+    graphed = _graphed(tc, ctx)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, fused=dev.type in ("cpu", "cuda"))
     history, start_epoch = [], 0
     if resume and path is not None and path.exists():
@@ -228,27 +216,57 @@ def _setup(cfg: Config, out: Path | None, resume: bool, data: Dataset | None, ct
         _log(ctx, f"resuming {path} at epoch {start_epoch + 1}/{tc.epochs}")
     elif resume:
         _log(ctx, f"no checkpoint in {out}: starting from scratch")
+    for group in opt.param_groups:  # whatever the checkpoint was written with: this run's way of stepping
+        group["capturable"] = graphed and dev.type == "cuda"
+        group["lr"] = torch.tensor(float(group["lr"]), device=dev) if graphed else float(group["lr"])
     net = DDP(model, device_ids=[dev] if dev.type == "cuda" else None) if ctx.is_distributed else model
     run = _Run(model, net, opt, data, data.train.images.to(dev), path, history, start_epoch)
+    if graphed:
+        run.step = CapturedStep(
+            lambda x, inp, eps, set_to_none: _step(run, cfg, ctx, x, inp, eps, x.shape[0], set_to_none),
+            model,
+            opt,
+            capture=dev.type == "cuda",
+        )
     for row in history:  # the best epoch so far, from the history (checkpoints older than best.pt lack "best")
         if val_loss(row) < run.best_value:
             run.best_epoch, run.best_value = int(row["epoch"]), val_loss(row)
     return run
 
 
+def _graphed(tc, ctx: DistContext) -> bool:
+    """Whether full batches replay a recorded step (--cuda-graph): one CUDA process. With --device auto on a
+    machine without CUDA the run goes on without a graph (same numbers, said in the log)."""
+    if not tc.cuda_graph:
+        return False
+    if ctx.is_distributed:
+        raise ConfigError("--cuda-graph records the step of one process: drop --nproc, or --cuda-graph")
+    if ctx.device.type != "cuda":
+        log.warning("--cuda-graph: no CUDA device, so the steps run without a graph")
+    return True
+
+
+def _set_lr(opt: torch.optim.Optimizer, value: float) -> None:
+    for group in opt.param_groups:  # a tensor under --cuda-graph: the graph reads it where it is
+        if torch.is_tensor(group["lr"]):
+            group["lr"].fill_(value)
+        else:
+            group["lr"] = value
+
+
 def _train_epoch(run: _Run, cfg: Config, epoch: int, ctx: DistContext) -> tuple[float, float, float, float]:
-    """One pass over the training images; returns the mean loss, recon and kl per image and the seconds."""
+    """One pass over the training images; returns the mean loss, recon and kl per image and the seconds.
+    Nothing in the loop waits for the device: the sums stay on it until the epoch ends."""
     tc, dev = cfg.train, ctx.device
     t0 = time.perf_counter()
     run.net.train()
     gen = epoch_generator(tc.seed, epoch, dev)
-    for group in run.opt.param_groups:  # a function of the epoch, so a resumed run gets the same rate
-        group["lr"] = lr_at(tc, epoch)
+    _set_lr(run.opt, lr_at(tc, epoch))  # a function of the epoch, so a resumed run gets the same rate
     n, bs = run.images.shape[0], tc.batch_size
     steps = math.ceil(n / bs)
     perm = torch.randperm(n, generator=gen, device=dev)
-    sums = torch.zeros(4, device=dev)  # loss, recon, kl, images: summed without a sync per step
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=tc.bf16 and dev.type == "cuda")
+    sums = torch.zeros(4, device=dev)  # loss, recon, kl, images
+    images = 0
     show_bar = ctx.is_main and tc.progress and sys.stderr.isatty()
     with tqdm(
         total=steps, desc=f"epoch {epoch + 1}/{tc.epochs}", leave=False, file=sys.stderr, disable=not show_bar
@@ -256,29 +274,44 @@ def _train_epoch(run: _Run, cfg: Config, epoch: int, ctx: DistContext) -> tuple[
         for s in range(steps):
             idx = perm[s * bs : (s + 1) * bs]
             gb = idx.shape[0]
-            x, inp, eps = draw_batch(run.images, idx, gen, cfg, run.model.is_variational, _shard(gb, ctx))
-            with autocast:
-                o = run.net(inp, eps=eps)
-            loss_sum, recon, kl = _batch_loss(o, x, eps, cfg, run.model.is_variational)
-            # DDP averages gradients over ranks; scaling by world/global-batch makes the update that of the
-            # mean over the global batch, however unevenly its last batch splits.
-            run.opt.zero_grad(set_to_none=True)
-            (loss_sum * (ctx.world_size / gb)).backward()
-            if tc.clip_grad is not None:
-                torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.clip_grad)
-            run.opt.step()
-            sums += torch.stack(
-                [
-                    loss_sum.detach(),
-                    recon.sum().detach(),
-                    kl.sum().detach(),
-                    torch.tensor(float(x.shape[0]), device=dev),
-                ]
-            )
+            x, inp, eps = draw_batch(run.images, idx, gen, cfg, run.model.is_variational, shard(gb, ctx))
+            if run.step is not None:
+                sums[:3] += run.step(x, inp, eps)
+            else:
+                sums[:3] += _step(run, cfg, ctx, x, inp, eps, gb, True)
+            images += x.shape[0]
             bar.update(1)
+    sums[3] = images
     all_reduce_sum(sums, ctx)
     loss, rec, kl_mean = (sums[:3] / sums[3]).tolist()
     return loss, rec, kl_mean, time.perf_counter() - t0
+
+
+def _step(
+    run: _Run,
+    cfg: Config,
+    ctx: DistContext,
+    x: torch.Tensor,
+    inp: torch.Tensor,
+    eps: torch.Tensor | None,
+    gb: int,
+    set_to_none: bool,
+) -> torch.Tensor:
+    """Forward, loss, backward, clip, Adam on one batch; returns (loss sum, recon sum, kl sum) on the device."""
+    tc = cfg.train
+    bf16 = tc.bf16 and ctx.device.type == "cuda"
+    # A recorded step cannot use autocast's cache of cast weights (the weights change between replays).
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16, cache_enabled=run.step is None):
+        o = run.net(inp, eps=eps)
+    loss_sum, recon, kl = _batch_loss(o, x, eps, cfg, run.model.is_variational)
+    # DDP averages gradients over ranks; scaling by world/global-batch makes the update that of the mean over
+    # the global batch, however unevenly its last batch splits.
+    run.opt.zero_grad(set_to_none=set_to_none)
+    (loss_sum * (ctx.world_size / gb)).backward()
+    if tc.clip_grad is not None:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.clip_grad)
+    run.opt.step()
+    return torch.stack([loss_sum.detach(), recon.sum().detach(), kl.sum().detach()])
 
 
 def _batch_loss(
@@ -294,39 +327,6 @@ def _batch_loss(
         return loss.sum(), recon, kl
     recon = recon_bce(o.recon_logits.float(), x)
     return recon.sum(), recon, torch.zeros_like(recon)
-
-
-def draw_batch(
-    images: torch.Tensor,
-    idx: torch.Tensor,
-    gen: torch.Generator,
-    cfg: Config,
-    variational: bool,
-    shard: tuple[int, int],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(target, input, eps) of this rank's slice [lo, hi) of the global batch `idx`. The randomness of the
-    whole global batch is drawn on every rank, in a fixed order, and sliced: the same numbers whatever
-    the number of ranks. Dynamic binarization draws fresh Bernoulli pixels each time it is called."""
-    tc, dev, gb = cfg.train, images.device, idx.shape[0]
-    k_shape = (tc.k,) if tc.objective == "iwae" else ()
-    eps = torch.randn(*k_shape, gb, cfg.model.latent, generator=gen, device=dev) if variational else None
-    u_bin = torch.rand(gb, PIXELS, generator=gen, device=dev) if cfg.data.binarize == "dynamic" else None
-    u_noise = None
-    if tc.noise != "none":
-        u_noise = (torch.randn if tc.noise == "gaussian" else torch.rand)(gb, PIXELS, generator=gen, device=dev)
-    lo, hi = shard
-    x = pixels(images[idx[lo:hi]])
-    if u_bin is not None:
-        x = (u_bin[lo:hi] < x).float()
-    inp = corrupt(x, tc.noise, tc.noise_level, u_noise[lo:hi] if u_noise is not None else None)
-    return x, inp, eps[..., lo:hi, :] if eps is not None else None
-
-
-def _shard(global_batch: int, ctx: DistContext) -> tuple[int, int]:
-    """This rank's [lo, hi) of a global batch, contiguous and as even as possible."""
-    base, extra = divmod(global_batch, ctx.world_size)
-    lo = ctx.rank * base + min(ctx.rank, extra)
-    return lo, lo + base + (1 if ctx.rank < extra else 0)
 
 
 def _format_row(row: dict[str, float], epochs: int) -> str:

@@ -54,6 +54,7 @@ TRAIN_FLAGS: dict[str, tuple[str, str, Any, str]] = {
     "--lr-schedule": ("train", "lr_schedule", str, "constant, or exp: geometric decay to lr/10 by the last epoch"),
     "--device": ("train", "device", str, "auto, cpu or cuda"),
     "--bf16": ("train", "bf16", bool, "bf16 autocast (CUDA only)"),
+    "--cuda-graph": ("train", "cuda_graph", bool, "replay one recorded step per batch (CUDA, one process)"),
     "--patience": ("train", "patience", int, "early stopping: stop after N epochs without a better val loss"),
 }
 

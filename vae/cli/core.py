@@ -45,6 +45,8 @@ def config_from_args(a: argparse.Namespace) -> Config:
 def cmd_train(a: argparse.Namespace) -> dict[str, Any]:
     cfg = config_from_args(a)
     check_nproc(a.nproc, cfg.train.device)
+    if cfg.train.cuda_graph and a.nproc > 1:  # before torchrun starts; fit() says the same to a library caller
+        raise ConfigError("--cuda-graph records the step of one process: drop --nproc, or --cuda-graph")
     out = Path(
         a.out
         or f"runs/{cfg.model.kind}-{cfg.data.dataset.replace(':', '_').replace('/', '_')}"

@@ -208,7 +208,7 @@ def open_study(
 
 def _comparable(base: Config) -> dict[str, Any]:
     d = base.to_dict()
-    for k in ("device", "progress", "bf16"):  # how a trial runs, not what it computes
+    for k in ("device", "progress", "bf16", "cuda_graph"):  # how a trial runs, not what it computes
         d["train"].pop(k)
     if d["train"]["patience"] is None:  # studies made before early stopping existed stay comparable
         d["train"].pop("patience")

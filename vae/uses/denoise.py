@@ -7,15 +7,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from vae.batches import corrupt as apply
 from vae.errors import ConfigError
-from vae.training import corrupt as apply
 from vae.uses.codes import psnr, reconstruct
 
 NOISES = ("gaussian", "masking", "salt-pepper")
 
 
 def corrupt(x: np.ndarray, noise: str, level: float, seed: int = 0) -> np.ndarray:
-    """The training-time corruptions of vae.training.corrupt, drawn from a seeded generator."""
+    """The training-time corruptions of vae.batches.corrupt, drawn from a seeded generator."""
     if noise not in NOISES:
         raise ConfigError(f"noise={noise!r} is invalid: expected one of {', '.join(NOISES)}")
     if not (isinstance(level, (int, float)) and 0 <= level <= 1):
