@@ -70,6 +70,12 @@ def test_first_version_is_promoted_then_only_a_clear_improvement_is(store):
     tags = MlflowClient(uri, uri).get_model_version("vae-test", tie).tags
     assert tags["promotion.decision"] == "rejected" and tags["promotion.compared_to"] == v1
 
+    before = MlflowClient(uri, uri).get_model_version("vae-test", better).tags
+    again = registry.promote(uri, "vae-test", better, min_improvement=0.5)  # the champion itself, asked again
+    assert again.already_champion and not again.promote and "already champion" in again.reason
+    assert MlflowClient(uri, uri).get_model_version("vae-test", better).tags == before  # nothing re-recorded
+    assert not d.already_champion
+
 
 def test_rollback_walks_back_the_champion_history(store):
     uri = store[0]

@@ -58,6 +58,11 @@ class Decision:
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
     @property
+    def already_champion(self) -> bool:
+        """The candidate is the champion itself: nothing to judge, nothing to record."""
+        return self.champion == self.candidate
+
+    @property
     def improvement(self) -> float | None:
         """Nats by which the candidate beats the champion (positive: better)."""
         return None if self.champion_value is None else self.champion_value - self.candidate_value
@@ -189,7 +194,8 @@ def judge(
     cand = _version(client, name, version)
     champ = alias_version(client, name, CHAMPION)
     if champ is not None and str(champ.version) == str(cand.version):
-        return Decision(False, f"v{cand.version} is already champion", str(cand.version), float(cand.tags[METRIC]))
+        value = float(cand.tags[METRIC])
+        return Decision(False, f"v{cand.version} is already champion", str(cand.version), value, str(champ.version))
     if champ is not None and champion_value is None and not force:
         same = [champ.tags.get(k) == cand.tags.get(k) for k in ("fingerprint", "split")]
         if not all(same):
@@ -252,7 +258,7 @@ def promote(
     """judge() then apply(): make `version` champion if it passes the gate (or force). `approve`, if given,
     is asked before a promotion and returns the reviewer's answer (see apply)."""
     d = judge(tracking_uri, name, version, min_improvement, force, champion_value, interval)
-    if d.reason.endswith("is already champion"):
+    if d.already_champion:
         return d
     return apply(tracking_uri, name, d, approve(d) if approve is not None and d.promote else None)
 
