@@ -31,8 +31,8 @@ class Folder:
     skipped: tuple[tuple[str, str], ...]  # (path relative to the folder, why)
 
 
-def _read(path: Path) -> np.ndarray:
-    """One 28x28 grey uint8 image; DataError saying why not."""
+def read_png(path: Path) -> np.ndarray:
+    """One 28x28 grey uint8 image from a PNG (grey, palette or RGB, 8-bit); DataError saying why not."""
     try:
         with Image.open(path) as im:
             if im.format != "PNG":
@@ -43,9 +43,9 @@ def _read(path: Path) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"not a readable PNG ({type(e).__name__})") from None
     if size != (28, 28):
-        raise DataError(f"{size[0]}x{size[1]} pixels, expected 28x28")
+        raise DataError(f"image is {size[0]}x{size[1]}: expected 28x28 pixels")
     if grey.dtype != np.uint8:
-        raise DataError(f"mode {mode!r} is not 8-bit grey or RGB")
+        raise DataError(f"mode {mode!r} is not 8-bit: expected a grey (L) or RGB 8-bit PNG")
     return grey
 
 
@@ -68,7 +68,7 @@ def read_folder(root: str | Path) -> Folder:
             try:
                 if not f.is_file():
                     raise DataError("not a file")
-                images.append(_read(f))
+                images.append(read_png(f))
                 labels.append(int(entry.name))
             except DataError as e:
                 skipped.append((f"{entry.name}/{f.name}", str(e)))

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from vae.config import DataConfig
 from vae.data import SPLITS, load, pixels
 from vae.errors import ConfigError, DataError
 from vae.figures import image_grid
+from vae.folder import read_png
 from vae.idx import read_idx
 
 EXPECTED = (
@@ -63,16 +63,9 @@ def read_images(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 def _read_png(path: Path) -> np.ndarray:
     try:
-        with Image.open(path) as im:
-            im.load()
-            size, mode = im.size, im.mode
-            grey = np.asarray(im.convert("L") if mode in ("1", "L", "LA", "P", "RGB", "RGBA") else im)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DataError(f"{path}: not a readable PNG image ({type(e).__name__}): expected a 28x28 grey PNG") from None
-    if size != (28, 28):
-        raise DataError(f"{path}: image is {size[0]}x{size[1]}: expected 28x28 pixels")
-    if grey.dtype != np.uint8:
-        raise DataError(f"{path}: PNG mode {mode!r} is not 8-bit: expected a grey (L) or RGB 8-bit PNG")
+        grey = read_png(path)
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
     return pixels(grey.reshape(1, 784))
 
 
