@@ -55,10 +55,17 @@ services: setup
 services-stop: setup
 	$(BIN)/python -m flows.services stop
 
-# The prepared GPU check (benchmarks/gpu_check.py). gpu-prep copies the official MNIST files into .gpu/mnist
-# (git-ignored), which the device run carries; gpu-check-cpu is its quick CPU mode, about a minute.
+# The prepared GPU check (benchmarks/gpu_check.py). gpu-prep copies the official MNIST files into .gpu/mnist and
+# downloads into .gpu/wheels the Python 3.12 wheels that `vae tune --no-tracking` needs and the GPU machine
+# lacks (it has torch, numpy, tqdm, PyYAML, packaging, MarkupSafe, typing_extensions, filelock), at the
+# versions of constraints.txt; .gpu (git-ignored, ~17 MB) is carried to the device run. gpu-check-cpu is the
+# check's quick CPU mode, about two minutes.
+GPU_WHEELS := optuna optuna-integration alembic colorlog SQLAlchemy Mako
 gpu-prep:
 	mkdir -p .gpu/mnist && cp ../shared/data/mnist/*-ubyte.gz .gpu/mnist/
+	rm -rf .gpu/wheels && python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+	  --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux_2_28_x86_64 -c constraints.txt -d .gpu/wheels $(GPU_WHEELS)
 
 gpu-check-cpu: setup
 	$(BIN)/python benchmarks/gpu_check.py --device cpu --quick --out runs/gpu-check-cpu

@@ -22,7 +22,9 @@ def test_gpu_check_quick_mode_runs_every_step_on_the_cpu(tmp_path):
     )
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert r.returncode == 0, r.stderr[-3000:]
-    assert {k: v["status"] for k, v in report.items()} == dict.fromkeys(("env", "train", "ddp", "iw", "packing"), "ok")
+    assert {k: v["status"] for k, v in report.items()} == dict.fromkeys(
+        ("env", "train", "ddp", "iw", "tune", "packing"), "ok"
+    )
     assert report["env"]["matmul_gflops_fp32"] > 0
     train = report["train"]
     assert train["vae_fp32"]["seconds_per_epoch"] > 0 and train["vae_fp32"]["speedup_vs_seed"] > 0
@@ -30,6 +32,10 @@ def test_gpu_check_quick_mode_runs_every_step_on_the_cpu(tmp_path):
     assert train["vae_graph"]["test_neg_elbo"] == pytest.approx(train["vae_fp32"]["test_neg_elbo"], rel=1e-4)
     assert report["ddp"]["nproc1"]["val_neg_elbo"] > 0 and report["ddp"]["nproc2_on_one_device"]["exit"] == 0
     assert report["iw"]["k"] == 10 and report["iw"]["images"] == 500 and report["iw"]["iw_nll"] > 0
+    tune = report["tune"]  # `vae tune --no-tracking`, 1 worker against 2, 2 trials each
+    assert tune["workers_1"]["trials"] == tune["workers_2"]["trials"] == 2 and tune["speedup"] > 0
+    assert tune["workers_1"]["tracking"] is False and tune["workers_2"]["trials_per_hour_in_trials"] > 0
+    assert tune["optuna"] == "installed"  # here; the GPU machine installs .gpu/wheels
     assert report["packing"]["trials"] == 2 and report["packing"]["speedup"] > 0
     assert "gpu_check: done; failed steps: none" in (tmp_path / "gpu_check.log").read_text()
 

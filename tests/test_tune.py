@@ -101,6 +101,8 @@ def test_an_invalid_space_file_exits_2_naming_the_entry_and_writes_nothing(
         (["--timeout", "-5"], "timeout=-5.0 is invalid"),
         (["--space", "/no/such.toml"], "space file /no/such.toml does not exist"),
         (["--nproc", "0"], "nproc=0 is invalid"),
+        (["--no-tracking", "--tracking-uri", "m.db"], "tracking_uri='m.db' is invalid with tracking=False"),
+        (["--no-tracking", "--parent-run-id", "abc"], "parent_run_id='abc' is invalid with tracking=False (--no-t"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, message):
@@ -552,3 +554,40 @@ def test_workers_run_trials_at_once_and_the_study_ends_at_the_exact_count(tmp_pa
     study = load_study(storage, "w2")
     assert sorted(t.number for t in study.trials) == [0, 1, 2]
     assert {t.user_attrs["worker"] for t in study.trials} <= {"0", "1"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_no_tracking_runs_the_study_where_mlflow_cannot_be_imported(tmp_path, workers):
+    """`vae tune --no-tracking` (and its workers, which inherit PYTHONPATH) with an `mlflow` that raises on
+    import, as on a machine without it: the trials complete and no MLflow store appears."""
+    block = tmp_path / "block"
+    (block / "mlflow").mkdir(parents=True)
+    (block / "mlflow" / "__init__.py").write_text("raise ImportError('mlflow is blocked in this test')\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    storage = f"sqlite:///{work}/optuna.db"
+    root = Path(__file__).resolve().parents[1]
+    path = os.pathsep.join(x for x in (str(block), str(root), os.environ.get("PYTHONPATH")) if x)
+    r = subprocess.run(
+        [sys.executable, "-m", "vae", *BASE, "--epochs", "1", "--trials", "2", "--workers", str(workers)]
+        + ["--space", str(space_file(tmp_path)), "--storage", storage, "--study", "nt", "--out", str(work / "trials")]
+        + ["--no-tracking", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        env={**os.environ, "PYTHONPATH": path},
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = one_json(r.stdout)
+    assert summary["trials"] == 2 and summary["counts"]["complete"] + summary["counts"]["pruned"] == 2
+    assert summary["trials_run_here"] == (2 if workers == 1 else 0)
+    assert summary["tracking"] is False and summary["tracking_uri"] is None and summary["best_model_uri"] is None
+    assert summary["parent_run_id"] is None and summary["experiment_id"] is None
+    assert {p.name for p in work.iterdir() if not p.name.startswith("optuna.db")} == {"trials"}  # no mlruns/
+    assert not list(tmp_path.rglob("mlflow.db"))
+    trials = load_study(storage, "nt").trials
+    assert all("mlflow_run_id" not in t.user_attrs for t in trials)
+    complete = [t.number for t in trials if t.state.name == "COMPLETE"]
+    assert sorted(p.name for p in (work / "trials").iterdir()) == [f"trial-{n}" for n in complete]

@@ -216,7 +216,7 @@ def add_tune_command(sub) -> None:
         sub,
         "tune",
         "tune:cmd_tune",
-        help="search hyper-parameters: an Optuna study of training runs, tracked in MLflow",
+        help="search hyper-parameters: an Optuna study of training runs, tracked in MLflow (or --no-tracking)",
         description="Run trials of an Optuna study until it holds --trials trials (several `vae tune` "
         "processes may share one study). Each trial trains for --epochs epochs and reports the "
         "validation -ELBO every epoch to the pruner; rerunning the same command continues the study.",
@@ -248,6 +248,11 @@ def add_tune_command(sub) -> None:
     )
     p.add_argument("--out", help="folder of the trials' checkpoints (default mlruns/studies/<study>)")
     tracking_arg(p, "MLflow tracking URI")
+    p.add_argument(
+        "--no-tracking",
+        action="store_true",
+        help="no MLflow at all (not even imported): the study in --storage and the checkpoints in --out only",
+    )
     p.add_argument("--experiment", default="vae-tune", help="MLflow experiment (default vae-tune)")
     parent_arg(p, "the study's run")
     p.add_argument("--device", default=t.device, help="auto, cpu or cuda")

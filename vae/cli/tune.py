@@ -30,6 +30,7 @@ def cmd_tune(a: argparse.Namespace) -> dict[str, Any]:
         pruner=a.pruner,
         space=a.space,
         out=a.out,
+        tracking=not a.no_tracking,
         tracking_uri=a.tracking_uri,
         experiment=a.experiment,
         parent_run_id=a.parent_run_id,

@@ -4,7 +4,6 @@ dataset input, the parent-run tag, and the tags that say a tuning trial's state.
 from __future__ import annotations
 
 import functools
-import json
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -30,10 +29,6 @@ def source_tags() -> dict[str, str]:
 @functools.cache
 def _source_tags() -> dict[str, str]:  # one git lookup per process, not one per trial
     return {k: str(v) for k, v in resolve_tags().items()}
-
-
-def space_tag(space: Mapping[str, Any]) -> str:
-    return json.dumps(space, sort_keys=True)
 
 
 def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

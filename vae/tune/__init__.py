@@ -1,6 +1,7 @@
 """Everything Optuna: the search space (space.py), storages, sampler, pruner and worker coordination
 (storage.py), the objective and its per-trial bookkeeping (objective.py), the study run (study.py) and its
-summary (summary.py). MLflow comes in through vae.tracking.study.StudyTracker."""
+summary (summary.py). MLflow comes in through vae.tracking.study.StudyTracker, imported only when a study
+is tracked; untracked (--no-tracking), untracked.NullTracker stands in for it."""
 
 from vae.tune.space import DEFAULT_SPACE, PARAMS, load_space, suggest, to_config
 from vae.tune.storage import PRUNERS, SAMPLERS, make_pruner, make_sampler, open_storage

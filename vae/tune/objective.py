@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna_integration import TorchDistributedTrial
@@ -23,10 +23,13 @@ from vae.config import Config
 from vae.data import Dataset
 from vae.distributed import DistContext, broadcast_object
 from vae.errors import DivergedError
-from vae.tracking.study import StudyTracker
 from vae.training import FitResult, fit
 from vae.tune.space import suggest, to_config
 from vae.tune.storage import AskLock, counted
+from vae.tune.untracked import NullTracker
+
+if TYPE_CHECKING:
+    from vae.tracking.study import StudyTracker
 
 
 class TrialFailed(Exception):
@@ -61,7 +64,7 @@ class Bookkeeper:
     benchmark), and the trial's folder (kept only when it completes)."""
 
     study: optuna.Study
-    tracker: StudyTracker
+    tracker: StudyTracker | NullTracker
     lock: AskLock
     out: Path
     n_trials: int
@@ -88,7 +91,8 @@ class Bookkeeper:
         trial.set_user_attr("worker", os.environ.get("VAE_TUNE_WORKER", "0"))
         folder = self.out / f"trial-{trial.number}"
         self.run = self.tracker.start_trial(trial.number, cfg, self.data_info, folder, {**params, "nproc": nproc})
-        trial.set_user_attr("mlflow_run_id", self.run.run_id)
+        if self.run.run_id is not None:  # None: tracking is off
+            trial.set_user_attr("mlflow_run_id", self.run.run_id)
 
     def log_epoch(self, epoch: int, row: dict[str, float]) -> None:
         self.run(epoch, row)

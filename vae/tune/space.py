@@ -3,6 +3,7 @@ trial starts; `suggest` draws a point, `to_config` turns it into the trial's Con
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +38,11 @@ PARAMS: dict[str, tuple[type, str, str]] = {
     "hidden_depth": (int, "model", "hidden"),
     "lr_schedule": (str, "train", "lr_schedule"),
 }
+
+
+def space_tag(space: Mapping[str, Any]) -> str:
+    """The resolved space as one JSON string: the `search_space` tag of a study's MLflow run."""
+    return json.dumps(space, sort_keys=True)
 
 
 def load_space(source: str | Path | Mapping[str, Any] | None, base: Config) -> dict[str, dict[str, Any]]:

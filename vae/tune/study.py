@@ -1,4 +1,5 @@
-"""`tune()`: an Optuna study whose trials are fit() runs, on 1 process or N under torchrun, tracked in MLflow.
+"""`tune()`: an Optuna study whose trials are fit() runs, on 1 process or N under torchrun, tracked in MLflow
+(or, with tracking=False / `vae tune --no-tracking`, not: vae/tune/untracked.py, and mlflow is never imported).
 
 Objective: validation -ELBO in nats per image after the last epoch, reported every epoch for the pruner
 (vae/tune/objective.py). The study lives in a storage shared by any number of workers (vae/tune/storage.py);
@@ -16,7 +17,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from tqdm import tqdm
@@ -26,12 +27,14 @@ from vae.data import describe, load
 from vae.distributed import DistContext, barrier, broadcast_object, distributed
 from vae.errors import ConfigError
 from vae.stores import default_study_storage, redact
-from vae.tracking.runs import space_tag
-from vae.tracking.study import StudyTracker
 from vae.tune.objective import Bookkeeper, Objective, Surplus, TrialFailed
-from vae.tune.space import load_space
+from vae.tune.space import load_space, space_tag
 from vae.tune.storage import AskLock, counted, make_pruner, make_sampler, next_action, open_storage
 from vae.tune.summary import summarize
+from vae.tune.untracked import NullTracker
+
+if TYPE_CHECKING:
+    from vae.tracking.study import StudyTracker
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class TuneSettings:
     pruner: str = "hyperband"
     space: str | Path | Mapping[str, Any] | None = field(default=None, hash=False)
     out: str | Path | None = None  # default: mlruns/studies/<study>
+    tracking: bool = True  # False: no MLflow at all, nothing logged (vae/tune/untracked.py)
     tracking_uri: str | None = None
     experiment: str = "vae-tune"
     parent_run_id: str | None = None  # the MLflow run the study run hangs under (the pipeline's night)
@@ -59,6 +63,12 @@ class TuneSettings:
             raise ConfigError(f"timeout={self.timeout!r} is invalid: expected a number of seconds > 0")
         if self.heartbeat is not None and self.heartbeat < 0:
             raise ConfigError(f"heartbeat={self.heartbeat!r} is invalid: expected seconds >= 0 (0: no heartbeats)")
+        if not self.tracking and (self.tracking_uri or self.parent_run_id):
+            name = "tracking_uri" if self.tracking_uri else "parent_run_id"
+            raise ConfigError(
+                f"{name}={getattr(self, name)!r} is invalid with tracking=False (--no-tracking): an untracked "
+                f"study logs nothing to MLflow; drop --{name.replace('_', '-')} or --no-tracking"
+            )
         make_sampler(self.sampler, self.seed)
 
     def study_name(self, base: Config) -> str:
@@ -159,9 +169,9 @@ def _follow(ctx: DistContext, objective: Objective) -> None:
 
 def open_study(
     s: TuneSettings, base: Config, space: dict[str, Any], fingerprint: str, lock: AskLock
-) -> tuple[optuna.Study, StudyTracker]:
+) -> tuple[optuna.Study, StudyTracker | NullTracker]:
     """Create or load the study, check a resumed one matches, and attach its MLflow parent run (under the
-    study's lock, so that workers starting together agree on one parent)."""
+    study's lock, so that workers starting together agree on one parent) unless tracking is off."""
     name, url = s.study_name(base), s.storage_url()
     st = optuna.create_study(
         storage=open_storage(url, s.heartbeat),
@@ -182,6 +192,10 @@ def open_study(
             )
         if key not in attrs:
             st.set_user_attr(key, value)
+    if not s.tracking:
+        return st, NullTracker()
+    from vae.tracking.study import StudyTracker  # lazy: mlflow (~1.5 s to import), which an untracked study lacks
+
     tracker = StudyTracker(s.tracking_uri, s.experiment, s.parent_run_id)
     tags = {
         "optuna.study": name,

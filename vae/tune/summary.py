@@ -1,5 +1,6 @@
 """The end of a worker's run of a study: close orphaned trial runs, log the best trial's model, the study's
-plots and trial table on the MLflow parent run, and the summary that `vae tune --json` prints."""
+plots and trial table on the MLflow parent run, and the summary that `vae tune --json` prints. Untracked
+(NullTracker), only the summary: no run to close or log to, no model, no plots (they would go nowhere)."""
 
 from __future__ import annotations
 
@@ -7,20 +8,23 @@ import json
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
 
 from vae.figures import pyplot
 from vae.stores import redact
-from vae.tracking.study import StudyTracker
 from vae.tune.storage import counted
+from vae.tune.untracked import NullTracker
+
+if TYPE_CHECKING:
+    from vae.tracking.study import StudyTracker
 
 
 def summarize(
     st: optuna.Study,
-    tracker: StudyTracker,
+    tracker: StudyTracker | NullTracker,
     space: dict[str, Any],
     storage_url: str,
     n_trials: int,
@@ -39,8 +43,9 @@ def summarize(
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = min(complete, key=lambda t: t.value) if complete else None
     model_uri = _best_model(st, tracker, best)
+    tracked = tracker.uri is not None
     with tempfile.TemporaryDirectory() as tmp:
-        skipped = plots(st, Path(tmp))
+        skipped = plots(st, Path(tmp)) if tracked else ["all: tracking is off (--no-tracking)"]
         metrics = {f"trials_{k}": v for k, v in counts.items()}
         if best is not None:
             metrics["best_val_neg_elbo"] = best.value
@@ -65,6 +70,7 @@ def summarize(
         "best_value": best.value if best else None,
         "best_params": best.params if best else None,
         "best_config": best.user_attrs.get("config") if best else None,
+        "tracking": tracked,
         "parent_run_id": tracker.parent_id,
         "experiment_id": tracker.experiment_id,
         "tracking_uri": tracker.uri,
@@ -77,10 +83,12 @@ def summarize(
     }
 
 
-def _best_model(st: optuna.Study, tracker: StudyTracker, best: optuna.trial.FrozenTrial | None) -> str | None:
+def _best_model(
+    st: optuna.Study, tracker: StudyTracker | NullTracker, best: optuna.trial.FrozenTrial | None
+) -> str | None:
     """The best trial's checkpoint as the pyfunc model of its run, logged once per best trial."""
-    if best is None:
-        return None
+    if best is None or tracker.uri is None or not best.user_attrs.get("mlflow_run_id"):
+        return None  # no complete trial, tracking off, or the best trial ran untracked: no run to hold a model
     if st.user_attrs.get("best_model_trial") == best.number:
         return st.user_attrs.get("best_model_uri")
     ckpt = Path(best.user_attrs.get("checkpoint", ""))
