@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from vae.data import pixels
-from vae.figures import pyplot, save_figure
+from vae.figures import grid, pyplot, save_figure
 from vae.models import VAE
 
 
@@ -70,13 +70,10 @@ def paired_gain(
 
 def _panel(rows: list[tuple[str, torch.Tensor]], path: Path, nrow: int) -> None:
     """Rows of (title, (N, 784) pixels) as one PNG, one titled grid per row."""
-    from torchvision.utils import make_grid  # ~1 s: only when a comparison is drawn
-
     plt = pyplot()
     fig, axes = plt.subplots(len(rows), 1, figsize=(nrow * 0.9, 1.3 * sum(len(r[1]) // nrow for r in rows) + 0.4))
     for ax, (title, images) in zip([axes] if len(rows) == 1 else axes, rows, strict=True):
-        grid = make_grid(images.reshape(-1, 1, 28, 28).cpu(), nrow=nrow, padding=2, pad_value=1.0)
-        ax.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(grid(images, nrow), cmap="gray", vmin=0, vmax=1)
         ax.set_title(title, fontsize=10)
         ax.axis("off")
     save_figure(fig, path)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vae.data import pixels
 from vae.models import VAE
 
-# matplotlib (~0.5 s) and torchvision (~1 s) are imported where a figure is drawn: training and evaluation
-# import this module, and most of their runs draw nothing.
+# matplotlib (~0.5 s) is imported where a figure is drawn: training and evaluation import this module, and most
+# of their runs draw nothing. Image grids are laid out here: torchvision's make_grid would import torch._dynamo
+# (~2 s) in every process that draws one.
 
 
 def pyplot():
@@ -23,11 +25,28 @@ def pyplot():
     return plt
 
 
-def image_grid(images: torch.Tensor, path: Path, nrow: int) -> None:
-    """(N, 784) pixels in [0, 1] as one PNG grid with white gutters."""
-    from torchvision.utils import save_image
+def grid(images: torch.Tensor, nrow: int, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:
+    """(N, 784) pixels -> one (H, W) float array: rows of `nrow` images with gutters of `padding` pixels all
+    round (torchvision's make_grid layout); a single image is itself, 28x28, so it reads back as an input."""
+    x = images.detach().reshape(-1, 28, 28).float().cpu().numpy()
+    n = x.shape[0]
+    if n == 1:
+        return x[0]
+    cols = min(nrow, n)
+    step = 28 + padding
+    out = np.full((-(-n // cols) * step + padding, cols * step + padding), pad_value, dtype=np.float32)
+    for k in range(n):
+        top, left = padding + (k // cols) * step, padding + (k % cols) * step
+        out[top : top + 28, left : left + 28] = x[k]
+    return out
 
-    save_image(images.reshape(-1, 1, 28, 28).cpu(), path, nrow=nrow, padding=2, pad_value=1.0)
+
+def image_grid(images: torch.Tensor, path: Path, nrow: int) -> None:
+    """(N, 784) pixels in [0, 1] as one 8-bit grey PNG grid with white gutters."""
+    from PIL import Image
+
+    g = (np.clip(grid(images, nrow), 0, 1) * 255 + 0.5).astype(np.uint8)
+    Image.fromarray(g, mode="L").save(path, format="PNG")
 
 
 @torch.no_grad()
