@@ -90,12 +90,8 @@ def main() -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        trials = optuna.load_study(
-            study_name="vae-mnist-5k"
-            if "--study" not in a.flow_args
-            else a.flow_args[a.flow_args.index("--study") + 1],
-            storage=f"sqlite:///{tmp}/mlruns/optuna.db",
-        ).trials
+        study = summary["tune"]["study"]  # the name the flow chose (it carries the search space's hash)
+        trials = optuna.load_study(study_name=study, storage=f"sqlite:///{tmp}/mlruns/optuna.db").trials
     stages = summary["stage_seconds"]
     tune_tracking = sum(t.user_attrs.get("tracking_seconds", 0.0) for t in trials)
     tune_training = sum(t.user_attrs.get("train_seconds", 0.0) for t in trials)
