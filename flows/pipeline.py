@@ -33,6 +33,7 @@ from typing import Literal
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run as current_run
@@ -166,6 +167,12 @@ def need_server(p: PipelineParams) -> None:
         )
 
 
+class SignOffTimeout(VAEError):
+    """Nobody answered the paused run within approval_timeout: a run that started and failed."""
+
+    exit_code = 1
+
+
 def _sign_off(p: PipelineParams, registered: dict, gated: dict) -> dict:
     """Pause until a reviewer answers; FlowPauseTimeout after approval_timeout (the champion stays)."""
     d = gated["decision"]
@@ -174,9 +181,17 @@ def _sign_off(p: PipelineParams, registered: dict, gated: dict) -> dict:
         f"read comparison/comparison.md on MLflow run {registered['run_id']}, then answer this paused run's form "
         f"in the Prefect UI (approve or reject, with a comment)"
     )
-    answer = pause_flow_run(
-        wait_for_input=SignOff, timeout=p.approval_timeout, poll_interval=2, key=f"sign-off-v{registered['version']}"
-    )
+    name, version = registered["name"], registered["version"]
+    try:
+        answer = pause_flow_run(
+            wait_for_input=SignOff, timeout=p.approval_timeout, poll_interval=2, key=f"sign-off-v{version}"
+        )
+    except FlowPauseTimeout:
+        raise SignOffTimeout(
+            f"no sign-off for {name} v{version} within approval_timeout={p.approval_timeout} s: the champion "
+            f"stays, v{version} stays challenger with no decision; if it should win, promote it by hand: "
+            f"vae registry promote --name {name} --version {version}"
+        ) from None
     _log(f"sign-off: {answer.decision} by {answer.reviewer}: {answer.comment or '(no comment)'}")
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return {"decision": answer.decision, "reviewer": answer.reviewer, "comment": answer.comment, "time": stamp}
@@ -318,7 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # one line, exit 2, before Prefect starts anything
         print(f"vae-pipeline: error: {e}", file=sys.stderr)
         return 2
-    result = vae_pipeline(**vars(args))
+    try:
+        result = vae_pipeline(**vars(args))
+    except VAEError as e:  # Prefect has logged the failed run above; the reason once more, as the last line
+        print(f"vae-pipeline: error: {e}", file=sys.stderr)
+        return e.exit_code
     reg, dec, night = result["registered"], result["decision"], result["night"]
     out = {
         "case": night["case"],

@@ -503,3 +503,32 @@ def test_require_approval_pauses_before_champion_moves_and_records_the_sign_off(
     assert "**Sign-off:** approve by ada: samples look like digits" in (
         Path(client.download_artifacts(run_id, "comparison/comparison.md", str(tmp_path))).read_text()
     )
+
+
+def test_a_sign_off_nobody_gives_times_out_and_leaves_the_champion_and_the_lock(prefect_server, tmp_path):
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    api, env = prefect_server
+    params = tiny(tmp_path, trials=1, epochs=1, iw_samples=0)
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in params.items()] + ["--require-approval", "--approval-timeout=3"]
+    r = subprocess.run(
+        [sys.executable, "-m", "flows.pipeline", *args],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and last.startswith("vae-pipeline: error: no sign-off for vae-test v1"), r.stderr[-3000:]
+    assert "vae registry promote --name vae-test --version 1" in last
+    uri = params["tracking_uri"]
+    client = MlflowClient(uri, uri)
+    assert {k: str(v) for k, v in client.get_registered_model("vae-test").aliases.items()} == {"challenger": "1"}
+    assert "promotion.decision" not in client.get_model_version("vae-test", "1").tags  # no decision recorded
+    from flows.nights import LOCK
+
+    assert (tmp_path / "work").is_dir() and not (tmp_path / "work" / LOCK).exists()  # the next night may run
