@@ -243,16 +243,29 @@ def add_worker(home: Path, pool: str) -> int:
 
 
 def stop(home: Path) -> None:
+    """Workers first, then the servers, then PostgreSQL. A worker starts each flow run as a process of its own
+    group, so the night a worker is running (and its `vae` children) are found as the worker's descendants
+    and stopped too: no night goes on writing its work folder after the stack is gone."""
+    import psutil
+
     pids = json.loads((home / "pids.json").read_text()) if (home / "pids.json").exists() else {}
     order = [k for k in pids if k.startswith("worker")] + ["prefect", "mlflow"]
+    procs = []
     for name in order:
         if name in pids:
+            with contextlib.suppress(psutil.Error):
+                leader = psutil.Process(pids[name])
+                procs += [leader, *leader.children(recursive=True)]
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pids[name], signal.SIGTERM)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=20)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
     for name in order:
-        deadline = time.time() + 20
-        while name in pids and time.time() < deadline and _alive(pids[name]):
-            time.sleep(0.2)
         if name in pids and _alive(pids[name]):
             os.killpg(pids[name], signal.SIGKILL)
     if (home / "pg").exists():

@@ -193,11 +193,32 @@ def inspect(prefect: str, flow_run_id: str, env: dict[str, str]) -> str:
     ).stdout
 
 
-def test_stop_ends_every_service(tmp_path_factory, stack):
+def test_stop_ends_every_service_and_the_night_a_worker_is_running(tmp_path, stack):
+    import psutil
+
     home, env, _ = stack
+    client = {**os.environ, **env, "PREFECT_HOME": str(home / "prefect")}
+    prefect = str(Path(sys.executable).parent / "prefect")
+    work = tmp_path / "work"
+    params = ["-p", "epochs=40", "-p", "subset=2000", "-p", f'workdir="{work}"', "-p", 'model_name="vae-stopped"']
+    started = subprocess.run(
+        [prefect, "deployment", "run", "vae-pipeline/nightly", *params],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=client,
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    deadline = time.time() + 300
+    while not (work / "night.lock").exists():  # a worker runs the night (a process group of its own)
+        assert time.time() < deadline, (home / "worker.log").read_text()[-3000:]
+        time.sleep(0.5)
+    night = psutil.Process(json.loads((work / "night.lock").read_text())["pid"])
+    family = [night, *night.children(recursive=True)]
     pids = json.loads((home / "pids.json").read_text())
     assert services(home, "stop").returncode == 0
     for pid in pids.values():
         with pytest.raises(ProcessLookupError):
             os.killpg(pid, 0)
+    assert [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
     assert not (home / "pg" / "postmaster.pid").exists() and not (home / "pids.json").exists()
