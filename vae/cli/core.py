@@ -86,8 +86,8 @@ def _train_tracked(a: argparse.Namespace, cfg: Config, out: Path) -> dict[str, A
     model at the end; rank 0 only."""
     from vae.tracking.live import TrainingRun  # lazy: mlflow costs ~1.5 s, and only a tracked run needs it
 
-    data.fetch(cfg.data.dataset, cfg.data.data_dir, cfg.data.mirror)  # a download, if any, before the run starts
-    info = data.info(cfg.data)
+    loaded = data.load(cfg.data, download=True)  # a download, if any, before the run starts
+    info = data.describe(loaded, cfg.data)
     with (
         TrainingRun(
             a.tracking_uri, a.experiment or "vae-train", cfg, out, info, resume=a.resume, parent_id=a.parent_run_id
@@ -97,7 +97,7 @@ def _train_tracked(a: argparse.Namespace, cfg: Config, out: Path) -> dict[str, A
         result = api.train(cfg, out=out, resume=a.resume, callbacks=[run])
         summary = _summary(cfg, out, result)
         model, _, _ = load_model(summary["best_checkpoint"] or summary["checkpoint"])
-        split = data.load(cfg.data, download=False).val
+        split = loaded.val
         # the whole history, not the best checkpoint's (which ends at the best epoch)
         figures = write_figures(model, split, out / "figures", history=result.history, seed=cfg.train.seed)
         model_info = run.finish(
