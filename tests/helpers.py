@@ -21,6 +21,30 @@ def run_cli(*args, env=None, timeout=600):
     )
 
 
+def communicate_all(procs, timeout: float) -> list[tuple[str, str]]:
+    """(stdout, stderr) of each process, read at the same time: read one after another, a process that
+    fills its pipe while the test waits on another blocks, and if that other waits for it (a shared lock, a
+    rendezvous), both hang until the timeout."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read(proc):
+        try:
+            return proc.communicate(timeout=timeout), False
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.communicate(), True
+
+    with ThreadPoolExecutor(len(procs)) as pool:
+        results = list(pool.map(read, procs))
+    if any(late for _, late in results):  # what each process said, for the one that hung and the others
+        tails = "\n".join(
+            f"process {i}: {'timed out' if late else f'exit {procs[i].returncode}'}:\n{out[1][-1500:]}"
+            for i, (out, late) in enumerate(results)
+        )
+        raise AssertionError(f"a process ran past {timeout} s:\n{tails}")
+    return [out for out, _ in results]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from tests.helpers import free_port, run_cli
+from tests.helpers import communicate_all, free_port, run_cli
 from vae import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
@@ -103,7 +103,12 @@ def test_two_torchrun_nodes_on_loopback_train_one_model(tmp_path, one_process_ru
                 str(out),
             ]
             procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        outs = [p.communicate(timeout=300) for p in procs]
+        try:
+            outs = communicate_all(procs, timeout=300)  # the nodes wait for each other at exit
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
         if [p.returncode for p in procs] == [0, 0] or not any(_addr_in_use(o[1]) for o in outs):
             break
         shutil.rmtree(out, ignore_errors=True)

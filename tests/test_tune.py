@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, run_cli, start_server, stop_server
+from tests.helpers import communicate_all, free_port, run_cli, start_server, stop_server
 from vae.cli import main
 from vae.config import Config
 
@@ -396,7 +396,7 @@ def _two_workers_finish_exactly(tmp_path: Path, storage: str, trials: int) -> No
         for _ in range(2)
     ]
     try:
-        outs = [p.communicate(timeout=300) for p in procs]
+        outs = communicate_all(procs, timeout=300)
     finally:
         for p in procs:
             stop(p)
