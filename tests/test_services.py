@@ -145,21 +145,29 @@ def test_a_nightly_deployment_runs_through_a_worker_on_the_stack(stack, tmp_path
     assert [where for where, text in seen.items() if password in text] == []
 
 
-def test_a_worker_killed_mid_run_leaves_a_crashed_run_and_the_next_run_completes(stack, tmp_path):
+def start_night(stack, work: Path, model: str) -> tuple[list[str], str, dict[str, str]]:
+    """A 40-epoch night of the served deployment on `work`, for a worker to pick up: (its parameters, its
+    flow-run id, the client environment)."""
     home, env, _ = stack
     client = {**os.environ, **env, "PREFECT_HOME": str(home / "prefect")}
     prefect = str(Path(sys.executable).parent / "prefect")
-    work = tmp_path / "work"
-    params = ["-p", "epochs=40", "-p", "subset=2000", "-p", f'workdir="{work}"', "-p", 'model_name="vae-killed"']
-    first = subprocess.run(
+    params = ["-p", "epochs=40", "-p", "subset=2000", "-p", f'workdir="{work}"', "-p", f'model_name="{model}"']
+    started = subprocess.run(
         [prefect, "deployment", "run", "vae-pipeline/nightly", *params],
         capture_output=True,
         text=True,
         timeout=120,
         env=client,
     )
-    assert first.returncode == 0, first.stdout + first.stderr
-    first_id = first.stdout.split("UUID: ")[1].split()[0]
+    assert started.returncode == 0, started.stdout + started.stderr
+    return params, started.stdout.split("UUID: ")[1].split()[0], client
+
+
+def test_a_worker_killed_mid_run_leaves_a_crashed_run_and_the_next_run_completes(stack, tmp_path):
+    home = stack[0]
+    prefect = str(Path(sys.executable).parent / "prefect")
+    work = tmp_path / "work"
+    params, first_id, client = start_night(stack, work, "vae-killed")
     deadline = time.time() + 600
     while not list(work.glob("train-*/checkpoint.pt")):  # the night is training
         assert time.time() < deadline, (home / "worker.log").read_text()[-3000:]
@@ -196,19 +204,9 @@ def inspect(prefect: str, flow_run_id: str, env: dict[str, str]) -> str:
 def test_stop_ends_every_service_and_the_night_a_worker_is_running(tmp_path, stack):
     import psutil
 
-    home, env, _ = stack
-    client = {**os.environ, **env, "PREFECT_HOME": str(home / "prefect")}
-    prefect = str(Path(sys.executable).parent / "prefect")
+    home = stack[0]
     work = tmp_path / "work"
-    params = ["-p", "epochs=40", "-p", "subset=2000", "-p", f'workdir="{work}"', "-p", 'model_name="vae-stopped"']
-    started = subprocess.run(
-        [prefect, "deployment", "run", "vae-pipeline/nightly", *params],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=client,
-    )
-    assert started.returncode == 0, started.stdout + started.stderr
+    start_night(stack, work, "vae-stopped")
     deadline = time.time() + 300
     while not (work / "night.lock").exists():  # a worker runs the night (a process group of its own)
         assert time.time() < deadline, (home / "worker.log").read_text()[-3000:]
