@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 SITE = REPO / ".bench" / "pythae"
 PYTHAE = "pythae==0.1.2"
 sys.path.insert(0, str(REPO / "benchmarks"))
-from train_speed import FLOP_PER_TRAIN_IMAGE, SHARED, matmul_peak, vae_worker  # noqa: E402
+from train_speed import FLOP_PER_TRAIN_IMAGE, SHARED, matmul_peak, vae_worker, worker_result  # noqa: E402
 
 
 def install() -> None:
@@ -119,10 +119,7 @@ def pythae_worker(dataset: str, epochs: int, seed: int) -> dict:
 def run_worker(kind: str, a: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--dataset", a.dataset, "--epochs", str(a.epochs)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO)] + ([str(SITE)] if kind == "pythae" else []))}
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-    if out.returncode != 0:
-        raise SystemExit(f"{kind} worker failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return worker_result(kind, cmd, env=env, cwd=REPO)
 
 
 def main() -> None:

@@ -150,7 +150,12 @@ def run_worker(kind: str, args) -> dict:
     cmd += ["--device", args.device] + (["--subset", str(args.subset)] if args.subset else [])
     cmd += ["--bf16"] if getattr(args, "bf16", False) else []
     cmd += ["--cuda-graph"] if getattr(args, "cuda_graph", False) else []
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return worker_result(kind, cmd)
+
+
+def worker_result(kind: str, cmd: list[str], **kw) -> dict:
+    """Run a benchmark worker process; its result is the JSON object on its last line of stdout."""
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)
     if out.returncode != 0:
         raise SystemExit(f"{kind} worker failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
