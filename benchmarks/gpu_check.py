@@ -267,7 +267,7 @@ def tune_step(c: Check, a: argparse.Namespace) -> dict:
                 folder / "space.toml",
                 "--sampler",
                 "random",
-                "--seed",
+                "--sampler-seed",
                 "0",
                 "--pruner",
                 "none",

@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-MAKE_RUN = ["--dataset", "mnist-5k", "--trials", "16", "--tune-epochs", "10", "--epochs", "50", "--iw-samples", "1000"]
+MAKE_RUN = ["--dataset", "mnist-5k", "--trials", "8", "--epochs", "50", "--iw-samples", "100"]
 
 
 def tree_rss(root: int) -> int:

@@ -78,11 +78,11 @@ def main() -> None:
             f"sqlite:///{tmp}/mlflow.db",
             "--out",
             f"{tmp}/study",
-            "--seed",
+            "--sampler-seed",
             "0",
         )
         seconds = time.time() - t0
-        ckpt = Path(tmp) / "study" / f"trial-{study['best_trial']}" / "checkpoint.pt"
+        ckpt = Path(study["best_checkpoint"])
         test = vae_cli("evaluate", str(ckpt), "--no-figures")
     rows["vae tune best"] = {
         **test,

@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
-PARAMS = {"trials": 2, "tune_epochs": 1, "epochs": 2, "subset": 1000, "iw_samples": 10}
+PARAMS = {"trials": 2, "min_epochs": 1, "epochs": 2, "subset": 1000, "iw_samples": 10}
 
 
 def stack_rss(home: Path) -> int:

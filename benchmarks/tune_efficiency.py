@@ -52,7 +52,7 @@ def run_arm(folder: Path, pruner: str, seed: int, a: argparse.Namespace) -> dict
         pruner,
         "--sampler",
         "tpe",
-        "--seed",
+        "--sampler-seed",
         str(seed),
         "--space",
         str(folder / "space.toml"),

@@ -41,7 +41,7 @@ def arm(workers: int, a: argparse.Namespace) -> float:
             str(a.subset),
             "--sampler",
             "random",
-            "--seed",
+            "--sampler-seed",
             "0",
             "--pruner",
             "none",

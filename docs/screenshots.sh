@@ -31,8 +31,8 @@ night() {  # the nightly deployment once, with these -p parameters
   "$BIN/prefect" deployment run vae-pipeline/nightly "$@" --watch >>"$WORK/run.log" 2>&1 \
     || { tail -40 "$WORK/run.log"; exit 1; }
 }
-night -p trials=6 -p tune_epochs=3 -p epochs=20 -p iw_samples=100
-night -p trials=6 -p tune_epochs=6 -p epochs=30 -p iw_samples=100  # new settings: a new study and candidate
+night -p trials=6 -p epochs=20 -p iw_samples=100
+night -p trials=6 -p epochs=30 -p iw_samples=100  # new settings: a new study and candidate
 
 shoot() {  # URL OUT
   chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update \

@@ -20,15 +20,17 @@ without one the flow refuses to start.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
 import time
+import typing
 from contextlib import contextmanager
 from dataclasses import asdict, fields
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -42,6 +44,7 @@ from prefect.tasks import exponential_backoff
 
 from flows.nights import night_lock, record_failure
 from vae import pipeline as steps
+from vae import summaries
 from vae.errors import ConfigError, VAEError
 from vae.pipeline import PipelineParams
 
@@ -122,8 +125,13 @@ def tune(p: PipelineParams, night: dict, fingerprint: str, night_id: str) -> dic
 
 
 @task(**CACHED)
-def train_best(p: PipelineParams, best_config: dict, fingerprint: str, night_id: str) -> dict:
-    return steps.train_step(p, best_config, fingerprint, night_id, log=_log)
+def candidate(p: PipelineParams, study: dict, fingerprint: str, night_id: str) -> dict:
+    return steps.candidate_step(p, study, fingerprint, night_id, log=_log)
+
+
+@task(**CACHED)
+def baseline(p: PipelineParams, study: dict, fingerprint: str, night_id: str) -> dict:
+    return steps.baseline_step(p, study, fingerprint, night_id, log=_log)
 
 
 @task(**CACHED)
@@ -137,8 +145,8 @@ def register(p: PipelineParams, study: dict, trained: dict, metrics: dict, night
 
 
 @task(**RETRIED)
-def gate(p: PipelineParams, trained: dict, registered: dict, metrics: dict) -> dict:
-    return steps.gate_step(p, trained, registered, metrics)
+def gate(p: PipelineParams, trained: dict, registered: dict, metrics: dict, recipe: dict) -> dict:
+    return steps.gate_step(p, trained, registered, metrics, recipe)
 
 
 @task(**RETRIED)
@@ -201,7 +209,7 @@ def _quiet(p: PipelineParams, best: dict, night: dict, data: dict, clock: _Clock
     """A night that registers nothing: its MLflow record and its Prefect artifact."""
     record = close_night(p, night_id, night, {"study": best.get("study"), "fingerprint": data["fingerprint"]})
     create_markdown_artifact(
-        steps.quiet_markdown(night, record),
+        summaries.quiet_markdown(night, record),
         key="vae-pipeline-summary",
         description="no new candidate: the case and the champion",
     )
@@ -232,18 +240,20 @@ def _night(p: PipelineParams, clock: _Clock) -> dict:
     if not night["train"]:
         return _quiet(p, best, night, data, clock, night_id)
     steps.nightly.mark_pending(p.storage_url(), best["study"], best["best_trial"])
-    with clock("train"):
-        train = train_best.with_options(timeout_seconds=p.task_timeout + 120)
-        trained = train(p, best["best_config"], data["fingerprint"], night_id)
+    with clock("candidate"):  # the winning trial is the candidate: nothing is trained again unless it is not here
+        choose = candidate.with_options(timeout_seconds=p.task_timeout + 120)
+        trained = choose(p, best, data["fingerprint"], night_id)
         # The cache (under PREFECT_HOME) outlives runs/: a hit made by another checkout, or before runs/ was
-        # deleted, names files that are not here. Train again, and evaluate again what was trained again.
+        # deleted, names files that are not here. Take it again, and evaluate again what was taken again.
         stale = not (Path(trained["out"]) / "history.json").is_file() or not Path(trained["checkpoint"]).is_file()
         if stale:
-            trained = train.with_options(refresh_cache=True)(p, best["best_config"], data["fingerprint"], night_id)
-    _fail_after("train")
+            trained = choose.with_options(refresh_cache=True)(p, best, data["fingerprint"], night_id)
+    _fail_after("candidate")
     with clock("evaluate"):
         model_checkpoint = trained.get("best_checkpoint") or trained["checkpoint"]  # the best epoch, not the last
+        recipe = baseline(p, best, data["fingerprint"], night_id)
         metrics = evaluate.with_options(refresh_cache=stale)(p, model_checkpoint, data["fingerprint"])
+        metrics = steps.with_baseline(metrics, recipe)
     _fail_after("evaluate")
     with clock("register"):
         registered = register(p, best, trained, metrics, night, night_id)
@@ -255,14 +265,14 @@ def _night(p: PipelineParams, clock: _Clock) -> dict:
         }
         return _quiet(p, best, night, data, clock, night_id)
     with clock("promote"):
-        gated = gate(p, trained, registered, metrics)
+        gated = gate(p, trained, registered, metrics, recipe)
     approval = _sign_off(p, registered, gated) if p.require_approval and gated["decision"]["promote"] else None
     with clock("promote"):
         decision = promote(p, best, trained, registered, metrics, gated, approval)
     outcome = {"registered_version": registered["version"], "promoted": decision["promote"], "study": best}
     close_night(p, night_id, night, {**outcome, "metrics": metrics, "registered": registered, "decision": decision})
     create_markdown_artifact(
-        steps.summary_markdown(best, metrics, registered, decision, night),
+        summaries.summary_markdown(best, metrics, registered, decision, night),
         key="vae-pipeline-summary",
         description="the case, metrics, promotion decision, MLflow run",
     )
@@ -278,34 +288,32 @@ def _night(p: PipelineParams, clock: _Clock) -> dict:
     }
 
 
-@flow(name="vae-pipeline", log_prints=True, on_failure=[record_failure], on_crashed=[record_failure])
-def vae_pipeline(
-    dataset: str = "mnist-5k",
-    trials: int = 4,
-    tune_epochs: int = 3,
-    epochs: int = 10,
-    nproc: int = 1,
-    subset: int | None = None,
-    study: str | None = None,
-    storage: str | None = None,
-    tracking_uri: str | None = None,
-    model_name: str | None = None,
-    min_improvement: float = 0.5,
-    iw_samples: int = 100,
-    workdir: str = "runs/pipeline",
-    task_timeout: int = 6 * 3600,
-    space: str | None = None,
-    workers: int = 1,
-    patience: int | None = 5,
-    require_approval: bool = False,
-    approval_timeout: int = 24 * 3600,
-) -> dict:
-    args = dict(locals())
-    p = PipelineParams(**{f.name: args[f.name] for f in fields(PipelineParams)})  # bad parameters fail here
+def _pipeline(**params: Any) -> dict:
+    p = PipelineParams(**params)  # bad parameters fail here
     need_server(p)
     clock = _Clock()
     with night_lock(p, _log):
         return _night(p, clock)
+
+
+def _signature() -> inspect.Signature:
+    """The flow's parameters: PipelineParams' fields, names, types and defaults, declared there once (the
+    deployments, `python -m flows.pipeline --help` and the Prefect UI's form all read them from here)."""
+    hints = typing.get_type_hints(PipelineParams)
+    return inspect.Signature(
+        [
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
+            for f in fields(PipelineParams)
+        ],
+        return_annotation=dict,
+    )
+
+
+_pipeline.__signature__ = _signature()
+_pipeline.__doc__ = PipelineParams.__doc__
+vae_pipeline = flow(name="vae-pipeline", log_prints=True, on_failure=[record_failure], on_crashed=[record_failure])(
+    _pipeline
+)
 
 
 @flow(name="vae-reevaluate-champion", log_prints=True)
@@ -318,14 +326,20 @@ def reevaluate_champion(
     return steps.reevaluate_champion(p, log=_log)
 
 
+def _scalar(hint) -> type:
+    """int for `int` and `int | None`, and so on: what a command-line value of the field is parsed as."""
+    kinds = [k for k in typing.get_args(hint) if k is not type(None)] or [hint]
+    return kinds[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     a = argparse.ArgumentParser(description="Run the vae-pipeline flow once.")
-    d = PipelineParams()
+    d, hints = PipelineParams(), typing.get_type_hints(PipelineParams)
     for name, value in asdict(d).items():
         if isinstance(value, bool):
             a.add_argument("--" + name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=value)
             continue
-        kind = type(value) if value is not None else (int if name == "subset" else str)
+        kind = _scalar(hints[name])
         a.add_argument("--" + name.replace("_", "-"), type=kind, default=value)
     args = a.parse_args(argv)
     try:
@@ -367,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
                 "version": reg["version"],
                 "promoted": dec["promote"],
                 "test_neg_elbo": result["metrics"]["neg_elbo"],
+                "recipe_neg_elbo": result["metrics"].get("recipe_neg_elbo"),
+                "gain_over_recipe": result["metrics"].get("gain_over_recipe"),
+                "sample_fid": result["metrics"].get("sample_fid"),
             }
         )
     )

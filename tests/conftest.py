@@ -12,6 +12,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Prefect's database, settings and cached task results of this test session stay out of ~/.prefect.
 if "PREFECT_HOME" not in os.environ:
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="vae-tests-prefect-")
+# Downloads and the sample metrics' classifier cache (<data dir>/classifiers) stay out of ~/.cache/vae.
+os.environ.setdefault("VAE_DATA_DIR", tempfile.mkdtemp(prefix="vae-tests-data-"))
 
 
 def pytest_configure(config):

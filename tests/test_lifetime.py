@@ -10,7 +10,7 @@ import psutil
 
 PARENT = """
 import sys
-from vae.pipeline import run_vae
+from vae.child import run_vae
 run_vae(["train", "--subset", "500", "--epochs", "1000", "--out", sys.argv[1], "--no-progress"], log=lambda _: None)
 """
 

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from tests.helpers import start_server, stop_server
@@ -22,7 +23,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 # Every parameter fixed: each trial computes the same small model, so a second night on the same data
 # cannot find a better one (and a first night is quick).
-FIXED_SPACE = "lr = 0.002\nbatch_size = 64\nlatent = 8\nhidden_width = 64\nhidden_depth = 1\nmodel = 'vae'\n"
+# A space of one point, the seed recipe itself: every trial trains the same model, so the cases are what is tested.
+FIXED_SPACE = "lr = 0.001\nbatch_size = 128\nlatent = 20\nhidden_width = 400\nhidden_depth = 1\nmodel = 'vae'\n"
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,7 @@ def params(tmp_path, drop, **kw):
         dataset=f"folder:{drop}",
         subset=300,
         trials=1,
-        tune_epochs=1,
+        min_epochs=1,
         epochs=1,
         iw_samples=0,
         tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
@@ -107,13 +109,17 @@ def test_nights_on_a_growing_folder(harness, tmp_path, monkeypatch, mnist5k):
     third = vae_pipeline(**p)
     assert third["night"]["case"] == "new-data", third["night"]
     assert third["study"]["study"] != first["study"]["study"]
-    assert third["night"]["warm_started"] == [first["study"]["best_params"]]
+    assert third["night"]["warm_start_from"] == first["study"]["study"]
+    # the recipe first; the champion's and the warm-start configs are the recipe too, so queued once
+    assert third["night"]["seeded"] == [{"origin": "recipe", "params": first["study"]["best_params"]}]
     assert third["metrics"]["fingerprint"] != first["metrics"]["fingerprint"]
     assert versions(uri) == [1, 2] and third["decision"]["reason"]  # the champion re-scored, the gate decided
 
-    fourth = vae_pipeline(**{**p, "tune_epochs": 2})  # a changed setting: its own study, not a failure
+    space = tmp_path / "space-beta.toml"  # a changed setting (one more, default, entry): its own study
+    space.write_text(FIXED_SPACE + "beta = 1.0\n")
+    fourth = vae_pipeline(**{**p, "space": str(space)})
     assert fourth["night"]["case"] == "new-settings", fourth["night"]
-    assert "base_config.train.epochs: 1 -> 2" in fourth["night"]["reason"]
+    assert "space.beta.value: None -> 1.0" in fourth["night"]["reason"], fourth["night"]["reason"]
     # the fixed space trains the same model as night 3 on the same data: never a duplicate version
     assert fourth["registered"] is None and "already registered as v2" in fourth["night"]["reason"]
     assert versions(uri) == [1, 2]
@@ -153,31 +159,38 @@ def test_a_night_killed_mid_training_is_resumed_by_the_next(tmp_path, mnist5k):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp_path / "prefect-home")}
     killed = _flow(args, env, cwd=tmp_path)
     deadline = time.time() + 240
-    while time.time() < deadline and not list((tmp_path / "work").glob("train-*/checkpoint.pt")):
+    checkpoints = "studies/*/trial-*/checkpoint.pt"  # the night's one trial is training
+    while time.time() < deadline and not list((tmp_path / "work").glob(checkpoints)):
         assert killed.poll() is None, killed.communicate()
         time.sleep(0.2)
     time.sleep(1.0)
     os.killpg(killed.pid, signal.SIGKILL)  # the night's process and everything it started
     killed.communicate()
-    assert list((tmp_path / "work").glob("train-*/checkpoint.pt"))
+    [checkpoint] = (tmp_path / "work").glob(checkpoints)
+    killed_at = torch.load(checkpoint, weights_only=False)["epoch"]
+    assert 1 <= killed_at < 120, killed_at  # mid-training: some epochs done, most to go
 
     resumed = _flow(args, env, cwd=tmp_path)
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
-    assert "crashed: recorded in Prefect and MLflow" in err and "resuming the training" in err, err[-3000:]
+    assert "crashed: recorded in Prefect and MLflow" in err, err[-3000:]
+    assert "trial 1 resumes the training of trial 0 (its worker died)" in err, err[-3000:]
     result = json.loads(out.splitlines()[0])
     assert result["case"] == "resume" and result["version"] == "1"
     crashed = night_runs(p["tracking_uri"], "crashed")
     assert len(crashed) == 1 and crashed[0].info.status == "FAILED"
-    # The killed night's own run was closed (no second run for it), and its training run, resumed, went on
-    # under the night that finished it.
+    # The killed night's own run was closed (no second run for it); its trial, failed as its worker died, was
+    # retried under the night that finished it, from the epoch it had reached, and is the registered version.
     from mlflow import MlflowClient
 
     client = MlflowClient(p["tracking_uri"])
     assert crashed[0].data.tags["prefect.flow_run_id"] and crashed[0].data.tags["vae.step"] == "night"
     training = client.get_run(result["run_id"])
-    assert training.data.tags["mlflow.parentRunId"] == result["night_run_id"] and training.info.status == "FINISHED"
-    assert training.data.tags["vae.earlier_parent_run_id"] == crashed[0].info.run_id
+    study_run = client.get_run(training.data.tags["mlflow.parentRunId"])
+    assert study_run.data.tags["mlflow.parentRunId"] == result["night_run_id"] and training.info.status == "FINISHED"
+    curve = client.get_metric_history(training.info.run_id, "val_neg_elbo")
+    steps = [m.step for m in curve]
+    assert steps == list(range(killed_at + 1, killed_at + 1 + len(steps))) and steps, steps[:5]  # resumed, not redone
     code = (
         "import asyncio\nfrom prefect.client.orchestration import get_client\n"
         "async def main():\n    async with get_client() as c:\n"

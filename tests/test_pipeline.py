@@ -28,7 +28,7 @@ def tiny(tmp_path, **kw):
         dataset="mnist-5k",
         subset=300,
         trials=2,
-        tune_epochs=1,
+        min_epochs=1,
         epochs=2,
         iw_samples=10,
         # not ./mlflow.db of the working directory (mlflow's own default there): code that falls back on
@@ -88,20 +88,25 @@ def top_level(client, experiment: str) -> list:
 
 
 def assert_registered_tree(client, night_id: str, reg: dict, trials: int) -> None:
-    """Everything that produced a registered version hangs under its night: the study run with `trials` trial
-    runs, the training run (the version's run, holding the model and the per-epoch curves) and the evaluation."""
+    """Everything that produced a registered version hangs under a night: the study run with `trials` trial runs
+    of this night, and the evaluation. The version's run is the winning trial's own run (the candidate is the
+    trial as it was trained, not a retraining), under the study run of the night that ran it, holding the model
+    and the per-epoch curves."""
     tree = night_tree(client, night_id)
-    assert sorted(tree) == ["evaluate", "train", "tune"] and all(len(v) == 1 for v in tree.values()), tree
-    [study], [training], [evaluation] = tree["tune"], tree["train"], tree["evaluate"]
+    assert sorted(tree) == ["evaluate", "tune"] and all(len(v) == 1 for v in tree.values()), tree
+    [study], [evaluation] = tree["tune"], tree["evaluate"]
     trial_runs = runs_under(client, study.info.run_id)
     assert len(trial_runs) == trials and all(t.data.tags["vae.step"] == "trial" for t in trial_runs)
     assert all(t.data.tags["state"] in ("complete", "pruned", "fail") for t in trial_runs)
-    assert training.info.run_id == reg["run_id"] == client.get_model_version("vae-test", reg["version"]).run_id
+    training = client.get_run(reg["run_id"])
+    assert training.info.run_id == client.get_model_version("vae-test", reg["version"]).run_id
+    assert training.data.tags["vae.step"] == "trial" and training.data.tags["vae.candidate"] == "true"
+    assert client.get_run(training.data.tags["mlflow.parentRunId"]).data.tags["vae.step"] == "tune"
     assert evaluation.info.run_id == reg["evaluation_run_id"] and training.info.status == "FINISHED"
     curve = client.get_metric_history(training.info.run_id, "val_neg_elbo")
     assert [m.step for m in curve] == list(range(1, int(training.data.tags["epochs_trained"]) + 1))
     logged = client.get_logged_model(reg["model_id"])
-    assert logged.source_run_id == training.info.run_id  # the model is the training run's own
+    assert logged.source_run_id == training.info.run_id  # the model is the winning trial's own
     contexts = [
         {t.key: t.value for t in d.tags}["mlflow.data.context"]
         for run in (training, evaluation)
@@ -183,7 +188,7 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
     monkeypatch.chdir(tmp_path)
     params = tiny(tmp_path)
 
-    monkeypatch.setenv("VAE_PIPELINE_FAIL_AFTER", "train")
+    monkeypatch.setenv("VAE_PIPELINE_FAIL_AFTER", "candidate")
     failed = vae_pipeline(**params, return_state=True)
     assert failed.is_failed()
     monkeypatch.delenv("VAE_PIPELINE_FAIL_AFTER")
@@ -194,7 +199,7 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
     states = task_states(state)
     # the failed night's candidate is finished, not searched again: no new trial, its training reused
     assert result["night"]["case"] == "resume" and result["study"]["trials"] == 2, result["night"]
-    assert states["train_best"] == "Cached", states
+    assert states["candidate"] == "Cached", states
     assert states["evaluate"] == "Completed" and states["register"] == "Completed"
 
     reg, decision, metrics = result["registered"], result["decision"], result["metrics"]
@@ -211,9 +216,9 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
         assert {"figures/samples.png", "figures/reconstructions.png", "figures/loss_curves.png"} <= artifacts
     assert metrics["fingerprint"] == result["study"]["fingerprint"]
 
-    # One run per night at the top of the experiment. The failed night holds its study run and trials; the
-    # night that finished its work holds the study run it ran (no new trial), the training (trained by the
-    # failed night, reused from the cache, and taken under this night) and the evaluation.
+    # One run per night at the top of the experiment. The failed night holds its study run and trials, the
+    # winner among them; the night that finished its work holds the study run it ran (no new trial) and the
+    # evaluation of that winner.
     nights = top_level(client, "vae-test")
     [failed_id] = [r.info.run_id for r in nights if r.info.run_id != result["night_run_id"]]
     assert len(nights) == 2 and reg["night_run_id"] == result["night_run_id"]
@@ -222,12 +227,12 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
     [failed_study] = night_tree(client, failed_id)["tune"]
     assert sorted(r.info.run_name for r in runs_under(client, failed_study.info.run_id)) == ["trial-0", "trial-1"]
     assert_registered_tree(client, result["night_run_id"], reg, trials=0)
-    assert run.data.tags["vae.earlier_parent_run_id"] == failed_id
+    assert run.data.tags["mlflow.parentRunId"] == failed_study.info.run_id
     assert client.get_run(result["night_run_id"]).info.run_name.endswith("-resume")
 
     # What the run leaves: pipeline.json, promotion.json on the MLflow run, the Prefect summary artifact.
     # The registered model is the best epoch of the training (best.pt), and the run says which it was.
-    [history] = (tmp_path / "work").glob("train-*/history.json")
+    history = Path(result["study"]["best_checkpoint"]).parent / "history.json"
     assert client.get_run(reg["run_id"]).data.tags["best_epoch"] == str(json.loads(history.read_text())["best_epoch"])
     assert metrics["fingerprint"] and json.loads(history.read_text())["best_checkpoint"].endswith("best.pt")
     # The test metrics are on the logged model too (MLflow 3's model page), the test split a dataset input.
@@ -333,6 +338,54 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
     tags = client.get_model_version("vae-test", third["registered"]["version"]).tags
     assert tags["promotion.compared_to"] == champion_version and float(tags["promotion.improvement"]) == pytest.approx(
         promotion["improvement"], abs=1e-5
+    )
+
+
+def test_a_search_that_finds_nothing_better_registers_the_recipe_not_a_worse_model(harness, tmp_path, monkeypatch):
+    from flows.pipeline import vae_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    space = tmp_path / "space.toml"  # every drawn trial learns at a hundredth of the recipe's rate
+    space.write_text("lr = 1e-5\nbatch_size = 128\nlatent = 20\nhidden_width = 400\nmodel = 'vae'\n")
+    result = vae_pipeline(**tiny(tmp_path, trials=3, space=str(space), pruner="none"))
+    study, metrics = result["study"], result["metrics"]
+    assert study["counts"]["complete"] == 3 and study["recipe"]["trial"] == 0
+    assert study["best_trial"] == 0, study  # the recipe, which the study always holds, wins
+    assert metrics["gain_over_recipe"] == 0.0 and metrics["recipe_neg_elbo"] == metrics["neg_elbo"]
+    assert result["registered"]["version"] == "1" and result["decision"]["promote"]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(result["params"]["tracking_uri"])
+    run = client.get_run(result["registered"]["run_id"])
+    assert run.info.run_name == "trial-0" and run.data.tags["vae.candidate"] == "true"
+    assert run.data.metrics["test_gain_over_recipe"] == 0.0  # on the candidate's own run, linked to its model
+
+
+def test_the_same_sampler_seed_gives_the_same_night(harness, tmp_path, monkeypatch):
+    from flows.pipeline import vae_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    nights = []
+    for name in ("a", "b"):  # two machines' worth of fresh stores, the same command
+        folder = tmp_path / name
+        folder.mkdir()
+        nights.append(vae_pipeline(**tiny(folder, trials=5, startup_trials=2, sampler_seed=7)))
+    import optuna
+
+    a, b = nights
+    trials = [
+        [
+            (t.number, t.state.name, t.params, t.value, t.intermediate_values)
+            for t in optuna.load_study(study_name=n["study"]["study"], storage=tiny(tmp_path / f)["storage"]).trials
+        ]
+        for n, f in ((a, "a"), (b, "b"))
+    ]
+    assert trials[0] == trials[1], trials  # the same points drawn, the same pruning, the same values
+    assert len({json.dumps(t[2], sort_keys=True) for t in trials[0]}) == 5  # five distinct points, not one
+    assert a["study"]["best_params"] == b["study"]["best_params"]
+    assert (
+        a["metrics"]["neg_elbo"] == b["metrics"]["neg_elbo"]
+        and a["metrics"]["sample_fid"] == b["metrics"]["sample_fid"]
     )
 
 

@@ -108,7 +108,7 @@ def test_a_nightly_deployment_runs_through_a_worker_on_the_stack(stack, tmp_path
             "--param",
             "subset=300",
             "--param",
-            "tune_epochs=1",
+            "min_epochs=1",
             "--param",
             "iw_samples=0",
             "--param",
@@ -169,7 +169,7 @@ def test_a_worker_killed_mid_run_leaves_a_crashed_run_and_the_next_run_completes
     work = tmp_path / "work"
     params, first_id, client = start_night(stack, work, "vae-killed")
     deadline = time.time() + 600
-    while not list(work.glob("train-*/checkpoint.pt")):  # the night is training
+    while not list(work.glob("studies/*/trial-*/checkpoint.pt")):  # the night is training
         assert time.time() < deadline, (home / "worker.log").read_text()[-3000:]
         time.sleep(0.5)
     night = json.loads((work / "night.lock").read_text())

@@ -105,6 +105,10 @@ ROWS = (
     ("reconstruction", "recon"),
     ("KL", "kl"),
     ("active units", "active_units"),
+    ("sample FID (classifier features; lower is better)", "sample_fid"),
+    ("sample class entropy (nats)", "sample_class_entropy"),
+    ("gain over the seed recipe (nats)", "gain_over_recipe"),
+    ("digit classifier test accuracy", "classifier_accuracy"),
 )
 
 
@@ -124,7 +128,8 @@ def comparison_markdown(title: str, columns: list[tuple[str, dict[str, Any]]], d
     if len(columns) == 1:
         intro = "There is no champion yet: the candidate is shown alone."
     else:
-        intro = f"{columns[0][0]} against {columns[1][0]} on the same {columns[0][1].get('images', '?')} test images."
+        others = " and ".join(label for label, _ in columns[1:])
+        intro = f"{columns[0][0]} against {others} on the same {columns[0][1].get('images', '?')} test images."
     verdict = "promoted to champion" if decision["promote"] else "not promoted"
     if decision.get("awaiting"):
         verdict = "passes the gate; waiting for a reviewer's sign-off" if decision["promote"] else verdict

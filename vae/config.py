@@ -13,6 +13,7 @@ from vae.errors import ConfigError
 
 DATASETS = ("mnist-5k", "mnist", "fashion-mnist")  # plus "idx:PATH" and "folder:PATH"
 MODELS = ("vae", "ae", "conv-vae")
+CONVOLUTIONAL = ("conv-vae",)  # the kinds whose width `channels` sets
 ACTIVATIONS = ("relu", "tanh")
 NOISES = ("none", "gaussian", "masking", "salt-pepper")
 BINARIZE = ("none", "dynamic")
@@ -64,9 +65,12 @@ class ModelConfig:
     latent: int = 20
     hidden: tuple[int, ...] = (400,)
     activation: str = "relu"
+    channels: int = 32  # conv-vae: channels of its first convolution (the second has twice as many)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(self.hidden))
+        if self.kind not in CONVOLUTIONAL:  # a width the kind does not have: one value, so equal models compare equal
+            object.__setattr__(self, "channels", 32)
         _check(self.kind in MODELS, "model", self.kind, f"one of {', '.join(MODELS)}")
         _check(_is_int(self.latent) and 1 <= self.latent <= 4096, "latent", self.latent, "an integer from 1 to 4096")
         _check(
@@ -76,6 +80,9 @@ class ModelConfig:
             "1 to 8 layer widths, each from 1 to 16384",
         )
         _check(self.activation in ACTIVATIONS, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
+        _check(
+            _is_int(self.channels) and 1 <= self.channels <= 512, "channels", self.channels, "an integer from 1 to 512"
+        )
 
 
 @dataclass(frozen=True)

@@ -80,32 +80,33 @@ class VAE(nn.Module):
 
 
 class ConvVAE(VAE):
-    """Two stride-2 convolutions (28 -> 14 -> 7) and a dense layer per hidden width, mirrored in the decoder."""
+    """Two stride-2 convolutions (28 -> 14 -> 7) of C and 2C channels (cfg.channels, 32 by default) and a dense
+    layer per hidden width, mirrored in the decoder."""
 
     def __init__(self, cfg: ModelConfig):
         nn.Module.__init__(self)
         self.cfg = cfg
         h = list(cfg.hidden)
-        act = cfg.activation
+        act, c = cfg.activation, cfg.channels
         self.encoder = nn.Sequential(
             nn.Unflatten(1, (1, 28, 28)),
-            nn.Conv2d(1, 32, 4, 2, 1),
-            _act(act),  # (B, 32, 14, 14)
-            nn.Conv2d(32, 64, 4, 2, 1),
-            _act(act),  # (B, 64, 7, 7)
+            nn.Conv2d(1, c, 4, 2, 1),
+            _act(act),  # (B, C, 14, 14)
+            nn.Conv2d(c, 2 * c, 4, 2, 1),
+            _act(act),  # (B, 2C, 7, 7)
             nn.Flatten(),
-            _mlp([64 * 7 * 7, *h], act),
+            _mlp([2 * c * 7 * 7, *h], act),
             _act(act),
         )
         self.fc_mu = nn.Linear(h[-1], cfg.latent)
         self.fc_logvar = nn.Linear(h[-1], cfg.latent)
         self.decoder = nn.Sequential(
-            _mlp([cfg.latent, *reversed(h), 64 * 7 * 7], act),
+            _mlp([cfg.latent, *reversed(h), 2 * c * 7 * 7], act),
             _act(act),
-            nn.Unflatten(1, (64, 7, 7)),
-            nn.ConvTranspose2d(64, 32, 4, 2, 1),
-            _act(act),  # (B, 32, 14, 14)
-            nn.ConvTranspose2d(32, 1, 4, 2, 1),  # (B, 1, 28, 28) logits
+            nn.Unflatten(1, (2 * c, 7, 7)),
+            nn.ConvTranspose2d(2 * c, c, 4, 2, 1),
+            _act(act),  # (B, C, 14, 14)
+            nn.ConvTranspose2d(c, 1, 4, 2, 1),  # (B, 1, 28, 28) logits
             nn.Flatten(),
         )
 

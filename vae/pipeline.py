@@ -10,36 +10,39 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import subprocess
-import sys
-import threading
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from vae import data as datasets
 from vae.api import evaluate
+from vae.child import Log, run_vae
 from vae.config import Config, DataConfig, ModelConfig, TrainConfig
 from vae.data import load
-from vae.errors import ConfigError, VAEError
+from vae.errors import ConfigError
 from vae.evaluation import evaluate as evaluate_model
-from vae.lifetime import PARENT_ENV
+from vae.io import atomic_write
 from vae.stores import default_study_storage, default_tracking_uri
 from vae.tracking import candidate, night_runs, promotion, registry
 from vae.tracking.store import configure
-from vae.tune import nightly
-
-Log = Callable[[str], None]
+from vae.tune import nightly, search
 
 
 @dataclass(frozen=True)
 class PipelineParams:
+    """The parameters of a night, declared once: the flow `vae-pipeline` takes exactly these (its signature is
+    made from them), `python -m flows.pipeline` offers each as --name, the deployments pass only what they
+    change. The defaults are the default night, as `make run` runs it and benchmarks/search_quality.py measures
+    it (README "Search quality")."""
+
     dataset: str = "mnist-5k"
-    trials: int = 4
-    tune_epochs: int = 3
-    epochs: int = 10  # the full budget for the best configuration
+    trials: int = 8  # trials a night adds to its study (a new study: the recipe, the anchor and 6 drawn ones)
+    epochs: int = 50  # every trial's budget: the winning trial's best epoch is the candidate
+    min_epochs: int = 3  # the pruner's first rung (asha: rungs 3, 9, 27 of 50 epochs); no trial stops before it
+    sampler: str = "tpe"  # tpe, tpe-multivariate, gp, cmaes, random (vae/tune/search.py)
+    pruner: str = "asha"  # asha (within each model kind), asha-global, hyperband, median, none
+    sampler_seed: int | None = 0  # the same night on the same data and study draws the same trials; None: fresh
+    startup_trials: int | None = 4  # random trials before the sampler models the history (None: its own default)
     nproc: int = 1
     subset: int | None = None  # train on fewer images (quick runs and tests)
     study: str | None = None  # default: <model>-<fingerprint[:8]>-<settings hash[:8]> (vae/tune/nightly.py)
@@ -47,12 +50,13 @@ class PipelineParams:
     tracking_uri: str | None = None  # MLflow; default $MLFLOW_TRACKING_URI or sqlite under mlruns/
     model_name: str | None = None  # registered model; default vae-<dataset>
     min_improvement: float = 0.5  # nats of test -ELBO a challenger must gain to become champion
+    max_fid_increase: float | None = None  # also refuse a challenger whose sample_fid is this much above the champion's
     iw_samples: int = 100
     workdir: str = "runs/pipeline"
     task_timeout: int = 6 * 3600  # seconds a tuning or training step may take before it is killed
     space: str | None = None  # search space file (TOML/YAML) for `vae tune --space`; default: the built-in space
     workers: int = 1  # trials at once: `vae tune --workers`, each worker with its share of the cores (GPUs)
-    patience: int | None = 5  # early stopping of the final training (epochs without a better val -ELBO); None: off
+    patience: int | None = 5  # early stopping of every trial (epochs without a better val -ELBO); None: off
     require_approval: bool = False  # pause before `champion` moves until a reviewer approves (Prefect server only)
     approval_timeout: int = 24 * 3600  # seconds a sign-off may take; then the run fails and the champion stays
 
@@ -60,8 +64,8 @@ class PipelineParams:
         DataConfig(dataset=self.dataset, subset=self.subset)  # validates the data fields
         for name in (
             "trials",
-            "tune_epochs",
             "epochs",
+            "min_epochs",
             "nproc",
             "iw_samples",
             "task_timeout",
@@ -76,10 +80,21 @@ class PipelineParams:
             raise ConfigError(
                 f"patience={self.patience!r} is invalid: expected an integer >= 1, or None (no early stop)"
             )
+        if self.sampler_seed is not None and (not isinstance(self.sampler_seed, int) or self.sampler_seed < 0):
+            raise ConfigError(f"sampler_seed={self.sampler_seed!r} is invalid: expected an integer >= 0, or None")
+        search.make_sampler(self.sampler, self.sampler_seed, self.startup_trials)
+        search.make_pruner(self.pruner, self.epochs, min(self.min_epochs, self.epochs))
         if not isinstance(self.require_approval, bool):
             raise ConfigError(f"require_approval={self.require_approval!r} is invalid: expected true or false")
         if not isinstance(self.min_improvement, (int, float)) or not self.min_improvement >= 0:
             raise ConfigError(f"min_improvement={self.min_improvement!r} is invalid: expected nats >= 0")
+        if self.max_fid_increase is not None and (
+            not isinstance(self.max_fid_increase, (int, float)) or not self.max_fid_increase >= 0
+        ):
+            raise ConfigError(
+                f"max_fid_increase={self.max_fid_increase!r} is invalid: "
+                "expected a number >= 0, or None (no sample gate)"
+            )
         if (
             self.model_name is not None
             and not self.model_name.replace("-", "").replace("_", "").replace(".", "").isalnum()
@@ -94,59 +109,16 @@ class PipelineParams:
         return self.storage or default_study_storage()
 
     def tune_base(self) -> Config:
-        """The base config `vae tune` builds from the same arguments (the study's settings come from it)."""
+        """The base config `vae tune` builds from the same arguments (the study's settings come from it): the
+        seed recipe at the night's budget, which is also the study's trial 0."""
         return Config(
             DataConfig(dataset=self.dataset, subset=self.subset),
             ModelConfig(),
-            TrainConfig(epochs=self.tune_epochs, progress=False),
+            TrainConfig(epochs=self.epochs, progress=False, patience=self.patience),
         )
 
     def resolved_tracking_uri(self) -> str:
         return self.tracking_uri or default_tracking_uri()
-
-
-class StepError(VAEError):
-    """A pipeline step's subprocess failed; the message carries its last error line."""
-
-
-def run_vae(args: list[str], log: Log = print, timeout: float | None = None) -> dict[str, Any]:
-    """`python -m vae ARGS --json`: forwards its stderr lines to `log`, returns its JSON result. Stopped after
-    `timeout` seconds: SIGTERM (torchrun passes it to its workers), SIGKILL 30 s later. The child stays in the
-    night's process group, and gets SIGTERM when this process dies, even by SIGKILL (vae/lifetime.py): no
-    orphan racing the next night."""
-    cmd = [sys.executable, "-m", "vae", *args, "--json"]
-    log("$ " + " ".join(cmd[2:]))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())}  # dies with this process
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    timers = [threading.Timer(timeout, proc.terminate), threading.Timer(timeout + 30, proc.kill)] if timeout else []
-    for t in timers:
-        t.daemon = True
-        t.start()
-    try:
-        return _collect(proc, args, log, timeout)
-    finally:
-        for t in timers:
-            t.cancel()
-
-
-def _collect(proc: subprocess.Popen, args: list[str], log: Log, timeout: float | None) -> dict[str, Any]:
-    tail: list[str] = []
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        line = line.rstrip()
-        if line:
-            log(line)
-            tail = (tail + [line])[-20:]
-    out = proc.stdout.read() if proc.stdout else ""
-    if proc.wait() in (-9, -15) and timeout:
-        raise StepError(f"`vae {args[0]}` was killed after its timeout of {timeout:g} s (task_timeout)")
-    if proc.returncode != 0:
-        last = next((x for x in reversed(tail) if "error" in x.lower()), tail[-1] if tail else "no output")
-        raise StepError(f"`vae {args[0]}` exited with {proc.returncode}: {last}")
-    lines = [x for x in out.splitlines() if x.startswith("{")]
-    if not lines:
-        raise StepError(f"`vae {args[0]}` printed no JSON result")
-    return json.loads(lines[-1])
 
 
 def fetch_step(p: PipelineParams) -> dict[str, Any]:
@@ -155,9 +127,14 @@ def fetch_step(p: PipelineParams) -> dict[str, Any]:
 
 
 def plan_step(p: PipelineParams, fingerprint: str) -> dict[str, Any]:
-    """This night's study, case and trial target (vae/tune/nightly.py)."""
+    """This night's study, case and trial target (vae/tune/nightly.py); a new study gets the champion's config."""
+    uri, name = configure(p.resolved_tracking_uri()), p.registered_name
+
+    def champion() -> Config | None:  # read only for a new study
+        return candidate.load_champion(uri, name)[1] if candidate.champion(uri, name) is not None else None
+
     return nightly.plan_night(
-        p.storage_url(), p.registered_name, fingerprint, p.tune_base(), p.trials, p.study, space=p.space
+        p.storage_url(), name, fingerprint, p.tune_base(), p.trials, p.study, space=p.space, champion=champion
     )
 
 
@@ -172,7 +149,12 @@ def tune_step(
 ) -> dict[str, Any]:
     """`vae tune` until the night's study holds plan["target"] trials (a no-op when it already does); its study
     run (and its trials) under the night's run."""
-    args = ["tune", "--dataset", p.dataset, "--trials", str(plan["target"]), "--epochs", str(p.tune_epochs)]
+    args = ["tune", "--dataset", p.dataset, "--trials", str(plan["target"]), "--epochs", str(p.epochs)]
+    args += ["--min-epochs", str(min(p.min_epochs, p.epochs)), "--sampler", p.sampler, "--pruner", p.pruner]
+    optional = {"--patience": p.patience, "--sampler-seed": p.sampler_seed, "--startup-trials": p.startup_trials}
+    for flag, value in optional.items():
+        if value is not None:
+            args += [flag, str(value)]
     args += [
         "--nproc",
         str(p.nproc),
@@ -224,6 +206,62 @@ def candidate_key(cfg: Config, fingerprint: str) -> str:
     return hashlib.sha256(json.dumps([cfg.to_dict(), fingerprint], sort_keys=True).encode()).hexdigest()[:12]
 
 
+def candidate_step(
+    p: PipelineParams, study: dict[str, Any], fingerprint: str, night_id: str | None = None, log: Log = print
+) -> dict[str, Any]:
+    """The night's candidate: the study's best trial as it was trained (its best epoch, best.pt, logged as the
+    model of its live run under the study run), with its history and validation figures added to that run. Only
+    where the trial left no checkpoint here or no logged model (a worker on another machine ran it, or it ran
+    untracked) is its configuration trained again, at the same budget and so to the same weights."""
+    key = candidate_key(Config.from_dict(study["best_config"]), fingerprint)
+    checkpoint = study.get("best_checkpoint")
+    if not (checkpoint and Path(checkpoint).is_file() and study.get("best_model_id")):
+        log(f"trial {study['best_trial']} left no checkpoint or logged model here: training its configuration")
+        return {**train_step(p, study["best_config"], fingerprint, night_id, log), "candidate_key": key}
+    uri = configure(p.resolved_tracking_uri())
+    summary = candidate.complete_trial_run(uri, study["best_run_id"], Path(checkpoint))
+    return {
+        **summary,
+        "mlflow_run_id": study["best_run_id"],
+        "model_uri": study["best_model_uri"],
+        "model_id": study["best_model_id"],
+        "tracking_uri": uri,
+        "candidate_key": key,
+        "trial": study["best_trial"],
+    }
+
+
+def baseline_step(
+    p: PipelineParams, study: dict[str, Any], fingerprint: str, night_id: str | None = None, log: Log = print
+) -> dict[str, Any]:
+    """The seed recipe at the night's budget on this data, scored on the test split: the study's recipe trial
+    (trial 0 of every new study; vae/tune/seeds.py), evaluated once per candidate key (config + data) and kept in
+    the work folder, so that every later night on the same data reuses it. Training is deterministic, so a study
+    with other settings but the same budget trains the same recipe weights and finds the same key. Where the
+    trial's checkpoint is not here (an older study, another machine), the recipe is trained here."""
+    recipe = study.get("recipe") or {}
+    config = recipe.get("config") or p.tune_base().to_dict()
+    key = candidate_key(Config.from_dict(config), fingerprint)
+    kept = Path(p.workdir) / "baselines" / f"{key}.json"
+    if kept.is_file():
+        return json.loads(kept.read_text())
+    checkpoint = recipe.get("checkpoint")
+    if not (checkpoint and Path(checkpoint).is_file()):
+        log("the study's recipe trial left no checkpoint here: training the seed recipe")
+        checkpoint = train_step(p, config, fingerprint, night_id, log)["best_checkpoint"]
+    metrics = evaluate(checkpoint)  # -ELBO and the sample metrics; no IW bound, no figures
+    result = {"candidate_key": key, "trial": recipe.get("trial"), "checkpoint": str(checkpoint), "metrics": metrics}
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(kept, lambda f: f.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n"))
+    return result
+
+
+def with_baseline(metrics: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    """The candidate's test metrics with the recipe's -ELBO on the same test images and the gain over it."""
+    recipe = baseline["metrics"]["neg_elbo"]
+    return {**metrics, "recipe_neg_elbo": recipe, "gain_over_recipe": recipe - metrics["neg_elbo"]}
+
+
 def evaluate_step(p: PipelineParams, checkpoint: str) -> dict[str, Any]:
     figures = Path(checkpoint).parent / "figures"
     return evaluate(checkpoint, iw_samples=p.iw_samples, figures_dir=figures)
@@ -241,7 +279,7 @@ def register_step(
     with the alias `challenger`. Never a second version of one candidate (config + data): a retry, or a night
     that reaches a candidate already registered, gets that version back with duplicate=True."""
     uri, name = configure(p.resolved_tracking_uri()), p.registered_name
-    key = Path(trained["out"]).name.removeprefix("train-")
+    key = trained["candidate_key"]
     found = candidate.find_candidate(uri, name, key)
     if found is not None:
         return {"duplicate": True, "version": found, "name": name, "tracking_uri": uri, "run_id": None}
@@ -281,19 +319,12 @@ def night_record_step(
     return {"run_id": run_id, "champion": champion, "name": name, "tracking_uri": uri}
 
 
-def quiet_markdown(night: dict[str, Any], record: dict[str, Any]) -> str:
-    champion = f"v{record['champion']} stays champion" if record["champion"] else "there is no champion yet"
-    return (
-        f"# {record['name']}: no new candidate\n\n**Case:** `{night['case']}`: {night['reason']}.\n\n"
-        f"Nothing was trained or registered; {champion}.\n\n"
-        f"MLflow run `{record['run_id']}` at `{record['tracking_uri']}`.\n"
-    )
-
-
-def gate_step(p: PipelineParams, trained: dict, registered: dict, metrics: dict) -> dict[str, Any]:
+def gate_step(p: PipelineParams, trained: dict, registered: dict, metrics: dict, recipe: dict) -> dict[str, Any]:
     """The gate's decision on the registered candidate against the champion, re-scored on this run's test
-    images (vae/tracking/promotion.py); nothing moves yet."""
-    return promotion.gate(trained, registered, metrics, p.min_improvement, p.iw_samples, p.require_approval)
+    images (vae/tracking/promotion.py), the seed recipe beside them; nothing moves yet."""
+    return promotion.gate(
+        trained, registered, metrics, p.min_improvement, p.iw_samples, p.require_approval, recipe, p.max_fid_increase
+    )
 
 
 def promote_step(
@@ -314,28 +345,3 @@ def reevaluate_champion(p: PipelineParams, log: Log = print) -> dict[str, Any]:
     candidate.log_reevaluation(uri, name, mv, metrics)
     log(f"champion {name} v{mv.version}: test -ELBO {metrics['neg_elbo']:.3f} nats on {metrics['fingerprint'][:12]}")
     return {"name": name, "version": str(mv.version), **metrics}
-
-
-def summary_markdown(study: dict, metrics: dict, registered: dict, decision: dict, night: dict) -> str:
-    rows = [
-        ("test -ELBO (nats/image)", metrics.get("neg_elbo")),
-        ("reconstruction", metrics.get("recon")),
-        ("KL", metrics.get("kl")),
-        ("recon at z = mu", metrics.get("recon_at_mean")),
-        (f"IW NLL (K={metrics.get('iw_samples', 0)})", metrics.get("iw_nll")),
-        ("active units", metrics.get("active_units")),
-    ]
-    table = "\n".join(
-        f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in rows if v is not None
-    )
-    return (
-        f"# {registered['name']} v{registered['version']}\n\n"
-        f"**Case:** `{night['case']}`: {night['reason']}.\n\n"
-        f"Dataset `{metrics['dataset']}`, fingerprint `{metrics['fingerprint'][:12]}`; "
-        f"{metrics['images']} test images.\n\n| metric | value |\n|---|---|\n{table}\n\n"
-        f"**Promotion:** {'promoted to champion' if decision['promote'] else 'stays challenger'}: "
-        f"{decision['reason']}.\n\n"
-        f"Study `{study.get('study')}`: best trial {study.get('best_trial')} "
-        f"(val -ELBO {study.get('best_value', float('nan')):.3f}).\n\n"
-        f"MLflow run `{registered['run_id']}` at `{registered['tracking_uri']}`.\n"
-    )

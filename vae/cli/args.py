@@ -41,6 +41,7 @@ TRAIN_FLAGS: dict[str, tuple[str, str, Any, str]] = {
     "--latent": ("model", "latent", int, "latent dimensions"),
     "--hidden": ("model", "hidden", hidden_widths, "hidden widths, e.g. 400 or 200,200"),
     "--activation": ("model", "activation", str, "relu or tanh"),
+    "--channels": ("model", "channels", int, "conv-vae: channels of the first convolution (the second: twice)"),
     "--epochs": ("train", "epochs", int, "epochs in total (a resumed run continues up to this)"),
     "--batch-size": ("train", "batch_size", int, "global batch, split across processes"),
     "--lr": ("train", "lr", float, "Adam learning rate"),
@@ -197,6 +198,11 @@ def add_core_commands(sub) -> None:
     p.add_argument("--iw-samples", type=int, default=0, help="K for the importance-weighted NLL (0: skip)")
     p.add_argument("--figures", help="folder for the PNG figures (default: <run folder>/figures)")
     p.add_argument("--no-figures", action="store_true")
+    p.add_argument(
+        "--no-sample-metrics",
+        action="store_true",
+        help="skip sample_fid and class coverage (they train a digit classifier once per data set, then reuse it)",
+    )
     device_arg(p)
     json_arg(p)
 
@@ -209,6 +215,29 @@ def add_core_commands(sub) -> None:
     tracking_arg(p)
     device_arg(p)
     json_arg(p)
+
+
+def search_args(p) -> None:
+    """How the study searches: sampler, pruner and the trials it starts from (vae/tune/search.py, seeds.py)."""
+    p.add_argument(
+        "--sampler", default="tpe", help="tpe (default), tpe-multivariate, gp, cmaes (needs the cmaes package), random"
+    )
+    p.add_argument(
+        "--pruner",
+        default="asha",
+        help="asha (default: successive halving within each model kind), asha-global, hyperband, median, none, "
+        "or threshold:X (nats)",
+    )
+    p.add_argument(
+        "--min-epochs", type=int, default=3, help="the pruner's first rung: no trial stops before it (default 3)"
+    )
+    p.add_argument("--startup-trials", type=int, help="random trials before the sampler uses the history")
+    p.add_argument(
+        "--no-anchors",
+        dest="anchors",
+        action="store_false",
+        help="start a new study from the seed recipe only, not also from the default space's anchor configuration",
+    )
 
 
 def add_tune_command(sub) -> None:
@@ -227,18 +256,21 @@ def add_tune_command(sub) -> None:
     p.add_argument("--subset", type=int, help="train every trial on the first N training images only")
     p.add_argument("--trials", type=int, default=20, help="trials the study should hold in total (default 20)")
     p.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
-    p.add_argument("--epochs", type=int, default=t.epochs, help="epochs per trial (the pruner's budget)")
+    p.add_argument("--epochs", type=int, default=t.epochs, help="epochs per trial: the budget the winner is trained at")
+    p.add_argument("--patience", type=int, help="early stopping of every trial (epochs without a better val -ELBO)")
     p.add_argument("--nproc", type=int, default=1, help="processes per trial (DDP under torchrun)")
     p.add_argument(
         "--workers", type=int, default=1, help="trials at once: W worker processes on the study, cores (GPUs) shared"
     )
     p.add_argument("--study", help="study name (default vae-<dataset>)")
     p.add_argument("--storage", help="sqlite:///PATH (default mlruns/optuna.db), postgresql://..., or journal:PATH")
-    p.add_argument("--sampler", default="tpe", help="tpe or random")
-    p.add_argument("--pruner", default="hyperband", help="hyperband, median, none, or threshold:X (nats)")
+    search_args(p)
     p.add_argument("--space", help="TOML or YAML file overriding entries of the default search space")
-    p.add_argument("--seed", type=int, help="sampler seed (reproducible with one worker)")
-    p.add_argument("--train-seed", type=int, default=t.seed, help="seed of every trial's training")
+    p.add_argument(
+        "--sampler-seed", type=int, help="seed of the sampler: the same command on the same study draws the same trials"
+    )
+    p.add_argument("--train-seed", type=int, default=t.seed, help="seed of every trial's weights, batches and noise")
+    p.add_argument("--seed", dest="ambiguous_seed", type=int, help=argparse.SUPPRESS)
     p.add_argument(
         "--heartbeat",
         type=int,

@@ -18,7 +18,6 @@ from vae.cli.common import load_model_ref, relaunch, shows, sigterm_as_interrupt
 from vae.config import Config, DataConfig
 from vae.distributed import check_nproc
 from vae.errors import ConfigError
-from vae.evaluation import write_json
 from vae.figures import write_figures
 from vae.io import check_out, save_images
 from vae.uses import sample
@@ -59,26 +58,7 @@ def cmd_train(a: argparse.Namespace) -> dict[str, Any]:
         relaunch(a, [] if a.out else ["--out", str(out)])
     if (a.tracking_uri or a.experiment or a.parent_run_id or os.environ.get("MLFLOW_TRACKING_URI")) and is_rank0():
         return _train_tracked(a, cfg, out)
-    return _summary(cfg, out, api.train(cfg, out=out, resume=a.resume))
-
-
-def _summary(cfg: Config, out: Path, result) -> dict[str, Any]:
-    """The run's summary, also written with the whole history to OUT/history.json (rank 0)."""
-    summary = {
-        "out": str(out),
-        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-        "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
-        "best_epoch": result.best_epoch,
-        "stopped_early": result.stopped_early,
-        "fingerprint": result.fingerprint,
-        "epochs_run": result.epochs_run,
-        "seconds": round(result.seconds, 3),
-        "metrics": result.metrics,
-        "config": cfg.to_dict(),
-    }
-    if result.checkpoint is not None:
-        write_json({**summary, "history": result.history}, out / "history.json")
-    return summary
+    return api.record(cfg, out, api.train(cfg, out=out, resume=a.resume))
 
 
 def _train_tracked(a: argparse.Namespace, cfg: Config, out: Path) -> dict[str, Any]:
@@ -95,7 +75,7 @@ def _train_tracked(a: argparse.Namespace, cfg: Config, out: Path) -> dict[str, A
         sigterm_as_interrupt(),
     ):
         result = api.train(cfg, out=out, resume=a.resume, callbacks=[run])
-        summary = _summary(cfg, out, result)
+        summary = api.record(cfg, out, result)
         model, _, _ = load_model(summary["best_checkpoint"] or summary["checkpoint"])
         split = loaded.val
         # the whole history, not the best checkpoint's (which ends at the best epoch)
@@ -129,6 +109,7 @@ def cmd_evaluate(a: argparse.Namespace) -> dict[str, Any]:
         data_dir=a.data_dir,
         mirror=a.mirror,
         device=a.device,
+        quality=not a.no_sample_metrics,
     )
 
 

@@ -15,10 +15,14 @@ from vae.tune.workers import run_workers
 
 
 def cmd_tune(a: argparse.Namespace) -> dict[str, Any]:
+    if a.ambiguous_seed is not None:
+        raise ConfigError(
+            "--seed is ambiguous for vae tune: --sampler-seed seeds the sampler, --train-seed every trial's weights"
+        )
     base = Config(
         DataConfig(a.dataset, a.data_dir, a.mirror, a.split_seed, a.subset),
         ModelConfig(),
-        TrainConfig(epochs=a.epochs, seed=a.train_seed, device=a.device, progress=False),
+        TrainConfig(epochs=a.epochs, seed=a.train_seed, device=a.device, progress=False, patience=a.patience),
     )
     check_nproc(a.nproc, a.device)
     settings = TuneSettings(
@@ -34,7 +38,10 @@ def cmd_tune(a: argparse.Namespace) -> dict[str, Any]:
         tracking_uri=a.tracking_uri,
         experiment=a.experiment,
         parent_run_id=a.parent_run_id,
-        seed=a.seed,
+        sampler_seed=a.sampler_seed,
+        min_epochs=a.min_epochs,
+        startup_trials=a.startup_trials,
+        anchors=a.anchors,
         heartbeat=a.heartbeat,
     )
     if a.workers < 1:

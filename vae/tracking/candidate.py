@@ -13,7 +13,10 @@ import mlflow
 from mlflow.entities import RunTag
 from mlflow.entities.model_registry import ModelVersion
 
+from vae.checkpoint import load_model
+from vae.data import load
 from vae.errors import ConfigError
+from vae.figures import write_figures
 from vae.tracking import registry
 from vae.tracking.models import resolve_model
 from vae.tracking.night_runs import log_evaluation
@@ -61,6 +64,27 @@ def register_candidate(
         "evaluation_run_id": evaluation,
         "night_run_id": night_id,
     }
+
+
+def complete_trial_run(uri: str, run_id: str, checkpoint: Path) -> dict[str, Any]:
+    """The winning trial's run made a candidate's training run: its history.json and validation figures as
+    artifacts (what a tracked `vae train` logs) and the tag vae.candidate. Returns the trial's summary (its
+    history.json without the per-epoch rows) and the figures."""
+    folder = checkpoint.parent
+    summary = json.loads((folder / "history.json").read_text())
+    model, cfg, _ = load_model(checkpoint)
+    figures = write_figures(model, load(cfg.data).val, folder / "figures", history=summary["history"])
+    client = open_client(uri)
+    client.log_artifact(run_id, str(folder / "history.json"))
+    client.log_artifacts(run_id, str(folder / "figures"), "figures")
+    tags = {
+        "vae.candidate": "true",
+        "best_epoch": str(summary["best_epoch"]),
+        "epochs_trained": str(len(summary["history"])),
+        "stopped_early": str(summary["stopped_early"]).lower(),
+    }
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    return {**{k: v for k, v in summary.items() if k != "history"}, "figures": figures}
 
 
 def find_candidate(uri: str | None, name: str, key: str) -> str | None:

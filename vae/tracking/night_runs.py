@@ -2,9 +2,10 @@
 
     night-<time>-<case>              one top-level run per night (tags nightly.case/reason, pipeline.json)
     ├── <study>                      the night's study run (figures, trials.csv), `vae tune --parent-run-id`
-    │   └── trial-0, trial-1, ...    each trial's live run (state tag: complete, pruned, fail)
-    ├── train-<candidate key>        the best configuration's live training run, `vae train --parent-run-id`;
-    │                                its logged model (the best epoch) is what the registry's version points at
+    │   └── trial-0, trial-1, ...    each trial's live run (state tag: complete, pruned, fail); the winner's
+    │                                logged model (its best epoch) is what the registry's version points at
+    ├── train-<candidate key>        only where the winner's checkpoint is not on this machine: its config
+    │                                trained again, `vae train --parent-run-id`
     └── evaluate-<candidate key>     the test metrics, linked to that logged model (model_id) and to the test
                                      split (a dataset input)
 
@@ -88,12 +89,14 @@ def log_evaluation(
 ) -> str:
     """The evaluation run under the night: the test split as its dataset input, the model it scored as its
     model input, and the test metrics logged against that model (model_id) and that data set, so the model's
-    page lists them. Also takes the training run under this night (a training reused from an earlier night,
-    resumed or cached). Returns the run's id."""
+    page lists them. On the candidate's own run, the gain over the seed recipe on the same test images (and the
+    recipe's score), linked to the model too. A training run that is not a trial (a fallback retraining, resumed
+    or cached) is taken under this night. Returns the run's id."""
     client = open_client(configure(uri))
     train_run = client.get_run(trained["mlflow_run_id"])
-    adopt(client, train_run.info.run_id, night_id)
-    key = train_run.info.run_name.removeprefix("train-")
+    if train_run.data.tags.get("vae.step") != "trial":  # a trial's run stays under its study run
+        adopt(client, train_run.info.run_id, night_id)
+    key = trained["candidate_key"]
     tags = {
         **source_tags(),
         "vae.step": "evaluate",
@@ -118,6 +121,10 @@ def log_evaluation(
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     linked = dict(model_id=trained["model_id"], dataset_name=test.dataset.name, dataset_digest=test.dataset.digest)
     client.log_batch(run_id, metrics=[Metric(f"test_{k}", float(v), ts, 0, **linked) for k, v in numbers.items()])
+    against = {k: numbers[k] for k in ("gain_over_recipe", "recipe_neg_elbo") if k in numbers}
+    if against:
+        on_candidate = [Metric(f"test_{k}", float(v), ts, 0, **linked) for k, v in against.items()]
+        client.log_batch(train_run.info.run_id, metrics=on_candidate)
     for path in dict(figures).values():
         client.log_artifact(run_id, path, "figures")
     client.set_terminated(run_id, "FINISHED")

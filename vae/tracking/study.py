@@ -123,11 +123,12 @@ class StudyTracker:
         )
         self.client.set_terminated(self.parent_id, "FINISHED")
 
-    def log_model(self, run_id: str, checkpoint: Path) -> str:
-        """Log a trial's checkpoint as the pyfunc model of its run; returns the model URI."""
+    def log_model(self, run_id: str, checkpoint: Path) -> tuple[str, str]:
+        """Log a trial's checkpoint as the pyfunc model of its run; returns the model URI and id."""
         was_status = self.client.get_run(run_id).info.status
         with using_store(self.uri), mlflow.start_run(run_id=run_id):
             info = log_model(checkpoint)
         self.client.set_terminated(run_id, was_status if was_status != "RUNNING" else "FINISHED")
         self.client.set_tag(self.parent_id, "best_model_uri", info.model_uri)
-        return info.model_uri
+        self.client.set_tag(run_id, "model_id", info.model_id)
+        return info.model_uri, info.model_id

@@ -1,13 +1,14 @@
 """Which study a night works on, and how much: a night is a case, not a replay.
 
 A study belongs to a registered model, a data version (the dataset fingerprint) and the settings that
-change what a trial computes (the base config: tune epochs, subset, split seed...; and the search space).
+change what a trial computes (the base config: epochs, patience, subset, split seed...; and the search space).
 Its name says so: `<model>-<fingerprint[:8]>-<settings hash[:8]>`; the settings and the fingerprint are kept
 as study user attributes (`nightly.settings`, `fingerprint`). The cases:
 
 - first-night: no study of this model yet.
 - new-data: the newest study of this model has another fingerprint. The new study is warm-started with the
   best configurations of the newest study with the same settings (`enqueue_trial`).
+Every new study starts with the seed recipe as trial 0, then the champion's configuration (vae/tune/seeds.py).
 - new-settings: same data, other settings: a study of its own, never a failure.
 - same-data: the night adds `trials` trials to the study; whether anything is trained is decided after the
   search (`after_search`): only when the best trial beats the one registered from this study.
@@ -20,12 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from vae.config import Config
+from vae.tune import seeds
 from vae.tune.space import load_space
 from vae.tune.storage import counted, open_storage
 from vae.tune.study import _comparable
@@ -65,23 +68,42 @@ def _previous(storage, model: str, name: str) -> list[optuna.study.StudySummary]
     return sorted(mine, key=lambda s: s.user_attrs.get("nightly.created", 0), reverse=True)
 
 
-def _warm_start(storage, study: optuna.Study, source: str, n: int) -> list[dict[str, Any]]:
-    """Enqueue the n best distinct configurations of study `source` as the first trials of `study`."""
+def _best_configs(storage, source: str, n: int) -> list[Config]:
+    """The configs of the n best distinct complete trials of study `source`, best first."""
     old = optuna.load_study(study_name=source, storage=storage)
-    best = sorted((t for t in old.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE), key=lambda t: t.value)
-    chosen: list[dict[str, Any]] = []
-    for t in best:
-        if len(chosen) == n:
+    done = sorted((t for t in old.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    configs: list[Config] = []
+    for t in done:
+        cfg = Config.from_dict(t.user_attrs["config"]) if t.user_attrs.get("config") else None
+        if cfg is not None and cfg not in configs:
+            configs.append(cfg)
+        if len(configs) == n:
             break
-        if t.params not in chosen:
-            chosen.append(t.params)
-            study.enqueue_trial(t.params, user_attrs={"warm_start_from": f"{source}#{t.number}"})
-    return chosen
+    return configs
 
 
-def _new_study(storage, model: str, name: str, fingerprint: str, settings: dict, h: str, trials: int) -> dict:
-    """Case and reason for a study with no trials yet; warm-starts it on new data."""
+def _seed(storage, study: optuna.Study, base: Config, space: Any, champion: Config | None, warm: str | None, n: int):
+    """The new study's first trials: the recipe, the champion's config, the warm-start configs and the space's
+    anchor (duplicates once)."""
+    resolved = load_space(space, base)
+    queued = [seeds.enqueue_recipe(study, resolved, base)]
+    if champion is not None:
+        queued.append(seeds.enqueue(study, champion, resolved, base, "champion"))
+    for cfg in _best_configs(storage, warm, n) if warm else []:
+        queued.append(seeds.enqueue(study, cfg, resolved, base, "warm-start", {"warm_start_from": warm}))
+    queued += seeds.enqueue_anchors(study, resolved, base)
+    return [q for q in queued if q is not None]
+
+
+def _new_study(
+    storage, model: str, name: str, fingerprint: str, base: Config, space: Any, trials: int, champion: Config | None
+) -> dict:
+    """Case and reason for a study with no trials yet, and its first trials (vae/tune/seeds.py): the seed recipe
+    always, the champion's configuration where there is a champion, on new data the best configurations of the
+    newest study with the same settings, and the default space's anchor."""
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True)
+    settings = settings_of(base, space)
+    h = settings_hash(settings)
     previous = _previous(storage, model, name)
     for key, value in {
         "nightly.model": model,
@@ -92,24 +114,21 @@ def _new_study(storage, model: str, name: str, fingerprint: str, settings: dict,
     }.items():
         if key not in study.user_attrs:
             study.set_user_attr(key, value)
-    plan: dict[str, Any] = {"case": "first-night", "reason": f"no earlier study of {model}", "warm_started": []}
-    if not previous:
-        return plan
-    last = previous[0]
-    if last.user_attrs.get("fingerprint") != fingerprint:
-        fp = (last.user_attrs.get("fingerprint") or "?")[:12]
+    plan: dict[str, Any] = {"case": "first-night", "reason": f"no earlier study of {model}"}
+    warm = None
+    if previous and previous[0].user_attrs.get("fingerprint") != fingerprint:
+        fp = (previous[0].user_attrs.get("fingerprint") or "?")[:12]
         plan.update(case="new-data", reason=f"the data changed: fingerprint {fp} -> {fingerprint[:12]}")
         same = [s for s in previous if s.user_attrs.get("nightly.settings_hash") == h and s.n_trials]
-        waiting = any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
-        if same and not waiting:
-            plan["warm_started"] = _warm_start(storage, study, same[0].study_name, min(WARM_START, trials))
-            plan["warm_start_from"] = same[0].study_name
-            plan["reason"] += f"; warm-started with the {len(plan['warm_started'])} best of {same[0].study_name}"
-        elif not same:
-            plan["reason"] += "; no earlier study with these settings to warm-start from"
-    else:
-        change = _changed(last.user_attrs.get("nightly.settings", {}), settings)
-        plan.update(case="new-settings", reason=f"the settings changed since {last.study_name}: {change}")
+        warm = same[0].study_name if same else None
+        plan["reason"] += f"; warm-started from {warm}" if warm else "; no earlier study with these settings"
+        plan["warm_start_from"] = warm
+    elif previous:
+        change = _changed(previous[0].user_attrs.get("nightly.settings", {}), settings)
+        plan.update(case="new-settings", reason=f"the settings changed since {previous[0].study_name}: {change}")
+    waiting = any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
+    plan["seeded"] = [] if waiting else _seed(storage, study, base, space, champion, warm, min(WARM_START, trials))
+    plan["warm_started"] = [q for q in plan["seeded"] if q["origin"] == "warm-start"]
     return plan
 
 
@@ -121,9 +140,11 @@ def plan_night(
     trials: int,
     study: str | None = None,
     space: Any = None,
+    champion: Callable[[], Config | None] = lambda: None,
 ) -> dict[str, Any]:
     """The study of this night, its case and reason, and the trial count to reach (`target`). Writes the
-    target on the study, so that a night that stops half-way is finished by the next one."""
+    target on the study, so that a night that stops half-way is finished by the next one. A new study starts
+    with the recipe, the champion's config (`champion()`, read only then) and the warm-start configs."""
     storage = open_storage(storage_url, heartbeat=None)
     settings = settings_of(base, space)
     h = settings_hash(settings)
@@ -132,7 +153,7 @@ def plan_night(
     attrs = st.user_attrs
     n = sum(t.state != TrialState.WAITING for t in counted(st.get_trials(deepcopy=False)))  # started trials
     if n == 0:
-        plan = _new_study(storage, model, name, fingerprint, settings, h, trials)
+        plan = _new_study(storage, model, name, fingerprint, base, space, trials, champion())
         target = trials
     elif n < attrs.get("nightly.target", 0):
         target = attrs["nightly.target"]
@@ -146,6 +167,7 @@ def plan_night(
     st.set_user_attr("nightly.target", target)
     return {
         "warm_started": [],
+        "seeded": [],
         **plan,
         "study": name,
         "settings_hash": h,

@@ -1,4 +1,4 @@
-"""Where a study lives and how workers share it: storages, sampler, pruner, the ask lock, the trial count.
+"""Where a study lives and how workers share it: storages, the ask lock, the trial count.
 
 Many workers (`vae tune` processes, each possibly a torchrun job) may share one study: before each trial rank 0
 counts the study's trials, under a lock held until its new trial exists, and stops at `n_trials`. (Where no
@@ -24,9 +24,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from vae.errors import ConfigError
 from vae.stores import file_lock, journal_path, local_file, redact, sqlite_path
-
-SAMPLERS = ("tpe", "random")
-PRUNERS = ("hyperband", "median", "none", "threshold:X")
 
 
 def open_storage(url: str, heartbeat: int | None = 30) -> optuna.storages.BaseStorage:
@@ -72,29 +69,6 @@ def _rdb_storage(url: str, kwargs: dict[str, Any]) -> optuna.storages.RDBStorage
                 raise
             time.sleep(0.5 + attempt)
     raise AssertionError("unreachable")
-
-
-def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise ConfigError(f"sampler={name!r} is invalid: expected one of {', '.join(SAMPLERS)}")
-
-
-def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    if name == "hyperband":  # brackets from 1 epoch to the full budget
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    if name.startswith("threshold:"):  # stop any trial whose val -ELBO is above X nats at any epoch
-        try:
-            return optuna.pruners.ThresholdPruner(upper=float(name.split(":", 1)[1]))
-        except ValueError:
-            pass
-    raise ConfigError(f"pruner={name!r} is invalid: expected one of {', '.join(PRUNERS)}")
 
 
 class AskLock:

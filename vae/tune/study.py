@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
+from optuna.trial import TrialState
 from tqdm import tqdm
 
 from vae.config import Config
@@ -28,8 +30,10 @@ from vae.distributed import DistContext, barrier, broadcast_object, distributed
 from vae.errors import ConfigError
 from vae.stores import default_study_storage, redact
 from vae.tune.objective import Bookkeeper, Objective, Surplus, TrialFailed
+from vae.tune.search import make_pruner, make_sampler, sampler_seed
+from vae.tune.seeds import enqueue_anchors, enqueue_recipe
 from vae.tune.space import load_space, space_tag
-from vae.tune.storage import AskLock, counted, make_pruner, make_sampler, next_action, open_storage
+from vae.tune.storage import AskLock, counted, next_action, open_storage
 from vae.tune.summary import summarize
 from vae.tune.untracked import NullTracker
 
@@ -46,14 +50,17 @@ class TuneSettings:
     storage: str | None = None  # default: sqlite:///<cwd>/mlruns/optuna.db
     timeout: float | None = None  # start no new trial after this many seconds
     sampler: str = "tpe"
-    pruner: str = "hyperband"
+    pruner: str = "asha"
+    min_epochs: int = 3  # the pruner's first rung (rungs 3, 9, 27 of 50): no trial stops before it
+    startup_trials: int | None = None  # random trials before a model-based sampler uses the history
+    anchors: bool = True  # a new study also starts from the default space's anchor (vae/tune/seeds.py)
     space: str | Path | Mapping[str, Any] | None = field(default=None, hash=False)
     out: str | Path | None = None  # default: mlruns/studies/<study>
     tracking: bool = True  # False: no MLflow at all, nothing logged (vae/tune/untracked.py)
     tracking_uri: str | None = None
     experiment: str = "vae-tune"
     parent_run_id: str | None = None  # the MLflow run the study run hangs under (the pipeline's night)
-    seed: int | None = None  # sampler seed
+    sampler_seed: int | None = None  # seed of the sampler (the trials' weights have base.train.seed)
     heartbeat: int | None = 30  # seconds; 0 or None: no heartbeats
 
     def __post_init__(self) -> None:
@@ -69,7 +76,7 @@ class TuneSettings:
                 f"{name}={getattr(self, name)!r} is invalid with tracking=False (--no-tracking): an untracked "
                 f"study logs nothing to MLflow; drop --{name.replace('_', '-')} or --no-tracking"
             )
-        make_sampler(self.sampler, self.seed)
+        make_sampler(self.sampler, self.sampler_seed, self.startup_trials)
 
     def study_name(self, base: Config) -> str:
         return self.study or "vae-" + re.sub(r"[^\w.-]", "_", base.data.dataset)
@@ -82,8 +89,11 @@ class TuneSettings:
 
     def check(self, base: Config) -> dict[str, dict[str, Any]]:
         """Everything that can be wrong before a trial starts; returns the resolved search space."""
-        make_pruner(self.pruner, base.train.epochs)
+        self.pruner_for(base)
         return load_space(self.space, base)
+
+    def pruner_for(self, base: Config) -> optuna.pruners.BasePruner:
+        return make_pruner(self.pruner, base.train.epochs, min(self.min_epochs, base.train.epochs))
 
 
 def tune(base: Config, n_trials: int, **settings: Any) -> dict[str, Any]:
@@ -177,21 +187,11 @@ def open_study(
         storage=open_storage(url, s.heartbeat),
         study_name=name,
         direction="minimize",
-        sampler=make_sampler(s.sampler, s.seed),
-        pruner=make_pruner(s.pruner, base.train.epochs),
+        pruner=s.pruner_for(base),
         load_if_exists=True,
     )
-    mine = {"space": space, "base_config": _comparable(base), "fingerprint": fingerprint}
-    attrs = st.user_attrs
-    for key, value in mine.items():
-        if key in attrs and json.dumps(attrs[key], sort_keys=True) != json.dumps(value, sort_keys=True):
-            raise ConfigError(
-                f"study {name!r} in {redact(url)} was created with another {key.replace('_', ' ')} "
-                f"({json.dumps(attrs[key], sort_keys=True)[:300]}): rerun with the same settings "
-                f"to continue it, or pick a new --study"
-            )
-        if key not in attrs:
-            st.set_user_attr(key, value)
+    _check_settings(st, url, {"space": space, "base_config": _comparable(base), "fingerprint": fingerprint})
+    _first_trials_and_sampler(st, s, base, space, lock)
     if not s.tracking:
         return st, NullTracker()
     from vae.tracking.study import StudyTracker  # lazy: mlflow (~1.5 s to import), which an untracked study lacks
@@ -218,6 +218,37 @@ def open_study(
     finally:
         lock.release()
     return st, tracker
+
+
+def _check_settings(st: optuna.Study, url: str, mine: dict[str, Any]) -> None:
+    """A resumed study must have been created with these settings; a new one records them."""
+    attrs = st.user_attrs
+    for key, value in mine.items():
+        if key in attrs and json.dumps(attrs[key], sort_keys=True) != json.dumps(value, sort_keys=True):
+            raise ConfigError(
+                f"study {st.study_name!r} in {redact(url)} was created with another {key.replace('_', ' ')} "
+                f"({json.dumps(attrs[key], sort_keys=True)[:300]}): rerun with the same settings "
+                f"to continue it, or pick a new --study"
+            )
+        if key not in attrs:
+            st.set_user_attr(key, value)
+
+
+def _first_trials_and_sampler(st: optuna.Study, s: TuneSettings, base: Config, space: dict, lock: AskLock) -> None:
+    """Under the lock: workers starting together queue a new study's first trials once (vae/tune/seeds.py), and
+    each draws with its own seed."""
+    lock.acquire()
+    try:
+        trials = st.get_trials(deepcopy=False)
+        if not trials:
+            enqueue_recipe(st, space, base)
+            if s.anchors:
+                enqueue_anchors(st, space, base)
+        worker = int(os.environ.get("VAE_TUNE_WORKER", "0"))
+        started = sum(t.state != TrialState.WAITING for t in trials)  # queued ones (the recipe) do not count
+        st.sampler = make_sampler(s.sampler, sampler_seed(s.sampler_seed, started, worker), s.startup_trials)
+    finally:
+        lock.release()
 
 
 def _comparable(base: Config) -> dict[str, Any]:

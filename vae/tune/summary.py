@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from vae.figures import pyplot
 from vae.stores import redact
+from vae.tune.seeds import is_recipe
 from vae.tune.storage import counted
 from vae.tune.untracked import NullTracker
 
@@ -42,10 +43,37 @@ def summarize(
     }
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = min(complete, key=lambda t: t.value) if complete else None
-    model_uri = _best_model(st, tracker, best)
+    recipe = next((t for t in complete if is_recipe(t)), None)
+    model_uri, model_id = _best_model(st, tracker, best)
+    skipped = _finish_parent(st, tracker, best, counts)
     tracked = tracker.uri is not None
+    return {
+        "study": st.study_name,
+        "storage": redact(storage_url),
+        "n_trials": n_trials,
+        "trials": len(counted(trials)),
+        "counts": counts,
+        "surplus": sum(bool(t.user_attrs.get("surplus")) for t in trials),
+        **_best_fields(best),
+        "recipe": _trial_record(recipe),
+        "tracking": tracked,
+        "parent_run_id": tracker.parent_id,
+        "experiment_id": tracker.experiment_id,
+        "tracking_uri": tracker.uri,
+        "best_model_uri": model_uri,
+        "best_model_id": model_id,
+        "out": str(folder),
+        "trials_run_here": ran,
+        "seconds": round(seconds, 3),
+        "search_space": space,
+        "figures_skipped": skipped,
+    }
+
+
+def _finish_parent(st: optuna.Study, tracker, best, counts: dict[str, int]) -> list[str]:
+    """Logs the study's figures, counts and best trial on its parent run; returns the figures it skipped."""
     with tempfile.TemporaryDirectory() as tmp:
-        skipped = plots(st, Path(tmp)) if tracked else ["all: tracking is off (--no-tracking)"]
+        skipped = plots(st, Path(tmp)) if tracker.uri is not None else ["all: tracking is off (--no-tracking)"]
         metrics = {f"trials_{k}": v for k, v in counts.items()}
         if best is not None:
             metrics["best_val_neg_elbo"] = best.value
@@ -59,45 +87,46 @@ def summarize(
                 "figures_skipped": "; ".join(skipped) or "none",
             },
         )
+    return skipped
+
+
+def _best_fields(best: optuna.trial.FrozenTrial | None) -> dict[str, Any]:
+    attrs = best.user_attrs if best else {}
     return {
-        "study": st.study_name,
-        "storage": redact(storage_url),
-        "n_trials": n_trials,
-        "trials": len(counted(trials)),
-        "counts": counts,
-        "surplus": sum(bool(t.user_attrs.get("surplus")) for t in trials),
         "best_trial": best.number if best else None,
         "best_value": best.value if best else None,
         "best_params": best.params if best else None,
-        "best_config": best.user_attrs.get("config") if best else None,
-        "tracking": tracked,
-        "parent_run_id": tracker.parent_id,
-        "experiment_id": tracker.experiment_id,
-        "tracking_uri": tracker.uri,
-        "best_model_uri": model_uri,
-        "out": str(folder),
-        "trials_run_here": ran,
-        "seconds": round(seconds, 3),
-        "search_space": space,
-        "figures_skipped": skipped,
+        "best_config": attrs.get("config"),
+        "best_checkpoint": attrs.get("checkpoint"),
+        "best_epoch": attrs.get("best_epoch"),
+        "best_run_id": attrs.get("mlflow_run_id"),
     }
+
+
+def _trial_record(t: optuna.trial.FrozenTrial | None) -> dict[str, Any] | None:
+    if t is None:
+        return None
+    keys = ("config", "checkpoint", "best_epoch", "mlflow_run_id")
+    return {"trial": t.number, "value": t.value, **{k: t.user_attrs.get(k) for k in keys}}
 
 
 def _best_model(
     st: optuna.Study, tracker: StudyTracker | NullTracker, best: optuna.trial.FrozenTrial | None
-) -> str | None:
-    """The best trial's checkpoint as the pyfunc model of its run, logged once per best trial."""
+) -> tuple[str | None, str | None]:
+    """The best trial's best epoch (best.pt) as the pyfunc model of its run, logged once per best trial:
+    (model URI, MLflow model id), or (None, None) where there is no run to hold it."""
     if best is None or tracker.uri is None or not best.user_attrs.get("mlflow_run_id"):
-        return None  # no complete trial, tracking off, or the best trial ran untracked: no run to hold a model
+        return None, None  # no complete trial, tracking off, or the best trial ran untracked
     if st.user_attrs.get("best_model_trial") == best.number:
-        return st.user_attrs.get("best_model_uri")
+        return st.user_attrs.get("best_model_uri"), st.user_attrs.get("best_model_id")
     ckpt = Path(best.user_attrs.get("checkpoint", ""))
     if not ckpt.is_file():  # another machine's worker ran the best trial
-        return None
-    model_uri = tracker.log_model(best.user_attrs["mlflow_run_id"], ckpt)
+        return None, None
+    model_uri, model_id = tracker.log_model(best.user_attrs["mlflow_run_id"], ckpt)
     st.set_user_attr("best_model_uri", model_uri)
+    st.set_user_attr("best_model_id", model_id)
     st.set_user_attr("best_model_trial", best.number)
-    return model_uri
+    return model_uri, model_id
 
 
 def plots(study: optuna.Study, folder: Path) -> list[str]:
