@@ -1,6 +1,7 @@
 """Deployments with cron schedules, served by one long-lived process against a running `prefect server`.
 
-    PREFECT_API_URL=http://127.0.0.1:4200/api python -m flows.deploy [--cron "0 2 * * *"] [--trials 8]
+    PREFECT_API_URL=http://127.0.0.1:4200/api python -m flows.deploy [--cron "0 2 * * *"] [--trials N]
+        [--param NAME=JSON ...]
 
 registers `vae-pipeline/nightly` (retrain, tune, register, promote) and `vae-reevaluate-champion/weekly`
 (score the champion on today's data), then waits for the server's scheduler to hand it runs. Stop it with
@@ -29,6 +30,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import fields
 from datetime import timedelta
 from pathlib import Path
 
@@ -41,6 +43,8 @@ from prefect.events.schemas.events import ResourceSpecification
 from prefect.schedules import Cron
 
 from flows.pipeline import reevaluate_champion, vae_pipeline
+from vae.errors import ConfigError
+from vae.pipeline import PipelineParams
 
 
 def deployments(cron: str, reeval_cron: str, timezone: str, parameters: dict, on_overlap: str = "cancel"):
@@ -134,15 +138,36 @@ def deploy_to_pool(pool: str, cron: str, reeval_cron: str, timezone: str, parame
     return ids
 
 
+def parse_params(items: list[str]) -> dict:
+    """--param NAME=JSON items as the flow's parameters; an unknown name or a value that is not JSON is refused."""
+    known = {f.name for f in fields(PipelineParams)}
+    params = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        name = name.replace("-", "_")
+        if name not in known:
+            raise ConfigError(
+                f"--param {name}: no such parameter of vae-pipeline; expected one of {', '.join(sorted(known))}"
+            )
+        try:
+            params[name] = json.loads(value)
+        except json.JSONDecodeError:
+            raise ConfigError(
+                f"--param {item!r}: the value is not JSON (a string needs quotes: {name}='\"text\"')"
+            ) from None
+    return params
+
+
 def main(argv: list[str] | None = None) -> int:
     a = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--cron", default="0 2 * * *", help="nightly retrain (default 02:00)")
     a.add_argument("--reeval-cron", default="0 4 * * 0", help="champion re-evaluation (default Sundays 04:00)")
     a.add_argument("--timezone", default="UTC")
-    a.add_argument("--dataset", default="mnist-5k")
-    a.add_argument("--trials", type=int, default=8)
-    a.add_argument("--epochs", type=int, default=10)
-    a.add_argument("--nproc", type=int, default=1)
+    d = PipelineParams()  # the flow's own defaults: a deployment passes only what it changes
+    a.add_argument("--dataset", help=f"default {d.dataset}")
+    a.add_argument("--trials", type=int, help=f"default {d.trials}")
+    a.add_argument("--epochs", type=int, help=f"default {d.epochs}")
+    a.add_argument("--nproc", type=int, help=f"default {d.nproc}")
     a.add_argument("--tracking-uri")
     a.add_argument("--work-pool", help="register the deployments for this process work pool and return (no serve)")
     a.add_argument(
@@ -159,12 +184,14 @@ def main(argv: list[str] | None = None) -> int:
         help="any other parameter of vae-pipeline, e.g. --param subset=300 --param workdir='\"w\"'",
     )
     args = a.parse_args(argv)
-    params = {"dataset": args.dataset, "trials": args.trials, "epochs": args.epochs, "nproc": args.nproc}
-    if args.tracking_uri:
-        params["tracking_uri"] = args.tracking_uri
-    for item in args.param:
-        name, _, value = item.partition("=")
-        params[name.replace("-", "_")] = json.loads(value)
+    named = ("dataset", "trials", "epochs", "nproc", "tracking_uri")
+    params = {k: getattr(args, k) for k in named if getattr(args, k) is not None}
+    try:
+        params.update(parse_params(args.param))
+        PipelineParams(**params)  # bad parameters fail here, before anything is registered
+    except (ValueError, TypeError, ConfigError) as e:
+        print(f"flows.deploy: error: {e}", file=sys.stderr)
+        return 2
     os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_SECONDS))  # the served runs' beat
     crash_unresponsive_runs()
     if args.work_pool:
