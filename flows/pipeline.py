@@ -242,16 +242,16 @@ def _night(p: PipelineParams, clock: _Clock) -> dict:
     steps.nightly.mark_pending(p.storage_url(), best["study"], best["best_trial"])
     with clock("candidate"):  # the winning trial is the candidate: nothing is trained again unless it is not here
         choose = candidate.with_options(timeout_seconds=p.task_timeout + 120)
-        trained = choose(p, best, data["fingerprint"], night_id)
+        trained = choose(p, steps.winner(best), data["fingerprint"], night_id)
         # The cache (under PREFECT_HOME) outlives runs/: a hit made by another checkout, or before runs/ was
         # deleted, names files that are not here. Take it again, and evaluate again what was taken again.
         stale = not (Path(trained["out"]) / "history.json").is_file() or not Path(trained["checkpoint"]).is_file()
         if stale:
-            trained = choose.with_options(refresh_cache=True)(p, best, data["fingerprint"], night_id)
+            trained = choose.with_options(refresh_cache=True)(p, steps.winner(best), data["fingerprint"], night_id)
     _fail_after("candidate")
     with clock("evaluate"):
         model_checkpoint = trained.get("best_checkpoint") or trained["checkpoint"]  # the best epoch, not the last
-        recipe = baseline(p, best, data["fingerprint"], night_id)
+        recipe = baseline(p, {"recipe": best.get("recipe")}, data["fingerprint"], night_id)
         metrics = evaluate.with_options(refresh_cache=stale)(p, model_checkpoint, data["fingerprint"])
         metrics = steps.with_baseline(metrics, recipe)
     _fail_after("evaluate")

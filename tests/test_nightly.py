@@ -119,7 +119,7 @@ def test_nights_on_a_growing_folder(harness, tmp_path, monkeypatch, mnist5k):
     space.write_text(FIXED_SPACE + "beta = 1.0\n")
     fourth = vae_pipeline(**{**p, "space": str(space)})
     assert fourth["night"]["case"] == "new-settings", fourth["night"]
-    assert "space.beta.value: None -> 1.0" in fourth["night"]["reason"], fourth["night"]["reason"]
+    assert "space.beta.value: null -> 1.0" in fourth["night"]["reason"], fourth["night"]["reason"]
     # the fixed space trains the same model as night 3 on the same data: never a duplicate version
     assert fourth["registered"] is None and "already registered as v2" in fourth["night"]["reason"]
     assert versions(uri) == [1, 2]

@@ -269,7 +269,9 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
     files = ("comparison.md", "comparison.json", "reconstructions.png", "samples.png")
     assert shown == {f"comparison/{f}" for f in files}
     comparison = run_json(client, reg["run_id"], "comparison/comparison.json", tmp_path)
-    assert list(comparison["models"]) == ["challenger v1"] and comparison["decision"]["promote"]
+    recipe_label = f"seed recipe (trial {result['study']['recipe']['trial']})"
+    assert list(comparison["models"]) == ["challenger v1", recipe_label] and comparison["decision"]["promote"]
+    assert comparison["models"][recipe_label]["neg_elbo"] == pytest.approx(metrics["recipe_neg_elbo"])
     assert comparison["models"]["challenger v1"]["neg_elbo"] == metrics["neg_elbo"]
     card = client.get_model_version("vae-test", "1").description
     for part in (metrics["fingerprint"], "`mnist-5k`", f"best epoch {json.loads(history.read_text())['best_epoch']}"):
@@ -329,7 +331,8 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
     assert f"[{gain['low']:.3f}, {gain['high']:.3f}] nats" in promotion["reason"]
     comparison = run_json(client, third["registered"]["run_id"], "comparison/comparison.json", tmp_path)
     label = f"champion v{champion_version}"
-    assert list(comparison["models"]) == [f"challenger v{third['registered']['version']}", label]
+    assert list(comparison["models"])[:2] == [f"challenger v{third['registered']['version']}", label]
+    assert list(comparison["models"])[2].startswith("seed recipe (trial ")
     assert comparison["models"][label]["neg_elbo"] == pytest.approx(rescored, rel=1e-6)
     assert {"recon", "kl", "active_units"} <= comparison["models"][label].keys()
     assert comparison["decision"]["interval"] == gain

@@ -206,6 +206,15 @@ def candidate_key(cfg: Config, fingerprint: str) -> str:
     return hashlib.sha256(json.dumps([cfg.to_dict(), fingerprint], sort_keys=True).encode()).hexdigest()[:12]
 
 
+WINNER = ("best_trial", "best_config", "best_checkpoint", "best_run_id", "best_model_uri", "best_model_id")
+
+
+def winner(study: dict[str, Any]) -> dict[str, Any]:
+    """What the candidate step reads of a study's summary: the same for every night that finds the same winner
+    (the summary's counts and timings are not), so the cached candidate is reused by a night that resumes."""
+    return {k: study.get(k) for k in WINNER}
+
+
 def candidate_step(
     p: PipelineParams, study: dict[str, Any], fingerprint: str, night_id: str | None = None, log: Log = print
 ) -> dict[str, Any]:

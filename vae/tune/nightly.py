@@ -151,8 +151,12 @@ def plan_night(
     name = study or f"{model}-{fingerprint[:8]}-{h}"
     st = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True)
     attrs = st.user_attrs
-    n = sum(t.state != TrialState.WAITING for t in counted(st.get_trials(deepcopy=False)))  # started trials
-    if n == 0:
+    # Trials that ended. The night holds its lock, so a trial still RUNNING was left by a night that died: it is
+    # work to finish (its retry resumes its checkpoint), not work done.
+    ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    all_trials = counted(st.get_trials(deepcopy=False))
+    n = sum(t.state in ended for t in all_trials)
+    if not any(t.state != TrialState.WAITING for t in all_trials):  # nothing started yet: a new study
         plan = _new_study(storage, model, name, fingerprint, base, space, trials, champion())
         target = trials
     elif n < attrs.get("nightly.target", 0):
