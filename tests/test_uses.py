@@ -181,7 +181,7 @@ def _bad_inputs(tmp):
             "z3.npy: latents of shape (4, 3): expected a .npy or .csv of shape (N, 20)",
         ),
         (["denoise", "{run}", "--noise", "pink"], "noise='pink' is invalid"),
-        (["denoise", "{run}", "--level", "1.5"], "level=1.5 is invalid"),
+        (["denoise", "{run}", "--noise-level", "1.5"], "noise-level=1.5 is invalid"),
         (["anomaly", "{run}", "--quantile", "1"], "quantile=1.0 is invalid"),
         (["anomaly", "{run}", "--normal-classes", "1,x"], "classes '1,x' are invalid"),
         (["anomaly", "{run}", "--kind", "psnr"], "kind='psnr' is invalid"),
@@ -219,11 +219,13 @@ def test_the_real_process_exits_2_on_a_bad_file(trained, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("noise, level", [("masking", 0.5), ("gaussian", 0.5)])
 def test_denoising_raises_psnr_on_the_test_split(good, tmp_path, capsys, noise, level):
-    r = cli_json(capsys, "denoise", good[0], "--noise", noise, "--level", level, "--out", tmp_path / "d.png")
+    r = cli_json(capsys, "denoise", good[0], "--noise", noise, "--noise-level", level, "--out", tmp_path / "d.png")
     assert r["images"] == 500 and r["input"] == "mnist-5k:test"
     assert r["psnr_denoised_db"] > r["psnr_noisy_db"] + 1.0, r
     assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
-    cli_json(capsys, "denoise", good[0], "--noise", noise, "--level", level, "--limit", 7, "--out", tmp_path / "d.npy")
+    cli_json(
+        capsys, "denoise", good[0], "--noise", noise, "--noise-level", level, "--limit", 7, "--out", tmp_path / "d.npy"
+    )
     d = np.load(tmp_path / "d.npy")
     assert d.shape == (7, 28, 28) and d.min() >= 0 and d.max() <= 1
 

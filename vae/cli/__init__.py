@@ -17,7 +17,8 @@ import sys
 from typing import Any
 
 import vae
-from vae.cli.args import add_core_commands, add_registry_command, add_tune_command, verbosity_args
+from vae.cli.args import add_core_commands, verbosity_args
+from vae.cli.args_tune import add_registry_command, add_tune_command
 from vae.cli.args_uses import add_uses_commands
 from vae.errors import VAEError
 from vae.lifetime import die_with_parent

@@ -1,22 +1,35 @@
-"""Every `vae` command's arguments, and the shared argument groups. Light on purpose: this module and what it
-imports (config, errors) are all that `vae --help` loads. Each command names its handler as "module:function";
-vae/cli/__init__.py imports that module only when the command runs."""
+"""The shared argument groups, one vocabulary for every command (MODEL, --dataset, --data-dir and --mirror,
+--split), and the arguments of `vae data | train | evaluate | sample`; args_tune.py and args_uses.py hold the
+others'. Light on purpose: these modules and what they import (config, errors) are all that `vae --help` loads.
+Each command names its handler as "module:function"; vae/cli/__init__.py imports that module only when the
+command runs."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from vae.config import Config, TrainConfig
+from vae.config import Config
 
 INPUT_HELP = (
     "a 28x28 PNG, a folder of PNGs, a .npy array ((N, 28, 28) or (N, 784); uint8 0-255 or floats "
     "in [0, 1]) or an idx images file"
 )
+# What --dataset (and every option naming a data set) accepts: vae.data.check_dataset's names.
 DATASET_HELP = (
-    "mnist-5k (embedded, default), mnist, fashion-mnist, idx:PATH (a folder of idx files) "
+    "mnist-5k (embedded), mnist, fashion-mnist, idx:PATH (a folder of idx files) "
     "or folder:PATH (PNG files by class, PATH/<0-9>/*.png)"
 )
+# The positional naming a trained model, MODEL in every command that takes one.
+MODEL_HELP = "run folder, checkpoint.pt, or MLflow model URI such as models:/vae-mnist-5k@champion"
+# vae.data.SPLITS, spelled here so that `vae --help` does not import torch (tests/test_cli_conventions.py checks).
+SPLITS = ("train", "val", "test")
+# Where a data set is downloaded from and cached: flag -> (dest, help), the same in every command.
+DOWNLOAD_FLAGS = {
+    "--data-dir": ("data_dir", "download cache (default $VAE_DATA_DIR or ~/.cache/vae)"),
+    "--mirror": ("mirror", "base URL holding the official gz files (default $VAE_MNIST_MIRROR)"),
+}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -32,8 +45,6 @@ def hidden_widths(text: str) -> tuple[int, ...]:
 # `vae train` flag -> (config section, field, type, help).
 TRAIN_FLAGS: dict[str, tuple[str, str, Any, str]] = {
     "--dataset": ("data", "dataset", str, DATASET_HELP),
-    "--data-dir": ("data", "data_dir", str, "download cache ($VAE_DATA_DIR or ~/.cache/vae)"),
-    "--mirror": ("data", "mirror", str, "base URL holding the official gz files ($VAE_MNIST_MIRROR)"),
     "--split-seed": ("data", "split_seed", int, "seed of the train/val/test split"),
     "--subset": ("data", "subset", int, "train on the first N training images only"),
     "--binarize": ("data", "binarize", str, "none, or dynamic: fresh Bernoulli pixels every epoch"),
@@ -86,12 +97,26 @@ def json_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
 
 
+def dataset_help(what: str = "data set", default: str = "mnist-5k") -> str:
+    return f"{what}: {DATASET_HELP} (default: {default})"
+
+
+def download_args(p: argparse.ArgumentParser, default: Any = None) -> None:
+    """--data-dir and --mirror, in every command that loads a data set."""
+    for flag, (dest, text) in DOWNLOAD_FLAGS.items():
+        p.add_argument(flag, dest=dest, default=default, help=text)
+
+
 def data_args(
-    p: argparse.ArgumentParser, dataset_default: str | None = "mnist-5k", dataset_help: str = DATASET_HELP
+    p: argparse.ArgumentParser, default: str | None = "mnist-5k", what: str = "data set", shown: str | None = None
 ) -> None:
-    p.add_argument("--dataset", default=dataset_default, help=dataset_help)
-    p.add_argument("--data-dir", help="download cache (default $VAE_DATA_DIR or ~/.cache/vae)")
-    p.add_argument("--mirror", help="base URL holding the official gz files (default $VAE_MNIST_MIRROR)")
+    """--dataset (default `default`, described as `shown`), --data-dir and --mirror."""
+    p.add_argument("--dataset", default=default, help=dataset_help(what, shown or str(default)))
+    download_args(p)
+
+
+def split_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", default="test", choices=SPLITS, help="split of the data set (default: test)")
 
 
 def parent_arg(p: argparse.ArgumentParser, what: str) -> None:
@@ -108,29 +133,56 @@ def device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
 
+def model_arg(p: argparse.ArgumentParser, text: str = MODEL_HELP) -> None:
+    """The positional MODEL: the one name of a trained model across commands (a.model)."""
+    p.add_argument("model", metavar="MODEL", help=text)
+
+
 def model_args(p: argparse.ArgumentParser) -> None:
     """MODEL (a run folder, a checkpoint, or an MLflow model URI), its store and device, --json."""
-    p.add_argument("model", help="run folder, checkpoint.pt, or MLflow model URI such as models:/vae-mnist-5k@champion")
+    model_arg(p)
     tracking_arg(p)
     device_arg(p)
     json_arg(p)
 
 
 def split_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--split", default="test", help="train, val or test (with a data set)")
-    p.add_argument("--data-dir", help="download cache (default $VAE_DATA_DIR or ~/.cache/vae)")
-    p.add_argument("--mirror", help="base URL holding the official gz files")
+    """--split of a data set, where it is downloaded from, and --limit."""
+    split_arg(p)
+    download_args(p)
     p.add_argument("--limit", type=int, help="use only the first N images")
 
 
 def input_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--input", help=INPUT_HELP)
-    g.add_argument(
-        "--dataset",
-        help="a data set instead of files (default: the model's own): mnist-5k, mnist, fashion-mnist or idx:PATH",
-    )
+    g.add_argument("--dataset", help=dataset_help("a data set instead of files", "the model's own"))
     split_args(p)
+
+
+class _Deprecated(argparse.Action):
+    """A renamed flag's old spelling: it still works, says so on stderr, and --help no longer shows it."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"vae: warning: {option_string} is deprecated: use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def deprecated_alias(p: argparse.ArgumentParser, old: str, new: argparse.Action) -> None:
+    """`old` as a hidden spelling of the flag `new` (what p.add_argument returned)."""
+    p.add_argument(
+        old,
+        dest=new.dest,
+        type=new.type,
+        default=argparse.SUPPRESS,
+        action=_Deprecated,
+        new=new.option_strings[-1],
+        help=argparse.SUPPRESS,
+    )
 
 
 def train_flags(p: argparse.ArgumentParser) -> None:
@@ -143,6 +195,14 @@ def train_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=text)
         else:
             p.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, help=f"{text} (default {shown})")
+        if flag == "--dataset":
+            download_args(p, default=argparse.SUPPRESS)
+
+
+def config_fields() -> list[tuple[str, str]]:
+    """(config section, field) of every flag of `vae train` that sets one."""
+    download = [("data", dest) for dest, _ in DOWNLOAD_FLAGS.values()]
+    return [(section, name) for section, name, _, _ in TRAIN_FLAGS.values()] + download
 
 
 # ---------------------------------------------------------------- the parser
@@ -192,9 +252,9 @@ def add_core_commands(sub) -> None:
     json_arg(p)
 
     p = command(sub, "evaluate", "core:cmd_evaluate", help="test metrics and figures of a checkpoint")
-    p.add_argument("checkpoint", help="a run folder or its checkpoint.pt")
-    data_args(p, None, "evaluate on another data set (default: the one it was trained on)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    model_arg(p, "run folder or its checkpoint.pt")
+    data_args(p, None, "evaluate on another data set", "the one it was trained on")
+    split_arg(p)
     p.add_argument("--iw-samples", type=int, default=0, help="K for the importance-weighted NLL (0: skip)")
     p.add_argument("--figures", help="folder for the PNG figures (default: <run folder>/figures)")
     p.add_argument("--no-figures", action="store_true")
@@ -207,115 +267,8 @@ def add_core_commands(sub) -> None:
     json_arg(p)
 
     p = command(sub, "sample", "core:cmd_sample", help="new images from the prior")
-    p.add_argument("checkpoint", help="run folder, checkpoint.pt, or MLflow model URI (models:/NAME@ALIAS)")
+    model_args(p)
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--temperature", type=float, default=1.0, help="z ~ N(0, T^2 I): below 1, cleaner and less varied")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="grid.png, or samples.npy for (N, 28, 28) float pixels")
-    tracking_arg(p)
-    device_arg(p)
-    json_arg(p)
-
-
-def search_args(p) -> None:
-    """How the study searches: sampler, pruner and the trials it starts from (vae/tune/search.py, seeds.py)."""
-    p.add_argument(
-        "--sampler", default="tpe", help="tpe (default), tpe-multivariate, gp, cmaes (needs the cmaes package), random"
-    )
-    p.add_argument(
-        "--pruner",
-        default="asha",
-        help="asha (default: successive halving within each model kind), asha-global, hyperband, median, none, "
-        "or threshold:X (nats)",
-    )
-    p.add_argument(
-        "--min-epochs", type=int, default=3, help="the pruner's first rung: no trial stops before it (default 3)"
-    )
-    p.add_argument("--startup-trials", type=int, help="random trials before the sampler uses the history")
-    p.add_argument(
-        "--no-anchors",
-        dest="anchors",
-        action="store_false",
-        help="start a new study from the seed recipe only, not also from the default space's anchor configuration",
-    )
-
-
-def add_tune_command(sub) -> None:
-    p = command(
-        sub,
-        "tune",
-        "tune:cmd_tune",
-        help="search hyper-parameters: an Optuna study of training runs, tracked in MLflow (or --no-tracking)",
-        description="Run trials of an Optuna study until it holds --trials trials (several `vae tune` "
-        "processes may share one study). Each trial trains for --epochs epochs and reports the "
-        "validation -ELBO every epoch to the pruner; rerunning the same command continues the study.",
-    )
-    data_args(p)
-    t = TrainConfig()
-    p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--subset", type=int, help="train every trial on the first N training images only")
-    p.add_argument("--trials", type=int, default=20, help="trials the study should hold in total (default 20)")
-    p.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
-    p.add_argument("--epochs", type=int, default=t.epochs, help="epochs per trial: the budget the winner is trained at")
-    p.add_argument("--patience", type=int, help="early stopping of every trial (epochs without a better val -ELBO)")
-    p.add_argument("--nproc", type=int, default=1, help="processes per trial (DDP under torchrun)")
-    p.add_argument(
-        "--workers", type=int, default=1, help="trials at once: W worker processes on the study, cores (GPUs) shared"
-    )
-    p.add_argument("--study", help="study name (default vae-<dataset>)")
-    p.add_argument("--storage", help="sqlite:///PATH (default mlruns/optuna.db), postgresql://..., or journal:PATH")
-    search_args(p)
-    p.add_argument("--space", help="TOML or YAML file overriding entries of the default search space")
-    p.add_argument(
-        "--sampler-seed", type=int, help="seed of the sampler: the same command on the same study draws the same trials"
-    )
-    p.add_argument("--train-seed", type=int, default=t.seed, help="seed of every trial's weights, batches and noise")
-    p.add_argument("--seed", dest="ambiguous_seed", type=int, help=argparse.SUPPRESS)
-    p.add_argument(
-        "--heartbeat",
-        type=int,
-        default=30,
-        help="seconds between trial heartbeats; a trial silent for twice that is failed and retried "
-        "(SQL storages; 0: off)",
-    )
-    p.add_argument("--out", help="folder of the trials' checkpoints (default mlruns/studies/<study>)")
-    tracking_arg(p, "MLflow tracking URI")
-    p.add_argument(
-        "--no-tracking",
-        action="store_true",
-        help="no MLflow at all (not even imported): the study in --storage and the checkpoints in --out only",
-    )
-    p.add_argument("--experiment", default="vae-tune", help="MLflow experiment (default vae-tune)")
-    parent_arg(p, "the study's run")
-    p.add_argument("--device", default=t.device, help="auto, cpu or cuda")
-    json_arg(p)
-
-
-def add_registry_command(sub) -> None:
-    p = sub.add_parser("registry", help="list, promote and roll back registered model versions")
-    rsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--name", help="registered model (default vae-<dataset>)")
-    common.add_argument("--dataset", default="mnist-5k", help="names the model vae-<dataset> when --name is absent")
-    tracking_arg(common, "MLflow tracking/registry URI")
-    json_arg(common)
-    command(
-        rsub,
-        "list",
-        "registry:cmd_registry",
-        parents=[common],
-        help="versions with their aliases, test -ELBO and decisions",
-    )
-    pp = command(
-        rsub,
-        "promote",
-        "registry:cmd_registry",
-        parents=[common],
-        help="make a version champion if it beats the champion",
-    )
-    pp.add_argument("--version", required=True)
-    pp.add_argument("--min-improvement", type=float, default=0.5, help="nats of test -ELBO it must gain (default 0.5)")
-    pp.add_argument("--force", action="store_true", help="skip the comparison")
-    command(
-        rsub, "rollback", "registry:cmd_registry", parents=[common], help="point champion back at the previous champion"
-    )

@@ -4,7 +4,19 @@ models:/NAME/VERSION, runs:/RUN_ID/model)."""
 
 from __future__ import annotations
 
-from vae.cli.args import INPUT_HELP, command, input_args, model_args, split_args, tracking_arg
+from vae.cli.args import (
+    DATASET_HELP,
+    INPUT_HELP,
+    command,
+    data_args,
+    deprecated_alias,
+    input_args,
+    model_arg,
+    model_args,
+    split_arg,
+    split_args,
+    tracking_arg,
+)
 
 
 def add_uses_commands(sub) -> None:
@@ -59,15 +71,16 @@ def _add_denoise_augment(sub) -> None:
         help="gaussian, masking or salt-pepper: corrupt the clean inputs, denoise, and measure PSNR; "
         "none: the inputs are already noisy, just clean them",
     )
-    p.add_argument("--level", type=float, default=0.3, help="noise std (gaussian) or fraction of pixels hit")
+    level = p.add_argument(
+        "--noise-level", type=float, default=0.3, help="noise std (gaussian) or fraction of pixels hit (default 0.3)"
+    )
+    deprecated_alias(p, "--level", level)  # its name until the flag took `vae train`'s
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="grid.png (clean / noisy / denoised rows, first 24 images) or denoised.npy")
 
     p = command(sub, "augment", "uses:cmd_augment", help="new labelled images per class, written as an idx data set")
     model_args(p)
-    p.add_argument("--dataset", help="labelled data set whose training split is augmented (default: the model's)")
-    p.add_argument("--data-dir")
-    p.add_argument("--mirror")
+    data_args(p, None, "labelled data set whose training split is augmented", "the model's")
     p.add_argument("--per-class", type=int, required=True, help="new images per class")
     p.add_argument("--spread", type=float, default=1.0, help="z = mu + spread * sigma * eps around each image")
     p.add_argument("--seed", type=int, default=0)
@@ -84,7 +97,7 @@ def _add_serve(sub) -> None:
         description="Serve MODEL over REST until stopped: {'inputs': [[784 pixels]], 'params': {'op': "
         "'encode'}} to /invocations; ops reconstruct, encode, score, sample (see docs/uses.md).",
     )
-    p.add_argument("model", help="run folder, checkpoint.pt, or MLflow model URI such as models:/vae-mnist-5k@champion")
+    model_arg(p)
     tracking_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5055)
@@ -97,11 +110,12 @@ def _add_anomaly_report(sub) -> None:
     model_args(p)
     p.add_argument(
         "--score",
-        help="what to score: " + INPUT_HELP + "; or a data set name (mnist-5k, mnist, "
-        "fashion-mnist, idx:PATH) with --split. Default: the model's data set",
+        help=f"what to score: {INPUT_HELP}; or a data set ({DATASET_HELP}) with --split. Default: the model's data set",
     )
     split_args(p)
-    p.add_argument("--fit-on", help="data set whose validation split sets the threshold (default: the model's)")
+    p.add_argument(
+        "--fit-on", help="data set whose validation split sets the threshold, named as --score's (default: the model's)"
+    )
     p.add_argument(
         "--normal-classes",
         help="digits counted as normal, e.g. 1 or 3,5 (default: the classes in --fit-on's validation split)",
@@ -118,10 +132,8 @@ def _add_anomaly_report(sub) -> None:
         help="one HTML page: samples, reconstructions, compression, denoising, anomalies",
     )
     model_args(p)
-    p.add_argument("--dataset", help="data set to report on (default: the model's)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--data-dir")
-    p.add_argument("--mirror")
+    data_args(p, None, "data set to report on", "the model's")
+    split_arg(p)
     p.add_argument("--out", required=True, help="report.html; its PNGs go to a folder beside it (<name>_files)")
     p.add_argument("--run-id", help="MLflow run to attach the report to (default: the run a model URI was logged in)")
     p.add_argument("--no-log", action="store_true", help="do not attach the report to an MLflow run")

@@ -13,7 +13,7 @@ from typing import Any
 from vae import api, data
 from vae.checkpoint import FILENAME, checkpoint_path, load_model
 from vae.cli import is_rank0
-from vae.cli.args import TRAIN_FLAGS
+from vae.cli.args import config_fields
 from vae.cli.common import load_model_ref, relaunch, shows, sigterm_as_interrupt, under_torchrun
 from vae.config import Config, DataConfig
 from vae.distributed import check_nproc
@@ -32,7 +32,7 @@ def config_from_args(a: argparse.Namespace) -> Config:
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"--config {a.config} cannot be read ({e}): expected a JSON config file") from None
     changes: dict[str, dict[str, Any]] = {"data": {}, "model": {}, "train": {}}
-    for section, name, _, _ in TRAIN_FLAGS.values():
+    for section, name in config_fields():
         if hasattr(a, name):
             changes[section][name] = getattr(a, name)
     if getattr(a, "no_progress", False):
@@ -99,9 +99,9 @@ def _train_tracked(a: argparse.Namespace, cfg: Config, out: Path) -> dict[str, A
 def cmd_evaluate(a: argparse.Namespace) -> dict[str, Any]:
     if a.iw_samples < 0:
         raise ConfigError(f"iw-samples={a.iw_samples} is invalid: expected an integer >= 0")
-    figures = None if a.no_figures else (a.figures or checkpoint_path(a.checkpoint).parent / "figures")
+    figures = None if a.no_figures else (a.figures or checkpoint_path(a.model).parent / "figures")
     return api.evaluate(
-        a.checkpoint,
+        a.model,
         dataset=a.dataset,
         split=a.split,
         iw_samples=a.iw_samples,
@@ -119,9 +119,9 @@ def cmd_sample(a: argparse.Namespace) -> dict[str, Any]:
     if not a.temperature > 0:
         raise ConfigError(f"temperature={a.temperature} is invalid: expected a number > 0")
     out = check_out(a.out, (".png", ".npy"), "a .png (image grid) or .npy (array) file name")
-    model, _, _ = load_model_ref(a.checkpoint, a.tracking_uri, a.device)
+    model, _, _ = load_model_ref(a.model, a.tracking_uri, a.device)
     if not model.is_variational:
-        raise ConfigError(f"{a.checkpoint} holds a plain autoencoder, which has no prior to sample from")
+        raise ConfigError(f"{a.model} holds a plain autoencoder, which has no prior to sample from")
     save_images(sample(model, a.n, a.temperature, a.seed), out)
     return {"out": str(out), "n": a.n, "temperature": a.temperature}
 

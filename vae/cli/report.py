@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from vae.cli.common import load_model_ref, shows
-from vae.data import SPLITS, load
+from vae.data import load
 from vae.errors import ConfigError
 from vae.uses.report import write_report
 
@@ -31,8 +31,6 @@ def cmd_report(a: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"--out {out} is invalid: expected an .html file name")
     if not out.parent.is_dir():
         raise ConfigError(f"--out {out} is invalid: folder {out.parent} does not exist")
-    if a.split not in SPLITS:
-        raise ConfigError(f"split={a.split!r} is invalid: expected train, val or test")
     model, cfg, state = load_model_ref(a.model, a.tracking_uri, a.device)
     source = state.get("source") or {}
     run_id = None if a.no_log else (a.run_id or source.get("run_id"))

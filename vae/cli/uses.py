@@ -142,8 +142,8 @@ def cmd_decode(a) -> dict[str, Any]:
 def cmd_denoise(a) -> dict[str, Any]:
     if a.noise not in (*uses.NOISES, "none"):
         raise ConfigError(f"noise={a.noise!r} is invalid: expected one of {', '.join(uses.NOISES)} or none")
-    if not 0 <= a.level <= 1:
-        raise ConfigError(f"level={a.level} is invalid: expected a number in [0, 1]")
+    if not 0 <= a.noise_level <= 1:
+        raise ConfigError(f"noise-level={a.noise_level} is invalid: expected a number in [0, 1]")
     out = check_out(a.out, (".png", ".npy"), IMAGE_OUT) if a.out else None
     _check_limit(a)
     model, cfg, _ = _load(a)
@@ -152,9 +152,11 @@ def cmd_denoise(a) -> dict[str, Any]:
     if a.noise == "none":
         denoised, groups = uses.reconstruct(model, x), [x]
     else:
-        r = uses.denoise(model, x, a.noise, a.level, a.seed)
+        r = uses.denoise(model, x, a.noise, a.noise_level, a.seed)
         denoised, groups = r["denoised"], [x, r["noisy"]]
-        result.update(level=a.level, psnr_noisy_db=_mean(r["psnr_noisy"]), psnr_denoised_db=_mean(r["psnr_denoised"]))
+        result.update(
+            noise_level=a.noise_level, psnr_noisy_db=_mean(r["psnr_noisy"]), psnr_denoised_db=_mean(r["psnr_denoised"])
+        )
         result["psnr_gain_db"] = round(result["psnr_denoised_db"] - result["psnr_noisy_db"], 4)
     if out is not None and out.suffix == ".npy":
         save_images(denoised, out)
