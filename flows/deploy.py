@@ -44,7 +44,7 @@ from prefect.schedules import Cron
 
 from flows.pipeline import reevaluate_champion, vae_pipeline
 from vae.errors import ConfigError
-from vae.pipeline import PipelineParams
+from vae.night.params import PipelineParams
 
 
 def deployments(cron: str, reeval_cron: str, timezone: str, parameters: dict, on_overlap: str = "cancel"):

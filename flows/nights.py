@@ -26,9 +26,9 @@ from prefect.client.schemas.actions import ArtifactCreate
 from prefect.runtime import flow_run as current_run
 from prefect.states import Crashed
 
-from vae import pipeline as steps
 from vae.errors import VAEError
-from vae.pipeline import PipelineParams
+from vae.night import steps
+from vae.night.params import PipelineParams
 from vae.stores import file_lock
 
 LOCK = "night.lock"

@@ -3,7 +3,7 @@
 A night is a case, not a replay (vae/tune/nightly.py): new data gets its own study, warm-started from the
 previous data version; the same data and settings get `trials` more trials of the same study, and a new
 version only when the search found a better configuration; changed settings get their own study. Tasks are
-thin wrappers of vae.pipeline's steps. Tuning is not cached (the Optuna study is its memory, and the night's
+thin wrappers of vae.night's steps. Tuning is not cached (the Optuna study is its memory, and the night's
 target grows); training and evaluation are cached on their inputs (config and data fingerprint), and a
 registered candidate is never registered again. Fetching, registering and promoting retry with backoff
 on errors that may be transient; tuning and training are killed after `task_timeout` seconds.
@@ -43,10 +43,10 @@ from prefect.settings import PREFECT_API_URL
 from prefect.tasks import exponential_backoff
 
 from flows.nights import night_lock, record_failure
-from vae import pipeline as steps
 from vae import summaries
 from vae.errors import ConfigError, VAEError
-from vae.pipeline import PipelineParams
+from vae.night import steps
+from vae.night.params import PipelineParams
 
 # The night's run id is no part of a cache key: a later night reuses the training and takes its run under itself.
 CACHED = dict(

@@ -97,14 +97,14 @@ def test_each_outside_engine_is_imported_only_in_its_place():
 
 def test_the_core_is_flat_and_imports_no_subpackage_above_it():
     core = {
-        n for n, p in modules().items() if p.parent == ROOT / "vae" and n not in ("vae", "vae.__main__", "vae.pipeline")
+        n for n, p in modules().items() if p.parent == ROOT / "vae" and n not in ("vae", "vae.__main__")
     }
     g = graph()
     upward = [
         f"{n} -> {m}"
         for n in core
         for m in g[n]
-        if m.startswith(("vae.uses", "vae.tune", "vae.tracking", "vae.cli", "vae.pipeline"))
+        if m.startswith(("vae.uses", "vae.tune", "vae.tracking", "vae.cli", "vae.night"))
     ]
     assert not upward, "the core imports a layer above it: " + ", ".join(sorted(upward))
 

@@ -1,4 +1,4 @@
-"""The night's parameters live once (vae.pipeline.PipelineParams): the flow, its command line, the deployments
+"""The night's parameters live once (vae.night.params.PipelineParams): the flow, its command line, the deployments
 and the README cannot drift from them."""
 
 import re
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vae.pipeline import PipelineParams
+from vae.night.params import PipelineParams
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -197,8 +197,6 @@ def test_vae_train_and_a_pipeline_run_make_no_network_calls(tmp_path, clean_env)
             "flows.pipeline",
             "--trials",
             "1",
-            "--tune-epochs",
-            "1",
             "--epochs",
             "1",
             "--subset",
