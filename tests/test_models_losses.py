@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from vae.config import ModelConfig
-from vae.losses import iw_log_likelihood, iwae_loss, kl_std_normal, log_normal, recon_bce
+from vae.kinds import KINDS
+from vae.losses import iw_log_likelihood, iwae_bound, kl_std_normal, log_normal, recon_bce
 from vae.models import build_model
 
 
@@ -57,7 +58,7 @@ def test_recon_bce_is_stable_where_sigmoid_then_bce_is_not():
     assert torch.allclose(recon_bce(logits, target), torch.tensor([400.0]))
 
 
-def test_iwae_loss_with_one_sample_is_the_single_sample_neg_elbo():
+def test_the_iwae_bound_with_one_sample_is_the_single_sample_neg_elbo():
     torch.manual_seed(0)
     model = build_model(ModelConfig(latent=4, hidden=(32,)))
     x = torch.rand(6, 784)
@@ -65,7 +66,7 @@ def test_iwae_loss_with_one_sample_is_the_single_sample_neg_elbo():
     mu, logvar = model.encode(x)
     z = mu + torch.exp(0.5 * logvar) * eps[0]
     single = recon_bce(model.decode(z), x) + log_normal(z, mu, logvar) - log_normal(z)
-    assert torch.allclose(iwae_loss(model, x, x, 1, eps), single, atol=1e-4)
+    assert torch.allclose(iwae_bound(model(x, eps=eps), x, eps), single, atol=1e-4)
 
 
 def test_iw_estimate_is_below_the_elbo_and_tightens_with_k(trained, mnist5k):
@@ -146,3 +147,15 @@ def test_iw_estimate_is_the_same_whatever_the_chunking():
     a = iw_log_likelihood(model, x, 50, generator=torch.Generator().manual_seed(5))
     b = iw_log_likelihood(model, x, 50, generator=torch.Generator().manual_seed(5), max_elements=784 * 3 * 7)
     assert torch.allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_each_kind_of_the_table_builds_the_model_it_describes(name):
+    kind = KINDS[name]
+    narrow, wide = (build_model(ModelConfig(kind=name, hidden=(32,), channels=c)) for c in (4, 8))
+    assert type(narrow).__name__ == kind.model and narrow.is_variational == kind.variational
+    widths_differ = sum(p.numel() for p in narrow.parameters()) != sum(p.numel() for p in wide.parameters())
+    assert widths_differ == kind.convolutional  # `channels` sets the width of exactly the convolutional kinds
+    x = torch.rand(3, 784)
+    terms = narrow.terms(x, torch.Generator().manual_seed(0))
+    assert tuple(terms) == narrow.TERMS and narrow.SCORE in terms and all(t.shape == (3,) for t in terms.values())

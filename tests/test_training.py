@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -159,3 +160,25 @@ def test_iwae_needs_a_variational_model():
         Config.from_dict({"model": {"kind": "ae"}, "train": {"objective": "iwae", "k": 5}})
     with pytest.raises(ConfigError, match="k=5 is invalid"):
         Config.from_dict({"train": {"k": 5}})
+
+
+def test_a_new_model_kind_is_one_class_and_one_registry_entry(tmp_path, small_cfg, monkeypatch):
+    """The trainer, the evaluation, the config and the search read the kinds from vae/kinds.py and each model's
+    own objective: a kind added there and in vae/models.py trains and validates with no other change, and its
+    objective is the one the trainer minimises."""
+    from vae import kinds, models
+    from vae.checkpoint import load_model
+
+    class HalfKL(models.VAE):  # the seed's VAE whose objective weighs the KL by one half, whatever --beta says
+        def objective(self, o, x, eps, tc):
+            return super().objective(o, x, eps, dataclasses.replace(tc, beta=0.5))
+
+    monkeypatch.setitem(kinds.KINDS, "half-kl", kinds.Kind("half-kl", "HalfKL", True, True, False, "a test kind"))
+    monkeypatch.setattr(models, "HalfKL", HalfKL, raising=False)
+    small = small_cfg.replace(data={"subset": 500}, train={"epochs": 2})
+    new = fit(small.replace(model={"kind": "half-kl"}), out=tmp_path / "new", data=None)
+    same = fit(small.replace(train={"beta": 0.5}), data=None)
+    assert [r["train_loss"] for r in new.history] == [r["train_loss"] for r in same.history]
+    assert new.history[-1]["val_neg_elbo"] == same.history[-1]["val_neg_elbo"]
+    assert type(load_model(tmp_path / "new")[0]) is HalfKL
+    assert "half-kl" in kinds.names(searchable=True)

@@ -11,8 +11,7 @@ from vae.checkpoint import load_model
 from vae.config import Config
 from vae.data import load
 from vae.distributed import pick_device
-from vae.evaluation import evaluate as evaluate_model
-from vae.evaluation import write_json
+from vae.evaluation import evaluate_model, write_json
 from vae.quality import sample_quality
 from vae.training import Callback, FitResult, fit
 

@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vae.errors import ConfigError
+from vae.kinds import KINDS, listed, names
 
 DATASETS = ("mnist-5k", "mnist", "fashion-mnist")  # plus "idx:PATH" and "folder:PATH"
-MODELS = ("vae", "ae", "conv-vae")
-CONVOLUTIONAL = ("conv-vae",)  # the kinds whose width `channels` sets
 ACTIVATIONS = ("relu", "tanh")
 NOISES = ("none", "gaussian", "masking", "salt-pepper")
 BINARIZE = ("none", "dynamic")
@@ -69,9 +68,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(self.hidden))
-        if self.kind not in CONVOLUTIONAL:  # a width the kind does not have: one value, so equal models compare equal
+        _check(self.kind in KINDS, "model", self.kind, f"one of {', '.join(KINDS)}")
+        if not KINDS[self.kind].convolutional:  # a width the kind lacks: one value, so equal models compare equal
             object.__setattr__(self, "channels", 32)
-        _check(self.kind in MODELS, "model", self.kind, f"one of {', '.join(MODELS)}")
         _check(_is_int(self.latent) and 1 <= self.latent <= 4096, "latent", self.latent, "an integer from 1 to 4096")
         _check(
             1 <= len(self.hidden) <= 8 and all(_is_int(h) and 1 <= h <= 16384 for h in self.hidden),
@@ -171,18 +170,17 @@ class Config:
         unknown = sorted(set(d) - {"data", "model", "train"})
         if unknown:
             raise ConfigError(f"unknown config section(s) {unknown}: expected data, model, train")
-        cfg = cls(
+        return cls(
             build(DataConfig, d.get("data")), build(ModelConfig, d.get("model")), build(TrainConfig, d.get("train"))
         )
-        cfg.__post_init__()
-        return cfg
 
     def __post_init__(self) -> None:
         _check(
-            self.train.objective != "iwae" or self.model.kind != "ae",
+            self.train.objective != "iwae" or KINDS[self.model.kind].variational,
             "objective",
             self.train.objective,
-            "'elbo' for the plain autoencoder (it has no posterior to importance-sample)",
+            f"'elbo' for --model {self.model.kind} (it has no posterior to importance-sample; "
+            f"iwae needs {listed(names(variational=True))})",
         )
 
     def replace(self, **sections: dict[str, Any]) -> Config:

@@ -24,7 +24,7 @@ from vae.config import Config
 from vae.data import Dataset, pixels
 from vae.distributed import DistContext, all_reduce_sum
 from vae.figures import write_figures
-from vae.losses import iw_log_likelihood, neg_elbo, recon_bce
+from vae.losses import iw_log_likelihood
 from vae.models import VAE
 
 
@@ -54,43 +54,22 @@ def elbo_metrics(
         per = math.ceil(n / ctx.world_size)
         lo, hi = min(n, ctx.rank * per), min(n, (ctx.rank + 1) * per)
     gen = torch.Generator(device=dev).manual_seed(10_007 + seed)
-    sums = torch.zeros(5, device=dev)
+    sums = torch.zeros(len(model.TERMS) + 1, device=dev)  # each term's sum, then the images
     for s in range(lo, hi, batch_size):
         x = _targets(images_u8[s : min(hi, s + batch_size)].to(dev), cfg, gen)
-        if model.is_variational:
-            mu, logvar = model.encode(x)
-            eps = torch.randn(mu.shape, generator=gen, device=dev)
-            loss, recon, kl = neg_elbo(model.decode(mu + torch.exp(0.5 * logvar) * eps), x, mu, logvar)
-            at_mean = recon_bce(model.decode(mu), x)
-            sums += torch.stack(
-                [loss.sum(), recon.sum(), kl.sum(), at_mean.sum(), torch.tensor(float(x.shape[0]), device=dev)]
-            )
-        else:
-            logits = model(x).recon_logits
-            mse = (torch.sigmoid(logits) - x).pow(2).mean(-1)
-            sums += torch.stack(
-                [
-                    recon_bce(logits, x).sum(),
-                    mse.sum(),
-                    torch.zeros((), device=dev),
-                    torch.zeros((), device=dev),
-                    torch.tensor(float(x.shape[0]), device=dev),
-                ]
-            )
+        terms = model.terms(x, gen)  # the model's own per-image numbers (vae/models.py)
+        sums += torch.stack([*(terms[k].sum() for k in model.TERMS), torch.tensor(float(x.shape[0]), device=dev)])
     if ctx is not None:
         all_reduce_sum(sums, ctx)
     model.train(was_training)
-    m = (sums[:4] / sums[4].clamp(min=1)).tolist()
-    if model.is_variational:
-        return {"neg_elbo": m[0], "recon": m[1], "kl": m[2], "recon_at_mean": m[3]}
-    return {"bce": m[0], "mse": m[1]}
+    return dict(zip(model.TERMS, (sums[:-1] / sums[-1].clamp(min=1)).tolist()))
 
 
 @torch.no_grad()
 def per_image_neg_elbo(model: VAE, images_u8: torch.Tensor, cfg: Config, seed: int = 0, batch_size: int = 2000):
-    """(N,) -ELBO of each image, nats: the draws of elbo_metrics (same generator, same order), so the mean
-    is its neg_elbo. Two models with the same latent size scored with one seed see the same eps and the same
-    binarized targets: common random numbers, so a per-image difference carries little estimator noise."""
+    """(N,) the model's score of each image (its SCORE: the -ELBO; BCE for the AE), nats: the draws of
+    elbo_metrics (same generator, same order), so the mean is its neg_elbo. Two models with the same latent size
+    scored with one seed see the same eps and the same binarized targets: common random numbers, so a per-image difference carries little estimator noise."""
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
@@ -98,9 +77,7 @@ def per_image_neg_elbo(model: VAE, images_u8: torch.Tensor, cfg: Config, seed: i
     out = []
     for s in range(0, images_u8.shape[0], batch_size):
         x = _targets(images_u8[s : s + batch_size].to(dev), cfg, gen)
-        mu, logvar = model.encode(x)
-        eps = torch.randn(mu.shape, generator=gen, device=dev)
-        out.append(neg_elbo(model.decode(mu + torch.exp(0.5 * logvar) * eps), x, mu, logvar)[0].cpu())
+        out.append(model.terms(x, gen)[model.SCORE].cpu())
     model.train(was_training)
     return torch.cat(out)
 
@@ -127,7 +104,7 @@ def active_units(model: VAE, images_u8: torch.Tensor, threshold: float = 0.01) -
     return int((mus.var(dim=0) > threshold).sum().item())
 
 
-def evaluate(
+def evaluate_model(
     model: VAE,
     cfg: Config,
     data: Dataset,

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from vae.data import pixels
-from vae.models import VAE
+from vae.models import VAE, val_key
 
 # matplotlib (~0.5 s) is imported where a figure is drawn: training and evaluation import this module, and most
 # of their runs draw nothing. Image grids are laid out here: torchvision's make_grid would import torch._dynamo
@@ -112,7 +112,7 @@ def loss_curves(history: list[dict], path: Path) -> None:
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train loss")
-    key = "val_neg_elbo" if "val_neg_elbo" in history[0] else "val_bce"
+    key = val_key(history[0])
     ax.plot(epochs, [h[key] for h in history], marker="o", label=key.replace("_", " "))
     if "val_recon_at_mean" in history[0]:
         ax.plot(epochs, [h["val_recon_at_mean"] for h in history], marker=".", ls="--", label="val recon at mean")

@@ -134,8 +134,3 @@ def iwae_bound(out, target: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         + 0.5 * out.logvar.sum(-1)
     )  # (K, B)
     return -(torch.logsumexp(log_w, dim=0) - math.log(eps.shape[0]))
-
-
-def iwae_loss(model, x: torch.Tensor, target: torch.Tensor, k: int, eps: torch.Tensor) -> torch.Tensor:
-    """The IWAE training objective for `model` on x; eps is (K, B, L)."""
-    return iwae_bound(model(x, eps=eps), target, eps)

@@ -1,7 +1,12 @@
 """The seed's MLP VAE, its deterministic AE sibling and a small convolutional VAE.
 
 All models take images as (B, 784) floats in [0, 1] and decode to (B, 784) logits: the sigmoid of the
-seed lives in the loss (BCE-with-logits) and in `probs()`, where it is numerically safe.
+seed lives in the loss (BCE-with-logits) and in `sample()`, where it is numerically safe.
+
+Each model owns its objective: `objective()` is what the trainer calls backward on, `terms()` the per-image
+numbers evaluation averages, `SCORE` the one of them that validation, early stopping and the best checkpoint go
+by. The trainer and the evaluation never ask which kind they hold. A new kind is a class here and an entry in
+vae/kinds.py (its name, its class, what it can do).
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vae.config import ModelConfig
+from vae.config import ModelConfig, TrainConfig
+from vae.kinds import KINDS, listed, names
+from vae.losses import iwae_bound, kl_std_normal, neg_elbo, recon_bce
 
 PIXELS = 28 * 28
 
@@ -22,6 +29,14 @@ class Output:
     mu: torch.Tensor  # (B, latent); for the AE, the code itself
     logvar: torch.Tensor | None  # (B, latent); None for the AE
     z: torch.Tensor  # (B, latent), the code that was decoded
+
+
+def _float(o: Output) -> Output:
+    """The output in float32 (under bf16 autocast the logits arrive in bf16)."""
+    return Output(o.recon_logits.float(), o.mu.float(), o.logvar.float(), o.z.float())
+
+
+Terms = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (summed loss, per-image recon, per-image kl)
 
 
 def _act(name: str) -> nn.Module:
@@ -40,7 +55,9 @@ def _mlp(sizes: list[int], activation: str) -> nn.Sequential:
 class VAE(nn.Module):
     """Kingma & Welling (2013): Gaussian encoder q(z|x), Bernoulli decoder p(x|z), prior N(0, I)."""
 
-    is_variational = True
+    is_variational = True  # draws eps, has a prior to sample from (vae/kinds.py: variational)
+    TERMS = ("neg_elbo", "recon", "kl", "recon_at_mean")  # terms(), in this order
+    SCORE = "neg_elbo"  # validation's number: the history's val_neg_elbo
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -77,6 +94,23 @@ class VAE(nn.Module):
         device = next(self.parameters()).device
         z = torch.randn(n, self.cfg.latent, generator=generator, device=device) * temperature
         return torch.sigmoid(self.decode(z))
+
+    def objective(self, o: Output, x: torch.Tensor, eps: torch.Tensor | None, tc: TrainConfig) -> Terms:
+        """The training loss of one batch's forward output `o` against the targets x: the -ELBO with the KL
+        weighted by beta, or the K-sample IWAE bound (eps of shape (K, B, L)); recon and kl are reported."""
+        if tc.objective == "iwae":
+            per_image = iwae_bound(_float(o), x, eps)
+            recon = recon_bce(o.recon_logits[0].float(), x)  # reported: the first sample's terms
+            return per_image.sum(), recon, kl_std_normal(o.mu.float(), o.logvar.float())
+        loss, recon, kl = neg_elbo(o.recon_logits.float(), x, o.mu.float(), o.logvar.float(), tc.beta)
+        return loss.sum(), recon, kl
+
+    def terms(self, x: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """The evaluation's per-image terms, (B,) nats each (keys: TERMS), z drawn once from q(z|x) with `gen`."""
+        eps = torch.randn(x.shape[0], self.cfg.latent, generator=gen, device=x.device)
+        o = self(x, eps=eps)
+        loss, recon, kl = neg_elbo(o.recon_logits, x, o.mu, o.logvar)
+        return {"neg_elbo": loss, "recon": recon, "kl": kl, "recon_at_mean": recon_bce(self.decode(o.mu), x)}
 
 
 class ConvVAE(VAE):
@@ -115,6 +149,8 @@ class AE(VAE):
     """The deterministic autoencoder: the same MLP with one code head and no sampling."""
 
     is_variational = False
+    TERMS = ("bce", "mse")  # reconstruction cross-entropy (nats/image), mean squared error (per pixel)
+    SCORE = "bce"
 
     def __init__(self, cfg: ModelConfig):
         nn.Module.__init__(self)
@@ -133,8 +169,31 @@ class AE(VAE):
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-        raise TypeError("the plain autoencoder has no prior to sample from: train --model vae or conv-vae")
+        raise TypeError(
+            f"the plain autoencoder has no prior to sample from: train --model {listed(names(variational=True))}"
+        )
+
+    def objective(self, o: Output, x: torch.Tensor, eps: torch.Tensor | None, tc: TrainConfig) -> Terms:
+        """The reconstruction cross-entropy; no KL (there is no posterior)."""
+        recon = recon_bce(o.recon_logits.float(), x)
+        return recon.sum(), recon, torch.zeros_like(recon)
+
+    def terms(self, x: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        logits = self(x).recon_logits
+        return {"bce": recon_bce(logits, x), "mse": (torch.sigmoid(logits) - x).pow(2).mean(-1)}
 
 
 def build_model(cfg: ModelConfig) -> VAE:
-    return {"vae": VAE, "ae": AE, "conv-vae": ConvVAE}[cfg.kind](cfg)
+    """The model of cfg.kind: the class vae/kinds.py names for it."""
+    model = globals()[KINDS[cfg.kind].model](cfg)
+    assert model.is_variational == KINDS[cfg.kind].variational, f"{cfg.kind}: vae/kinds.py disagrees with its class"
+    return model
+
+
+# The validation loss each kind's history carries (val_ + its SCORE), for readers of a history without a model.
+VAL_KEYS = tuple(dict.fromkeys(f"val_{globals()[k.model].SCORE}" for k in KINDS.values()))
+
+
+def val_key(row: dict) -> str | None:
+    """Which validation loss a history row holds (val_neg_elbo, or val_bce for the AE); None if none."""
+    return next((k for k in VAL_KEYS if k in row), None)

@@ -30,8 +30,7 @@ from vae.data import Dataset, load
 from vae.distributed import DistContext, all_reduce_sum, barrier, distributed
 from vae.errors import CheckpointError, ConfigError, DivergedError
 from vae.evaluation import elbo_metrics
-from vae.losses import iwae_bound, kl_std_normal, neg_elbo, recon_bce
-from vae.models import build_model
+from vae.models import build_model, val_key
 
 Callback = Callable[[int, dict[str, float]], None]
 log = logging.getLogger(__name__)
@@ -56,11 +55,6 @@ def lr_at(tc, epoch: int) -> float:
     if tc.lr_schedule == "exp" and tc.epochs > 1:
         return tc.lr * 10 ** (-epoch / (tc.epochs - 1))
     return tc.lr
-
-
-def _float(o):
-    """The output in float32 (under bf16 autocast the logits arrive in bf16)."""
-    return type(o)(o.recon_logits.float(), o.mu.float(), o.logvar.float(), o.z.float())
 
 
 def _log(ctx: DistContext, msg: str) -> None:
@@ -165,7 +159,8 @@ def _fit(
 
 def val_loss(row: dict[str, float]) -> float:
     """The number early stopping and the best checkpoint go by: validation -ELBO (BCE for the plain AE)."""
-    return row.get("val_neg_elbo", row.get("val_bce", math.inf))
+    key = val_key(row)
+    return row[key] if key else math.inf
 
 
 def _record(run: _Run, cfg: Config, row: dict[str, float], ctx: DistContext) -> None:
@@ -303,7 +298,7 @@ def _step(
     # A recorded step cannot use autocast's cache of cast weights (the weights change between replays).
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16, cache_enabled=run.step is None):
         o = run.net(inp, eps=eps)
-    loss_sum, recon, kl = _batch_loss(o, x, eps, cfg, run.model.is_variational)
+    loss_sum, recon, kl = run.model.objective(o, x, eps, tc)  # the model owns its loss
     # DDP averages gradients over ranks; scaling by world/global-batch makes the update that of the mean over
     # the global batch, however unevenly its last batch splits.
     run.opt.zero_grad(set_to_none=set_to_none)
@@ -314,25 +309,10 @@ def _step(
     return torch.stack([loss_sum.detach(), recon.sum().detach(), kl.sum().detach()])
 
 
-def _batch_loss(
-    o, x: torch.Tensor, eps: torch.Tensor | None, cfg: Config, variational: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(summed loss, per-image recon, per-image kl) of one batch's forward output."""
-    if cfg.train.objective == "iwae":
-        per_image = iwae_bound(_float(o), x, eps)
-        recon = recon_bce(o.recon_logits[0].float(), x)  # reported: the first sample's terms
-        return per_image.sum(), recon, kl_std_normal(o.mu.float(), o.logvar.float())
-    if variational:
-        loss, recon, kl = neg_elbo(o.recon_logits.float(), x, o.mu.float(), o.logvar.float(), cfg.train.beta)
-        return loss.sum(), recon, kl
-    recon = recon_bce(o.recon_logits.float(), x)
-    return recon.sum(), recon, torch.zeros_like(recon)
-
-
 def _format_row(row: dict[str, float], epochs: int) -> str:
-    val = row.get("val_neg_elbo", row.get("val_bce"))
+    key = val_key(row)
     return (
         f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.2f}  val "
-        f"{'-ELBO' if 'val_neg_elbo' in row else 'BCE'} {val:.2f} nats  "
+        f"{'-ELBO' if key == 'val_neg_elbo' else 'BCE'} {row[key]:.2f} nats  "
         f"{row['epoch_seconds']:.1f} s ({row['images_per_second']:.0f} img/s)"
     )

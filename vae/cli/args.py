@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from vae.config import Config
+from vae.kinds import KINDS
 
 INPUT_HELP = (
     "a 28x28 PNG, a folder of PNGs, a .npy array ((N, 28, 28) or (N, 784); uint8 0-255 or floats "
@@ -48,7 +49,7 @@ TRAIN_FLAGS: dict[str, tuple[str, str, Any, str]] = {
     "--split-seed": ("data", "split_seed", int, "seed of the train/val/test split"),
     "--subset": ("data", "subset", int, "train on the first N training images only"),
     "--binarize": ("data", "binarize", str, "none, or dynamic: fresh Bernoulli pixels every epoch"),
-    "--model": ("model", "kind", str, "vae (the seed's MLP), ae, or conv-vae"),
+    "--model": ("model", "kind", str, "; ".join(f"{k.name}: {k.summary}" for k in KINDS.values())),
     "--latent": ("model", "latent", int, "latent dimensions"),
     "--hidden": ("model", "hidden", hidden_widths, "hidden widths, e.g. 400 or 200,200"),
     "--activation": ("model", "activation", str, "relu or tanh"),

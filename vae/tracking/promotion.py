@@ -1,6 +1,6 @@
 """The pipeline's promotion, in two steps with an optional sign-off between them (flows/pipeline.py pauses
 there when require_approval is set): gate() decides, promote() records the decision and moves `champion`.
-vae/pipeline.py's gate_step and promote_step call them with the run's parameters.
+vae/night/steps.py's gate_step and promote_step call them with the run's parameters.
 
 gate() scores the champion again on this run's test split, image by image with the candidate's noise
 (vae/comparison.py), so the gate compares like with like and knows whether the gain is real. Both steps
@@ -17,8 +17,7 @@ from typing import Any
 from vae.checkpoint import load_model
 from vae.comparison import comparison_figures, model_card, paired_gain, write_comparison
 from vae.data import load
-from vae.evaluation import evaluate as evaluate_model
-from vae.evaluation import per_image_neg_elbo
+from vae.evaluation import evaluate_model, per_image_neg_elbo
 from vae.quality import sample_quality
 from vae.tracking import candidate, registry, review
 

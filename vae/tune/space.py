@@ -11,15 +11,16 @@ from typing import Any
 
 import yaml
 
-from vae.config import MODELS, Config
+from vae.config import Config
 from vae.errors import ConfigError
+from vae.kinds import listed, names
 
 # The search space, declared once. A space file overrides entries by name:
 #   [lr]             low/high (+ log, step) for numbers,
 #   low = 1e-4       choices = [...] for a categorical,
 #   high = 3e-3      value = x (or `name = x`) to fix one, `name = [a, b]` for choices.
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
-    "model": {"choices": ["vae", "conv-vae"]},
+    "model": {"choices": list(names(searchable=True))},
     "channels": {"value": 16},
     "hidden_width": {"low": 256, "high": 1024, "log": True},
     "latent": {"low": 12, "high": 40, "log": True},
@@ -149,9 +150,10 @@ def _check_range(kind: type, spec: dict[str, Any], bad) -> list[Any]:
 
 
 def _check_value(name: str, kind: type, v: Any, base: Config, bad) -> None:
-    if name == "model" and v not in MODELS[:1] + MODELS[2:]:
+    if name == "model" and v not in names(searchable=True):
         raise bad(
-            f"model={v!r} is invalid in a search: the objective is the validation -ELBO, expected vae or conv-vae"
+            f"model={v!r} is invalid in a search: the objective is the validation -ELBO, "
+            f"expected {listed(names(searchable=True))}"
         )
     numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
     if kind is not str and (not numeric or (kind is int and v != int(v))):

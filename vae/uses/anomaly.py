@@ -29,13 +29,11 @@ def scores(model, x: np.ndarray, kind: str = "auto", samples: int = 16, seed: in
     g = torch.Generator(device=device_of(model)).manual_seed(seed)
 
     def one(b: torch.Tensor) -> torch.Tensor:
-        mu, logvar = model.encode(b)
         if kind == "recon":
-            return recon_bce(model.decode(mu), b)
-        eps = torch.randn((samples, *mu.shape), generator=g, device=mu.device)
-        z = mu + torch.exp(0.5 * logvar) * eps  # (K, B, L)
-        logits = model.decode(z.reshape(-1, mu.shape[1])).reshape(samples, len(b), -1)
-        return neg_elbo(logits, b, mu, logvar)[0]
+            return recon_bce(model(b, sample=False).recon_logits, b)  # decodes z = mu
+        eps = torch.randn((samples, len(b), model.cfg.latent), generator=g, device=b.device)
+        o = model(b, eps=eps)  # (K, B, 784) logits
+        return neg_elbo(o.recon_logits, b, o.mu, o.logvar)[0]
 
     return batched(model, x, one, batch=max(1, BATCH // samples) if kind == "neg-elbo" else BATCH)
 

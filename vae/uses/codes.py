@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from vae.errors import ConfigError
+from vae.kinds import listed, names
 from vae.losses import recon_bce
 
 BATCH = 1000
@@ -37,7 +38,8 @@ def sample(model, n: int, temperature: float = 1.0, seed: int = 0) -> np.ndarray
     """(n, 784) pixel probabilities decoded from z ~ N(0, temperature^2 I)."""
     if not model.is_variational:
         raise ConfigError(
-            "this model is a plain autoencoder, which has no prior to sample from: use a vae or conv-vae model"
+            "this model is a plain autoencoder, which has no prior to sample from: "
+            f"use a {listed(names(variational=True))} model"
         )
     if not (isinstance(n, int) and 1 <= n <= 100_000):
         raise ConfigError(f"n={n!r} is invalid: expected an integer from 1 to 100000")
