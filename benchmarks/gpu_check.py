@@ -37,6 +37,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from vae import child
+
 REPO = Path(__file__).resolve().parents[1]
 GPU_DATA = REPO / ".gpu" / "mnist"
 GPU_WHEELS = REPO / ".gpu" / "wheels"  # `make gpu-prep`: optuna and what it needs beyond torch's machine
@@ -95,7 +97,7 @@ def vae(*args: str) -> list[str]:
 def last_json(r: subprocess.CompletedProcess) -> dict:
     if r.returncode != 0:
         raise RuntimeError(f"exit {r.returncode}: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''}")
-    return json.loads([x for x in r.stdout.splitlines() if x.startswith("{")][-1])
+    return child.last_json(r.stdout)
 
 
 def env_step(device: str) -> dict:

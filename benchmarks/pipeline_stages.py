@@ -22,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 
+from vae.child import last_json
+
 MAKE_RUN = ["--dataset", "mnist-5k", "--trials", "8", "--epochs", "50", "--iw-samples", "100"]
 
 
@@ -85,7 +87,7 @@ def main() -> None:
         thread.join()
         if proc.returncode != 0:
             raise SystemExit(f"the pipeline failed (exit {proc.returncode})")
-        summary = json.loads([x for x in out.splitlines() if x.startswith("{")][-1])
+        summary = last_json(out)
         # the tuner's own split of its stage: training vs MLflow logging, from its trials' user attributes
         import optuna
 

@@ -24,6 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_speed import SHARED, seed_worker, vae_worker  # noqa: E402
 
+from vae.child import last_json  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 # The built-in space is MLP-only; --space benchmarks/spaces/conv.toml searches the convolutional VAE
 # (35-40 s per epoch of full MNIST on one CPU thread here, from the study's trial histories).
@@ -41,7 +43,7 @@ def vae_cli(*args: str) -> dict:
     out = subprocess.run([sys.executable, "-m", "vae", *args, "--json"], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(out.stderr[-3000:])
-    return json.loads([x for x in out.stdout.splitlines() if x.startswith("{")][-1])
+    return last_json(out.stdout)
 
 
 def main() -> None:

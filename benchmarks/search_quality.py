@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from vae.child import last_json
+
 REPO = Path(__file__).resolve().parents[1]
 # The default night, as the Makefile runs it (keep in step with PIPELINE_ARGS there).
 NIGHT = ["--dataset", "mnist-5k", "--trials", "8", "--epochs", "50", "--iw-samples", "100"]
@@ -56,8 +58,7 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, timeout: float = 720
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         sys.exit(f"failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr[-3000:]}")
-    lines = [x for x in r.stdout.splitlines() if x.startswith("{")]
-    return json.loads(lines[-1]), wall
+    return last_json(r.stdout), wall
 
 
 def vae(*args: str) -> list[str]:

@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from train_speed import matmul_peak  # noqa: E402
 
+from vae.child import last_json  # noqa: E402
 from vae.tracking.live import SYSTEM_METRICS_SECONDS  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "mnist"
@@ -59,7 +60,7 @@ def train(dataset: str, epochs: int, arm: str) -> dict:
         if tracked:
             cmd += ["--tracking-uri", f"sqlite:///{tmp}/mlflow.db"]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO, env=env).stdout
-        summary = json.loads(out.strip().splitlines()[-1])
+        summary = last_json(out)
         history = json.loads((Path(tmp) / "run" / "history.json").read_text())["history"]
     steady = [h["epoch_seconds"] for h in history][1:]
     return {"epoch_seconds": statistics.median(steady), "log_seconds": summary.get("epoch_log_seconds", 0) / epochs}

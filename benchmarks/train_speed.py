@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from vae.child import last_json
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "mnist"
 MACS_PER_IMAGE = 784 * 400 + 400 * 20 * 2 + 20 * 400 + 400 * 784  # the seed's MLP, forward
@@ -158,7 +160,7 @@ def worker_result(kind: str, cmd: list[str], **kw) -> dict:
     out = subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)
     if out.returncode != 0:
         raise SystemExit(f"{kind} worker failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return last_json(out.stdout)
 
 
 def main() -> None:

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from vae.child import last_json
+
 REPO = Path(__file__).resolve().parents[1]
 SPACE = 'model = "vae"\n'  # everything else: vae.tune.DEFAULT_SPACE
 
@@ -71,7 +73,7 @@ def run_arm(folder: Path, pruner: str, seed: int, a: argparse.Namespace) -> dict
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         sys.exit(f"{pruner} arm failed:\n{r.stderr[-3000:]}")
-    summary = json.loads([x for x in r.stdout.splitlines() if x.startswith("{")][-1])
+    summary = last_json(r.stdout)
 
     import optuna
 

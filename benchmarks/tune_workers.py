@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from vae.child import last_json
+
 SPACE = "lr = {low = 1e-4, high = 3e-3, log = true}\nbatch_size = 128\nlatent = 20\nhidden_width = 400\n"
 SPACE += 'hidden_depth = 1\nmodel = "vae"\n'
 
@@ -58,7 +60,7 @@ def arm(workers: int, a: argparse.Namespace) -> float:
         t0 = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=tmp).stdout
         seconds = time.perf_counter() - t0
-        assert json.loads(out.strip().splitlines()[-1])["trials"] == a.trials
+        assert last_json(out)["trials"] == a.trials
     return seconds
 
 

@@ -129,6 +129,6 @@ def record_failure(flow, flow_run, state) -> None:
     with get_client(sync_client=True) as client:
         _artifact(client, flow_run.id, f"# Night {case}\n\n{reason}\n\nThe next night resumes what was left.\n")
     try:
-        steps.night_record_step(p, {"case": case, "reason": reason[:3000]}, {"prefect.flow_run_id": flow_run.id}, True)
+        steps.night_record_step(p, {"case": case, "reason": reason}, {"prefect.flow_run_id": flow_run.id}, True)
     except Exception as e:  # the store itself may be what failed: the Prefect state and artifact still say it
         print(f"could not record the failed night in MLflow: {type(e).__name__}: {e}")

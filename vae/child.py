@@ -1,5 +1,6 @@
 """A `vae` command as a child process of the pipeline: its stderr forwarded line by line, its JSON result read
-back, a timeout that ends it, and its life tied to this process (vae/lifetime.py)."""
+back (last_json, which benchmarks use too), a timeout that ends it, and its life tied to this process
+(vae/lifetime.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,15 @@ Log = Callable[[str], None]
 
 class StepError(VAEError):
     """A pipeline step's subprocess failed; the message carries its last error line."""
+
+
+def last_json(out: str) -> dict[str, Any]:
+    """The result of a command run with --json: the JSON object on the last line of its stdout `out` that
+    starts with '{' (lines before it may be anything). ValueError when no line does, or it is not JSON."""
+    for line in reversed(out.splitlines()):
+        if line.lstrip().startswith("{"):
+            return json.loads(line)
+    raise ValueError("no line of the output is a JSON object: " + (out.strip()[-300:] or "no output"))
 
 
 def run_vae(args: list[str], log: Log = print, timeout: float | None = None) -> dict[str, Any]:
@@ -55,7 +65,7 @@ def _collect(proc: subprocess.Popen, args: list[str], log: Log, timeout: float |
     if proc.returncode != 0:
         last = next((x for x in reversed(tail) if "error" in x.lower()), tail[-1] if tail else "no output")
         raise StepError(f"`vae {args[0]}` exited with {proc.returncode}: {last}")
-    lines = [x for x in out.splitlines() if x.startswith("{")]
-    if not lines:
-        raise StepError(f"`vae {args[0]}` printed no JSON result")
-    return json.loads(lines[-1])
+    try:
+        return last_json(out)
+    except ValueError:
+        raise StepError(f"`vae {args[0]}` printed no JSON result") from None

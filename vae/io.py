@@ -5,12 +5,14 @@ or floats in [0, 1]), or an idx images file (with its labels when the matching l
 it); or a split of a data set. Every reader returns float32 (N, 784) pixels in [0, 1] and labels or None.
 Each malformed file raises DataError naming the file and what was expected, before anything is written.
 Outputs are written to a temporary file and renamed, so a failure leaves no half-written file.
+utc_stamp() is the one spelling of a time (ISO 8601, UTC) in tags and records.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +31,12 @@ EXPECTED = (
     "(uint8 0-255 or floats in [0, 1]), or an idx images file (...-idx3-ubyte[.gz])"
 )
 DATASET_NAMES = ("mnist-5k", "mnist", "fashion-mnist")
+
+
+def utc_stamp(seconds: float | None = None) -> str:
+    """`seconds` since the epoch (default: now) as an ISO 8601 UTC time, e.g. 2025-01-31T22:05:00Z: the one
+    spelling of a time in tags, records and logs."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def is_dataset(source: str) -> bool:

@@ -29,7 +29,7 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from vae.config import Config
 from vae.tracking.models import log_model
 from vae.tracking.runs import PARENT_TAG, dataset_input, flat, source_tags
-from vae.tracking.store import configure, experiment_id, open_client, using_store
+from vae.tracking.store import configure, experiment_id, open_client, param_value, tag_value, using_store
 
 MARKER = "mlflow_run.json"
 SYSTEM_METRICS_SECONDS = 5.0
@@ -67,14 +67,14 @@ class TrainingRun:
                 "dataset": str(data_info["dataset"]),
                 "fingerprint": str(data_info["fingerprint"]),
                 "run_folder": str(self.out.resolve()),
-                **{k: str(v)[:5000] for k, v in (tags or {}).items()},
+                **{k: tag_value(v) for k, v in (tags or {}).items()},
             }
             if parent_id:
                 all_tags[PARENT_TAG] = parent_id
             exp = experiment_id(experiment, self.client)
             self.run_id = self.client.create_run(exp, run_name=run_name or self.out.name, tags=all_tags).info.run_id
             params = {**flat(cfg.to_dict()), **(extra_params or {})}
-            self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+            self.client.log_batch(self.run_id, params=[Param(k, param_value(v)) for k, v in params.items()])
             self.client.log_inputs(self.run_id, [dataset_input(data_info, "training")])
         self.out.mkdir(parents=True, exist_ok=True)
         tmp = self.marker.with_suffix(".tmp")
@@ -144,7 +144,7 @@ class TrainingRun:
             self.monitor.finish()
             self.monitor = None
         if tags:
-            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+            self.client.log_batch(self.run_id, tags=[RunTag(k, tag_value(v)) for k, v in tags.items()])
         self.client.set_terminated(self.run_id, status)
 
     def __enter__(self) -> TrainingRun:

@@ -27,6 +27,8 @@ from mlflow.exceptions import MlflowException
 
 from vae.comparison import interval_text
 from vae.errors import ConfigError
+from vae.io import utc_stamp
+from vae.tracking.store import tag_value
 
 METRIC = "test_neg_elbo"
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -223,11 +225,11 @@ def apply(tracking_uri: str | None, name: str, d: Decision, approval: Mapping[st
             who = f"{approval['reviewer']}: {approval.get('comment') or 'no comment'}"
             d = replace(d, promote=False, reason=f"{d.reason}; rejected at sign-off by {who}")
         for key in ("decision", "reviewer", "comment", "time"):
-            client.set_model_version_tag(name, d.candidate, f"approval.{key}", str(approval.get(key, "")))
+            client.set_model_version_tag(name, d.candidate, f"approval.{key}", tag_value(approval.get(key, "")))
     tags = {
         "promotion.decision": "promoted" if d.promote else "rejected",
-        "promotion.reason": d.reason[:5000],
-        "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "promotion.reason": tag_value(d.reason),
+        "promotion.time": utc_stamp(),
         "promotion.compared_to": d.champion or "none",
         "promotion.improvement": "" if d.improvement is None else f"{d.improvement:.6f}",
     }
@@ -284,7 +286,7 @@ def rollback(tracking_uri: str | None, name: str) -> dict[str, Any]:
     client.set_model_version_tag(name, current, "rolled_back", "true")
     client.set_registered_model_tag(name, "champion_history", json.dumps(history[:-1]))
     log = json.loads(client.get_registered_model(name).tags.get("rollback_log", "[]"))
-    log.append({"from": current, "to": previous, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    log.append({"from": current, "to": previous, "time": utc_stamp()})
     client.set_registered_model_tag(name, "rollback_log", json.dumps(log))
     return {"name": name, "champion": previous, "rolled_back": current}
 

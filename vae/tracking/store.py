@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
@@ -19,6 +20,19 @@ from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from vae.errors import CheckpointError
 from vae.stores import default_tracking_uri, file_lock, sqlite_path
+
+# The longest value a store accepts: this mlflow takes 8000 characters in a run tag and 6000 in a param; 5000
+# keeps a tag (a registered version's too) within what older MLflow servers take.
+TAG_LIMIT, PARAM_LIMIT = 5000, 6000
+
+
+def tag_value(value: Any, limit: int = TAG_LIMIT) -> str:
+    """`value` as an MLflow tag value: a string, cut to `limit` characters."""
+    return str(value)[:limit]
+
+
+def param_value(value: Any) -> str:
+    return tag_value(value, PARAM_LIMIT)
 
 
 def tracking_uri(explicit: str | None = None) -> str:

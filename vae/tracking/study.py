@@ -22,7 +22,7 @@ from vae.config import Config
 from vae.tracking.live import TrainingRun
 from vae.tracking.models import log_model
 from vae.tracking.runs import PARENT_TAG, STATE_TAG, STATUS, STUDY_KEY_TAG, source_tags
-from vae.tracking.store import configure, experiment_id, open_client, using_store
+from vae.tracking.store import configure, experiment_id, open_client, tag_value, using_store
 
 
 def _now_ms() -> int:
@@ -61,7 +61,7 @@ class StudyTracker:
             **source_tags(),
             "vae.step": "tune",
             STUDY_KEY_TAG: study_key,
-            **{k: str(v)[:5000] for k, v in tags.items()},
+            **{k: tag_value(v) for k, v in tags.items()},
         }
         if self.night_id:
             all_tags[PARENT_TAG] = self.night_id
@@ -119,7 +119,7 @@ class StudyTracker:
         self.client.log_batch(
             self.parent_id,
             metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
-            tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()],
+            tags=[RunTag(k, tag_value(v)) for k, v in tags.items()],
         )
         self.client.set_terminated(self.parent_id, "FINISHED")
 
