@@ -49,12 +49,12 @@ bench: setup
 	$(BIN)/python benchmarks/pipeline_stages.py --json benchmarks/results/pipeline_stages.json
 
 # The shared services a team runs, on 127.0.0.1: PostgreSQL (MLflow's backend and Optuna's storage), an MLflow
-# server, a Prefect server and one process worker on the work pool `vae` (flows/services.py). Prints the URLs.
+# server, a Prefect server and one process worker on the work pool `vae` (vae/services.py). Prints the URLs.
 services: setup
-	$(BIN)/python -m flows.services start
+	$(BIN)/python -m vae.services start
 
 services-stop: setup
-	$(BIN)/python -m flows.services stop
+	$(BIN)/python -m vae.services stop
 
 # The prepared GPU check (benchmarks/gpu_check.py). gpu-prep copies the official MNIST files into .gpu/mnist and
 # downloads into .gpu/wheels the Python 3.12 wheels that `vae tune --no-tracking` needs and the GPU machine

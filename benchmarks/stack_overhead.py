@@ -50,7 +50,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="vae-stack-"))
     python, prefect = sys.executable, str(Path(sys.executable).parent / "prefect")
     started = subprocess.run(
-        [python, "-m", "flows.services", "start", "--home", str(home), "--base-port", "7433"],
+        [python, "-m", "vae.services", "start", "--home", str(home), "--base-port", "7433"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -89,7 +89,7 @@ def main() -> None:
         sampler.join()
         assert "Completed" in run.stdout, run.stdout[-2000:]
     finally:
-        subprocess.run([python, "-m", "flows.services", "stop", "--home", str(home)], cwd=REPO, capture_output=True)
+        subprocess.run([python, "-m", "vae.services", "stop", "--home", str(home)], cwd=REPO, capture_output=True)
     with tempfile.TemporaryDirectory() as tmp:
         flags = [f"--{k.replace('_', '-')}={v}" for k, v in PARAMS.items()]
         t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The shared services as a team runs them (flows/services.py): PostgreSQL for MLflow and Optuna, a live
+"""The shared services as a team runs them (vae/services.py): PostgreSQL for MLflow and Optuna, a live
 MLflow server and Prefect server, a worker; a study run through them, with the database password nowhere
 in sight; and a clean stop."""
 
@@ -18,6 +18,7 @@ import optuna
 import pytest
 
 from tests.helpers import free_port
+from vae.child import last_json
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def services(home: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "flows.services", *args, "--home", str(home)],
+        [sys.executable, "-m", "vae.services", *args, "--home", str(home)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -75,7 +76,7 @@ def test_a_study_runs_through_postgresql_and_the_mlflow_server_and_the_password_
         env={**os.environ, **env},
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    summary = last_json(r.stdout)
     assert summary["trials"] == 2 and summary["tracking_uri"] == env["MLFLOW_TRACKING_URI"]
     os.environ["PGPASSFILE"] = env["PGPASSFILE"]
     study = optuna.load_study(study_name="team", storage=env["VAE_OPTUNA_STORAGE"])

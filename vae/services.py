@@ -1,10 +1,13 @@
 """The shared services a team runs, on this machine: PostgreSQL, an MLflow server backed by it, Optuna's
 storage in it, a Prefect server, and one process worker on a work pool. `make services` / `make
-services-stop`; the embedded default (SQLite, no servers) stays what `make run` uses.
+services-stop`; the embedded default (SQLite, no servers) stays what `make run` uses. Each service is a
+process started from its own binary (pg_ctl, mlflow, prefect): nothing here imports Prefect or MLflow, which
+is why it lives in vae/ and not in flows/.
 
-    python -m flows.services start [--home .services] [--pool vae]   # prints the URLs and the exports
-    python -m flows.services status
-    python -m flows.services stop
+    python -m vae.services start [--home .services] [--pool vae]   # prints the URLs and the exports
+    python -m vae.services status
+    python -m vae.services worker                                  # one more worker on the pool
+    python -m vae.services stop
 
 Everything listens on 127.0.0.1. The database password is generated at the first start and kept in
 HOME/pgpass (mode 0600), which libpq reads through PGPASSFILE: no URL, command line, Prefect parameter or
@@ -92,32 +95,10 @@ def client_env(home: Path) -> dict[str, str]:
 
 
 def start_postgres(home: Path) -> None:
+    """PostgreSQL on HOME/pg (made at the first start, with a new password in HOME/pgpass), and its databases."""
     bindir, data, pgpass, port = pg_bin(), home / "pg", home / "pgpass", ports(home)
     if not data.exists():
-        password = secrets.token_urlsafe(24)
-        pwfile = home / ".pw"
-        pwfile.write_text(password + "\n")
-        pgpass.write_text(f"127.0.0.1:{port['postgres']}:*:{USER}:{password}\n")
-        pgpass.chmod(0o600)
-        if as_postgres():
-            shutil.chown(home, "postgres")
-            shutil.chown(pwfile, "postgres")
-        try:
-            run(
-                [
-                    *as_postgres(),
-                    str(bindir / "initdb"),
-                    "-D",
-                    str(data),
-                    "-U",
-                    USER,
-                    "-A",
-                    "scram-sha-256",
-                    f"--pwfile={pwfile}",
-                ],
-            )
-        finally:
-            pwfile.unlink()
+        _init_cluster(home, bindir, data, pgpass, port["postgres"])
     opts = f"-p {port['postgres']} -k {home} -c listen_addresses=127.0.0.1"
     run(
         [
@@ -131,31 +112,46 @@ def start_postgres(home: Path) -> None:
             "-o",
             opts,
             "start",
-        ],
+        ]
     )
-    env = {**os.environ, "PGPASSFILE": str(pgpass)}
-    for db in DATABASES:
-        exists = run(
+    _create_databases(bindir, port["postgres"], {**os.environ, "PGPASSFILE": str(pgpass)})
+
+
+def _init_cluster(home: Path, bindir: Path, data: Path, pgpass: Path, port: int) -> None:
+    """initdb with a generated password, which only pgpass (mode 0600) keeps."""
+    password = secrets.token_urlsafe(24)
+    pwfile = home / ".pw"
+    pwfile.write_text(password + "\n")
+    pgpass.write_text(f"127.0.0.1:{port}:*:{USER}:{password}\n")
+    pgpass.chmod(0o600)
+    if as_postgres():
+        shutil.chown(home, "postgres")
+        shutil.chown(pwfile, "postgres")
+    try:
+        run(
             [
-                str(bindir / "psql"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port["postgres"]),
+                *as_postgres(),
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
                 "-U",
                 USER,
-                "-d",
-                "postgres",
-                "-tAc",
-                f"SELECT 1 FROM pg_database WHERE datname='{db}'",
-            ],
-            env=env,
-        ).stdout.strip()
+                "-A",
+                "scram-sha-256",
+                f"--pwfile={pwfile}",
+            ]
+        )
+    finally:
+        pwfile.unlink()
+
+
+def _create_databases(bindir: Path, port: int, env: dict[str, str]) -> None:
+    server = ["-h", "127.0.0.1", "-p", str(port), "-U", USER]
+    for db in DATABASES:
+        query = f"SELECT 1 FROM pg_database WHERE datname='{db}'"
+        exists = run([str(bindir / "psql"), *server, "-d", "postgres", "-tAc", query], env=env).stdout.strip()
         if not exists:
-            run(
-                [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port["postgres"]), "-U", USER, db],
-                env=env,
-            )
+            run([str(bindir / "createdb"), *server, db], env=env)
 
 
 def spawn(home: Path, name: str, cmd: list[str], env: dict[str, str]) -> int:
@@ -181,7 +177,7 @@ def wait_http(url: str, seconds: float = 120) -> None:
 def start(home: Path, pool: str, base_port: int | None = None) -> dict[str, str]:
     home.mkdir(parents=True, exist_ok=True)
     if (home / "pids.json").exists():
-        raise SystemExit(f"services: already started ({home}/pids.json): `python -m flows.services stop` first")
+        raise SystemExit(f"services: already started ({home}/pids.json): `python -m vae.services stop` first")
     if base_port is not None:
         (home / "ports.json").write_text(json.dumps({k: base_port + i for i, k in enumerate(DEFAULT_PORTS)}))
     port = ports(home)
