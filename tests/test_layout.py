@@ -1,6 +1,7 @@
 """The package's layout rules (README, "Layout"), read from the code's own imports: no import cycle inside
-vae/ (imports inside functions included), each outside engine imported only in its place, modules and
-functions of a readable size, and `vae --help` free of the heavy imports."""
+vae/ and flows/ (imports inside functions included), each outside engine imported only in its place, flows/
+reaching vae/ only through its public rooms and vae/ never importing flows/, modules and functions of a
+readable size in both, and `vae --help` free of the heavy imports."""
 
 import ast
 import subprocess
@@ -12,13 +13,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PLACES = {"mlflow": "vae/tracking/", "optuna": "vae/tune/", "optuna_integration": "vae/tune/"}
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 350, 60
+# What the Prefect flows may import of the package: the night's steps and parameters, and the few plain
+# helpers around them. The engines (vae.tracking's MLflow, vae.tune's Optuna, training) stay behind the steps.
+FLOW_ROOMS = ("vae.night", "vae.errors", "vae.stores", "vae.summaries", "vae.telemetry")
+# Over the size rule when flows/ came under it, owned elsewhere and to be split: the size each may not pass.
+OVERSIZE = {"flows/pipeline.py": 401, "flows/pipeline.py main()": 63}
 
 
-def modules() -> dict[str, Path]:
+def modules(*roots: str) -> dict[str, Path]:
+    """Dotted name -> file of every module under the roots (default vae/; flows/ has no subfolder)."""
     out = {}
-    for path in sorted((ROOT / "vae").rglob("*.py")):
-        parts = path.relative_to(ROOT).with_suffix("").parts
-        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    for root in roots or ("vae",):
+        for path in sorted((ROOT / root).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return out
 
 
@@ -43,8 +51,8 @@ def imports(path: Path, name: str, known: dict[str, Path] | None = None) -> list
     return found
 
 
-def graph() -> dict[str, set[str]]:
-    mods = modules()
+def graph(*roots: str) -> dict[str, set[str]]:
+    mods = modules(*roots)
     return {name: {m for m, _ in imports(path, name, mods) if m in mods and m != name} for name, path in mods.items()}
 
 
@@ -70,9 +78,23 @@ def cycle(g: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_no_import_cycle_inside_the_package():
-    found = cycle(graph())
+def test_no_import_cycle_inside_the_package_or_the_flows():
+    g = graph("vae", "flows")
+    assert any(n.startswith("flows.") for n in g) and any(m.startswith("vae.") for m in g["flows.pipeline"])
+    found = cycle(g)
     assert found is None, "import cycle: " + " -> ".join(found)
+
+
+def test_flows_reach_the_package_only_through_its_public_rooms():
+    wrong, used = [], set()
+    for name, path in modules("flows").items():
+        for module, line in imports(path, name, modules()):
+            if module.split(".")[0] == "vae":
+                used.add(module)
+                if module != "vae" and not module.startswith(tuple(r + s for r in FLOW_ROOMS for s in ("", "."))):
+                    wrong.append(f"{path.relative_to(ROOT).as_posix()}:{line} imports {module}")
+    assert not wrong, f"flows/ imports vae only through {', '.join(FLOW_ROOMS)}:\n" + "\n".join(wrong)
+    assert {"vae.night.steps", "vae.night.params"} <= used, used  # the rule looks at real imports
 
 
 def test_the_cycle_check_finds_a_cycle():
@@ -96,9 +118,7 @@ def test_each_outside_engine_is_imported_only_in_its_place():
 
 
 def test_the_core_is_flat_and_imports_no_subpackage_above_it():
-    core = {
-        n for n, p in modules().items() if p.parent == ROOT / "vae" and n not in ("vae", "vae.__main__")
-    }
+    core = {n for n, p in modules().items() if p.parent == ROOT / "vae" and n not in ("vae", "vae.__main__")}
     g = graph()
     upward = [
         f"{n} -> {m}"
@@ -111,17 +131,21 @@ def test_the_core_is_flat_and_imports_no_subpackage_above_it():
 
 def test_modules_and_functions_stay_readable():
     long = []
-    for path in modules().values():
+    for path in modules("vae", "flows").values():
         text = path.read_text()
         rel = path.relative_to(ROOT).as_posix()
-        if len(text.splitlines()) > MAX_MODULE_LINES:
-            long.append(f"{rel}: {len(text.splitlines())} lines")
-        for node in ast.walk(ast.parse(text)):
-            if (
-                isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-                and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
-            ):
-                long.append(f"{rel}:{node.lineno} {node.name}(): {node.end_lineno - node.lineno + 1} lines")
+        sizes = [(rel, rel, len(text.splitlines()), MAX_MODULE_LINES)]
+        sizes += [
+            (
+                f"{rel} {node.name}()",
+                f"{rel}:{node.lineno} {node.name}()",
+                node.end_lineno - node.lineno + 1,
+                MAX_FUNCTION_LINES,
+            )
+            for node in ast.walk(ast.parse(text))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        ]
+        long += [f"{where}: {n} lines" for key, where, n, limit in sizes if n > max(limit, OVERSIZE.get(key, 0))]
     assert not long, "\n".join(long)
 
 
