@@ -69,7 +69,8 @@ def elbo_metrics(
 def per_image_neg_elbo(model: VAE, images_u8: torch.Tensor, cfg: Config, seed: int = 0, batch_size: int = 2000):
     """(N,) the model's score of each image (its SCORE: the -ELBO; BCE for the AE), nats: the draws of
     elbo_metrics (same generator, same order), so the mean is its neg_elbo. Two models with the same latent size
-    scored with one seed see the same eps and the same binarized targets: common random numbers, so a per-image difference carries little estimator noise."""
+    scored with one seed see the same eps and the same binarized targets: common random numbers, so a
+    per-image difference carries little estimator noise."""
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
