@@ -17,10 +17,11 @@ from vae.checkpoint import load_model
 from vae.data import load
 from vae.errors import ConfigError
 from vae.figures import write_figures
+from vae.io import utc_stamp
 from vae.tracking import registry
 from vae.tracking.models import resolve_model
 from vae.tracking.night_runs import log_evaluation
-from vae.tracking.store import configure, open_client, using_store
+from vae.tracking.store import configure, open_client, tag_value, using_store
 
 
 def _numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -42,7 +43,7 @@ def register_candidate(
     uri = configure(uri)
     evaluation = log_evaluation(uri, night_id, trained, metrics, metrics.get("figures", {}))
     run_id = trained["mlflow_run_id"]
-    open_client(uri).log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in run_tags.items()])
+    open_client(uri).log_batch(run_id, tags=[RunTag(k, tag_value(v)) for k, v in run_tags.items()])
     # using_store: a SQLite registry looks the logged model up through mlflow's global tracking URI
     with using_store(uri):
         version = registry.register(
@@ -127,7 +128,7 @@ def log_reevaluation(uri: str, name: str, version: ModelVersion, metrics: Mappin
         "reevaluated",
         json.dumps(
             {
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "time": utc_stamp(),
                 "neg_elbo": metrics["neg_elbo"],
                 "fingerprint": metrics["fingerprint"],
             }

@@ -24,7 +24,7 @@ from mlflow.entities import LoggedModelInput, Metric, RunTag
 
 from vae.tracking.live import adopt
 from vae.tracking.runs import PARENT_TAG, dataset_input, source_tags
-from vae.tracking.store import configure, experiment_id, open_client
+from vae.tracking.store import configure, experiment_id, open_client, tag_value
 
 STEP = "night"
 FLOW_RUN_TAG = "prefect.flow_run_id"
@@ -33,7 +33,7 @@ FLOW_RUN_TAG = "prefect.flow_run_id"
 def start_night(uri: str | None, name: str, tags: Mapping[str, str]) -> str:
     """The night's top-level run, RUNNING until end_night; returns its id."""
     client = open_client(configure(uri))
-    all_tags = {**source_tags(), "vae.step": STEP, **{k: str(v)[:5000] for k, v in tags.items()}}
+    all_tags = {**source_tags(), "vae.step": STEP, **{k: tag_value(v) for k, v in tags.items()}}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return client.create_run(experiment_id(name, client), run_name=f"night-{stamp}", tags=all_tags).info.run_id
 
@@ -58,7 +58,7 @@ def end_night(
     that resumes the training reopens that run and takes it under its own night)."""
     client = open_client(configure(uri))
     run = client.get_run(run_id)
-    client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+    client.log_batch(run_id, tags=[RunTag(k, tag_value(v)) for k, v in tags.items()])
     client.log_dict(run_id, dict(record), "pipeline.json")
     case = tags.get("nightly.case")
     name = run.info.run_name
