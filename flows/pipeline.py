@@ -30,23 +30,37 @@ from contextlib import contextmanager
 from dataclasses import asdict, fields
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import INPUTS, TASK_SOURCE
-from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run
-from prefect.input import RunInput
 from prefect.runtime import flow_run as current_run
-from prefect.settings import PREFECT_API_URL
 from prefect.tasks import exponential_backoff
 
 from flows.nights import night_lock, record_failure
+from flows.signoff import need_server, sign_off
 from vae import summaries
-from vae.errors import ConfigError, VAEError
+from vae.errors import VAEError
 from vae.night import steps
 from vae.night.params import PipelineParams
+from vae.records import (
+    Approval,
+    Baseline,
+    DataInfo,
+    Decision,
+    Gated,
+    Metrics,
+    Night,
+    NightPlan,
+    NightRecord,
+    NightResult,
+    Registered,
+    StudySummary,
+    Trained,
+    TrialRecord,
+    Winner,
+)
 
 # The night's run id is no part of a cache key: a later night reuses the training and takes its run under itself.
 CACHED = dict(
@@ -94,7 +108,7 @@ def _fail_after(step: str) -> None:
 
 
 @task(retries=3, retry_delay_seconds=[2, 8, 30])
-def fetch_data(p: PipelineParams) -> dict:
+def fetch_data(p: PipelineParams) -> DataInfo:
     info = steps.fetch_step(p)
     if info.get("skipped"):
         _log(
@@ -110,102 +124,90 @@ def open_night(p: PipelineParams) -> str:
 
 
 @task(**RETRIED)
-def close_night(p: PipelineParams, night_id: str, night: dict, extra: dict) -> dict:
+def close_night(p: PipelineParams, night_id: str, night: Night, extra: dict) -> NightRecord:
     return steps.night_record_step(p, night, extra, run_id=night_id)
 
 
 @task
-def plan(p: PipelineParams, fingerprint: str) -> dict:
+def plan(p: PipelineParams, fingerprint: str) -> NightPlan:
     return steps.plan_step(p, fingerprint)
 
 
 @task
-def tune(p: PipelineParams, night: dict, fingerprint: str, night_id: str) -> dict:
+def tune(p: PipelineParams, night: NightPlan, fingerprint: str, night_id: str) -> StudySummary:
     return steps.tune_step(p, night, fingerprint, night_id, log=_log)
 
 
 @task(**CACHED)
-def candidate(p: PipelineParams, study: dict, fingerprint: str, night_id: str) -> dict:
+def candidate(p: PipelineParams, study: Winner, fingerprint: str, night_id: str) -> Trained:
     return steps.candidate_step(p, study, fingerprint, night_id, log=_log)
 
 
 @task(**CACHED)
-def baseline(p: PipelineParams, study: dict, fingerprint: str, night_id: str) -> dict:
-    return steps.baseline_step(p, study, fingerprint, night_id, log=_log)
+def baseline(p: PipelineParams, recipe: TrialRecord | None, fingerprint: str, night_id: str) -> Baseline:
+    return steps.baseline_step(p, recipe, fingerprint, night_id, log=_log)
 
 
 @task(**CACHED)
-def evaluate(p: PipelineParams, checkpoint: str, fingerprint: str) -> dict:
+def evaluate(p: PipelineParams, checkpoint: str, fingerprint: str) -> Metrics:
     return steps.evaluate_step(p, checkpoint)
 
 
 @task(**RETRIED)
-def register(p: PipelineParams, study: dict, trained: dict, metrics: dict, night: dict, night_id: str) -> dict:
+def register(
+    p: PipelineParams, study: StudySummary, trained: Trained, metrics: Metrics, night: Night, night_id: str
+) -> Registered:
     return steps.register_step(p, study, trained, metrics, night, night_id)
 
 
 @task(**RETRIED)
-def gate(p: PipelineParams, trained: dict, registered: dict, metrics: dict, recipe: dict) -> dict:
+def gate(p: PipelineParams, trained: Trained, registered: Registered, metrics: Metrics, recipe: Baseline) -> Gated:
     return steps.gate_step(p, trained, registered, metrics, recipe)
 
 
 @task(**RETRIED)
 def promote(
-    p: PipelineParams, study: dict, trained: dict, registered: dict, metrics: dict, gated: dict, approval: dict | None
-) -> dict:
+    p: PipelineParams,
+    study: StudySummary,
+    trained: Trained,
+    registered: Registered,
+    metrics: Metrics,
+    gated: Gated,
+    approval: Approval | None,
+) -> Decision:
     decision = steps.promote_step(trained, registered, metrics, gated, approval)
     steps.registered_step(p, study, registered["version"])
     return decision
 
 
-class SignOff(RunInput):
-    """The form of a paused run: the reviewer's answer on moving `champion` to the new version."""
-
-    decision: Literal["approve", "reject"]
-    reviewer: str
-    comment: str = ""
-
-
-def need_server(p: PipelineParams) -> None:
-    """A sign-off needs a server someone else can reach to answer; the temporary one dies with the run."""
-    if p.require_approval and not PREFECT_API_URL.value():
-        raise ConfigError(
-            "require_approval needs a Prefect server that outlives this run, to answer the paused run's form: "
-            "start one (`prefect server start`) and set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api)"
-        )
-
-
-class SignOffTimeout(VAEError):
-    """Nobody answered the paused run within approval_timeout: a run that started and failed."""
-
-    exit_code = 1
-
-
-def _sign_off(p: PipelineParams, registered: dict, gated: dict) -> dict:
-    """Pause until a reviewer answers; FlowPauseTimeout after approval_timeout (the champion stays)."""
-    d = gated["decision"]
-    _log(
-        f"{registered['name']} v{registered['version']} passes the gate ({d['reason']}). Waiting for a sign-off: "
-        f"read comparison/comparison.md on MLflow run {registered['run_id']}, then answer this paused run's form "
-        f"in the Prefect UI (approve or reject, with a comment)"
-    )
-    name, version = registered["name"], registered["version"]
-    try:
-        answer = pause_flow_run(
-            wait_for_input=SignOff, timeout=p.approval_timeout, poll_interval=2, key=f"sign-off-v{version}"
-        )
-    except FlowPauseTimeout:
-        raise SignOffTimeout(
-            f"no sign-off for {name} v{version} within approval_timeout={p.approval_timeout} s: the champion "
-            f"stays, v{version} stays challenger with no decision; if it should win, promote it by hand: "
-            f"vae registry promote --name {name} --version {version}"
-        ) from None
-    _log(f"sign-off: {answer.decision} by {answer.reviewer}: {answer.comment or '(no comment)'}")
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return {"decision": answer.decision, "reviewer": answer.reviewer, "comment": answer.comment, "time": stamp}
+def _result(
+    p: PipelineParams,
+    night_id: str,
+    best: StudySummary,
+    night: Night,
+    record: NightRecord,
+    clock: _Clock,
+    registered: Registered | None = None,
+    metrics: Metrics | None = None,
+    decision: Decision | None = None,
+) -> NightResult:
+    """The flow's result, quiet night or not: every key, None where a stage did not run."""
+    return {
+        "params": asdict(p),
+        "night_run_id": night_id,
+        "study": best,
+        "night": night,
+        "metrics": metrics,
+        "registered": registered,
+        "decision": decision,
+        "record": record,
+        "seconds": clock.seconds,
+    }
 
 
-def _quiet(p: PipelineParams, best: dict, night: dict, data: dict, clock: _Clock, night_id: str) -> dict:
+def _quiet(
+    p: PipelineParams, best: StudySummary, night: Night, data: DataInfo, clock: _Clock, night_id: str
+) -> NightResult:
     """A night that registers nothing: its MLflow record and its Prefect artifact."""
     record = close_night(p, night_id, night, {"study": best.get("study"), "fingerprint": data["fingerprint"]})
     create_markdown_artifact(
@@ -213,20 +215,10 @@ def _quiet(p: PipelineParams, best: dict, night: dict, data: dict, clock: _Clock
         key="vae-pipeline-summary",
         description="no new candidate: the case and the champion",
     )
-    return {
-        "params": asdict(p),
-        "night_run_id": night_id,
-        "study": best,
-        "night": night,
-        "registered": None,
-        "record": record,
-        "decision": None,
-        "metrics": None,
-        "seconds": clock.seconds,
-    }
+    return _result(p, night_id, best, night, record, clock)
 
 
-def _night(p: PipelineParams, clock: _Clock) -> dict:
+def _night(p: PipelineParams, clock: _Clock) -> NightResult:
     night_id = open_night(p)  # the night's MLflow run: everything below hangs under it
     with clock("fetch"):
         data = fetch_data(p)
@@ -251,7 +243,7 @@ def _night(p: PipelineParams, clock: _Clock) -> dict:
     _fail_after("candidate")
     with clock("evaluate"):
         model_checkpoint = trained.get("best_checkpoint") or trained["checkpoint"]  # the best epoch, not the last
-        recipe = baseline(p, {"recipe": best.get("recipe")}, data["fingerprint"], night_id)
+        recipe = baseline(p, best.get("recipe"), data["fingerprint"], night_id)
         metrics = evaluate.with_options(refresh_cache=stale)(p, model_checkpoint, data["fingerprint"])
         metrics = steps.with_baseline(metrics, recipe)
     _fail_after("evaluate")
@@ -266,26 +258,18 @@ def _night(p: PipelineParams, clock: _Clock) -> dict:
         return _quiet(p, best, night, data, clock, night_id)
     with clock("promote"):
         gated = gate(p, trained, registered, metrics, recipe)
-    approval = _sign_off(p, registered, gated) if p.require_approval and gated["decision"]["promote"] else None
+    approval = sign_off(p, registered, gated, _log) if p.require_approval and gated["decision"]["promote"] else None
     with clock("promote"):
         decision = promote(p, best, trained, registered, metrics, gated, approval)
     outcome = {"registered_version": registered["version"], "promoted": decision["promote"], "study": best}
-    close_night(p, night_id, night, {**outcome, "metrics": metrics, "registered": registered, "decision": decision})
+    extra = {**outcome, "metrics": metrics, "registered": registered, "decision": decision}
+    record = close_night(p, night_id, night, extra)
     create_markdown_artifact(
         summaries.summary_markdown(best, metrics, registered, decision, night),
         key="vae-pipeline-summary",
         description="the case, metrics, promotion decision, MLflow run",
     )
-    return {
-        "params": asdict(p),
-        "night_run_id": night_id,
-        "study": best,
-        "night": night,
-        "metrics": metrics,
-        "registered": registered,
-        "decision": decision,
-        "seconds": clock.seconds,
-    }
+    return _result(p, night_id, best, night, record, clock, registered, metrics, decision)
 
 
 def _pipeline(**params: Any) -> dict:
@@ -352,48 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     except VAEError as e:  # Prefect has logged the failed run above; the reason once more, as the last line
         print(f"vae-pipeline: error: {e}", file=sys.stderr)
         return e.exit_code
-    reg, dec, night = result["registered"], result["decision"], result["night"]
-    out = {
-        "case": night["case"],
-        "night_run_id": result["night_run_id"],
-        "reason": night["reason"],
-        "stage_seconds": result["seconds"],
-        "tune": {k: result["study"].get(k) for k in ("study", "trials", "finish_seconds", "counts", "best_params")},
-    }
-    if reg is None:
-        print(
-            json.dumps(
-                {
-                    **out,
-                    "registered": None,
-                    "champion": result["record"]["champion"],
-                    "run_id": result["record"]["run_id"],
-                }
-            )
-        )
-        return 0
-    print(
-        json.dumps(
-            {
-                **out,
-                "run_id": reg["run_id"],
-                "model": reg["name"],
-                "version": reg["version"],
-                "promoted": dec["promote"],
-                "test_neg_elbo": result["metrics"]["neg_elbo"],
-                "recipe_neg_elbo": result["metrics"].get("recipe_neg_elbo"),
-                "gain_over_recipe": result["metrics"].get("gain_over_recipe"),
-                "sample_fid": result["metrics"].get("sample_fid"),
-            }
-        )
-    )
-    print(
-        f"\nMLflow: run `mlflow ui --backend-store-uri {reg['tracking_uri']}` and open http://127.0.0.1:5000 "
-        f"(experiment {reg['name']}: night run {result['night_run_id']}, its training run {reg['run_id']} holds "
-        f"the model); registered model {reg['name']} v{reg['version']} "
-        f"({'champion' if dec['promote'] else 'challenger'}).",
-        file=sys.stderr,
-    )
+    print(json.dumps(summaries.result_line(result)))
+    if result["registered"] is not None:
+        print("\n" + summaries.mlflow_hint(result), file=sys.stderr)
     return 0
 
 

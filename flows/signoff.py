@@ -1,5 +1,5 @@
-"""Answer a vae-pipeline run that waits for a sign-off (`--require-approval`), from a shell: the same form the
-Prefect UI shows on the paused run, through the Prefect client API.
+"""The sign-off (`--require-approval`): the night pauses after the gate (sign_off), and a reviewer answers the
+paused run's form, in the Prefect UI or from a shell with this module (the same form, through the client API).
 
     PREFECT_API_URL=http://127.0.0.1:4200/api python -m flows.signoff list
     PREFECT_API_URL=http://127.0.0.1:4200/api python -m flows.signoff approve --reviewer ada --comment "clear gain"
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Literal
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -22,8 +24,61 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import StateType
-from prefect.flow_runs import resume_flow_run
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run, resume_flow_run
+from prefect.input import RunInput
 from prefect.settings import PREFECT_API_URL
+
+from vae.errors import ConfigError, VAEError
+from vae.night import steps
+from vae.night.params import PipelineParams
+from vae.records import Approval, Gated, Registered
+
+
+class SignOff(RunInput):
+    """The form of a paused run: the reviewer's answer on moving `champion` to the new version."""
+
+    decision: Literal["approve", "reject"]
+    reviewer: str
+    comment: str = ""
+
+
+def need_server(p: PipelineParams) -> None:
+    """A sign-off needs a server someone else can reach to answer; the temporary one dies with the run."""
+    if p.require_approval and not PREFECT_API_URL.value():
+        raise ConfigError(
+            "require_approval needs a Prefect server that outlives this run, to answer the paused run's form: "
+            "start one (`prefect server start`) and set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api)"
+        )
+
+
+class SignOffTimeout(VAEError):
+    """Nobody answered the paused run within approval_timeout: a run that started and failed."""
+
+    exit_code = 1
+
+
+def sign_off(p: PipelineParams, registered: Registered, gated: Gated, log: Callable[[str], None]) -> Approval:
+    """Pause until a reviewer answers; FlowPauseTimeout after approval_timeout (the champion stays)."""
+    d = gated["decision"]
+    log(
+        f"{registered['name']} v{registered['version']} passes the gate ({d['reason']}). Waiting for a sign-off: "
+        f"read comparison/comparison.md on MLflow run {registered['run_id']}, then answer this paused run's form "
+        f"in the Prefect UI (approve or reject, with a comment)"
+    )
+    name, version = registered["name"], registered["version"]
+    try:
+        answer = pause_flow_run(
+            wait_for_input=SignOff, timeout=p.approval_timeout, poll_interval=2, key=f"sign-off-v{version}"
+        )
+    except FlowPauseTimeout:
+        raise SignOffTimeout(
+            f"no sign-off for {name} v{version} within approval_timeout={p.approval_timeout} s: the champion "
+            f"stays, v{version} stays challenger with no decision; if it should win, promote it by hand: "
+            f"vae registry promote --name {name} --version {version}"
+        ) from None
+    log(f"sign-off: {answer.decision} by {answer.reviewer}: {answer.comment or '(no comment)'}")
+    return steps.approval(answer.decision, answer.reviewer, answer.comment)
 
 
 def paused_runs() -> list:

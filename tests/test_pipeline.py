@@ -11,6 +11,7 @@ import mlflow
 import pytest
 
 from tests.helpers import start_server, stop_server
+from vae.records import Baseline, NightResult, problems
 
 pytestmark = pytest.mark.slow
 
@@ -196,6 +197,9 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
     state = vae_pipeline(**params, return_state=True)
     assert state.is_completed()
     result = state.result()
+    assert problems(NightResult, result) == []  # each record the night passed has the keys vae/records.py declares
+    [kept] = (Path(params["workdir"]) / "baselines").glob("*.json")
+    assert problems(Baseline, json.loads(kept.read_text())) == []
     states = task_states(state)
     # the failed night's candidate is finished, not searched again: no new trial, its training reused
     assert result["night"]["case"] == "resume" and result["study"]["trials"] == 2, result["night"]
@@ -284,6 +288,7 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
     # The same inputs again: a night is a case, not a replay. Two more trials of the same study; a new
     # version only if they found a better configuration, never a copy of v1.
     second = vae_pipeline(**params)
+    assert problems(NightResult, second) == []  # quiet or not, the same record
     assert second["study"]["study"] == result["study"]["study"] and second["study"]["trials"] == 4
     assert len(top_level(client, "vae-test")) == 3  # one more night, one more top-level run
     [second_study] = night_tree(client, second["night_run_id"])["tune"]  # its own study run: this night's trials

@@ -1,9 +1,11 @@
-"""The night's summaries in Markdown: the Prefect artifact `vae-pipeline-summary` of a night that registered a
-candidate, and of a quiet night (nothing new)."""
+"""The night's summaries: in Markdown, the Prefect artifact `vae-pipeline-summary` of a night that registered a
+candidate and of a quiet night (nothing new); for `python -m flows.pipeline`, its JSON line and MLflow hint."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from vae.records import NightResult
 
 
 def quiet_markdown(night: dict[str, Any], record: dict[str, Any]) -> str:
@@ -42,4 +44,48 @@ def summary_markdown(study: dict, metrics: dict, registered: dict, decision: dic
         f"Study `{study.get('study')}`: best trial {study.get('best_trial')} "
         f"(val -ELBO {study.get('best_value', float('nan')):.3f}).\n\n"
         f"MLflow run `{registered['run_id']}` at `{registered['tracking_uri']}`.\n"
+    )
+
+
+def result_line(result: NightResult) -> dict[str, Any]:
+    """The JSON line `python -m flows.pipeline` prints: the case, the stage times, the search, and the registered
+    version (or, on a quiet night, the champion that stays)."""
+    night, study, reg = result["night"], result["study"], result["registered"]
+    out: dict[str, Any] = {
+        "case": night["case"],
+        "night_run_id": result["night_run_id"],
+        "reason": night["reason"],
+        "stage_seconds": result["seconds"],
+        "tune": {k: study.get(k) for k in ("study", "trials", "finish_seconds", "counts", "best_params")},
+    }
+    if reg is None:
+        return {
+            **out,
+            "registered": None,
+            "champion": result["record"]["champion"],
+            "run_id": result["record"]["run_id"],
+        }
+    metrics, decision = result["metrics"] or {}, result["decision"] or {}
+    return {
+        **out,
+        "run_id": reg["run_id"],
+        "model": reg["name"],
+        "version": reg["version"],
+        "promoted": decision.get("promote"),
+        "test_neg_elbo": metrics.get("neg_elbo"),
+        "recipe_neg_elbo": metrics.get("recipe_neg_elbo"),
+        "gain_over_recipe": metrics.get("gain_over_recipe"),
+        "sample_fid": metrics.get("sample_fid"),
+    }
+
+
+def mlflow_hint(result: NightResult) -> str:
+    """Where to look at a night that registered a version: the MLflow UI command, the runs, the version."""
+    reg, decision = result["registered"], result["decision"] or {}
+    assert reg is not None
+    role = "champion" if decision.get("promote") else "challenger"
+    return (
+        f"MLflow: run `mlflow ui --backend-store-uri {reg['tracking_uri']}` and open http://127.0.0.1:5000 "
+        f"(experiment {reg['name']}: night run {result['night_run_id']}, its training run {reg['run_id']} holds "
+        f"the model); registered model {reg['name']} v{reg['version']} ({role})."
     )

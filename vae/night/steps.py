@@ -2,7 +2,8 @@
 
 Tuning and training run as `vae ... --json` subprocesses (torchrun when nproc > 1), never as forks inside
 the orchestrator. Evaluation, logging and registration run in-process. Every step takes and returns
-small JSON-able dicts, so Prefect can persist them and reuse them when a rerun reaches the same inputs.
+the records of vae/records.py (JSON-able dicts), so Prefect can persist them and reuse them when a rerun
+reaches the same inputs.
 """
 
 from __future__ import annotations
@@ -20,19 +21,35 @@ from vae.child import Log, run_vae
 from vae.config import Config, DataConfig
 from vae.data import load
 from vae.evaluation import evaluate_model
-from vae.io import atomic_write
+from vae.io import atomic_write, utc_stamp
 from vae.night.params import PipelineParams
+from vae.records import (
+    Approval,
+    Baseline,
+    DataInfo,
+    Decision,
+    Gated,
+    Metrics,
+    Night,
+    NightPlan,
+    NightRecord,
+    Registered,
+    StudySummary,
+    Trained,
+    TrialRecord,
+    Winner,
+)
 from vae.tracking import candidate, night_runs, promotion
-from vae.tracking.store import configure
+from vae.tracking.store import configure, tag_value
 from vae.tune import nightly
 
 
-def fetch_step(p: PipelineParams) -> dict[str, Any]:
+def fetch_step(p: PipelineParams) -> DataInfo:
     datasets.fetch(p.dataset)
     return datasets.info(DataConfig(dataset=p.dataset, subset=p.subset))
 
 
-def plan_step(p: PipelineParams, fingerprint: str) -> dict[str, Any]:
+def plan_step(p: PipelineParams, fingerprint: str) -> NightPlan:
     """This night's study, case and trial target (vae/tune/nightly.py); a new study gets the champion's config."""
     uri, name = configure(p.resolved_tracking_uri()), p.registered_name
 
@@ -51,8 +68,8 @@ def night_step(p: PipelineParams, flow_run_id: str) -> str:
 
 
 def tune_step(
-    p: PipelineParams, plan: dict[str, Any], fingerprint: str, night_id: str | None = None, log: Log = print
-) -> dict[str, Any]:
+    p: PipelineParams, plan: NightPlan, fingerprint: str, night_id: str | None = None, log: Log = print
+) -> StudySummary:
     """`vae tune` until the night's study holds plan["target"] trials (a no-op when it already does); its study
     run (and its trials) under the night's run."""
     args = ["tune", "--dataset", p.dataset, "--trials", str(plan["target"]), "--epochs", str(p.epochs)]
@@ -89,14 +106,15 @@ def tracked(p: PipelineParams, night_id: str | None) -> list[str]:
 
 def train_step(
     p: PipelineParams, best_config: dict[str, Any], fingerprint: str, night_id: str | None = None, log: Log = print
-) -> dict[str, Any]:
+) -> Trained:
     """Train the best configuration for the full budget, live in MLflow under the night's run; its best epoch
-    is the run's logged model. The run folder is named after the config and the data, so a rerun after a
-    crash resumes it (and its MLflow run) instead of starting over."""
+    is the run's logged model. The run folder is named after the candidate key (config and data), so a rerun
+    after a crash resumes it (and its MLflow run) instead of starting over."""
     cfg = Config.from_dict(best_config).replace(
         train={"epochs": p.epochs, "progress": False, "patience": p.patience}, data={"subset": p.subset}
     )
-    out = Path(p.workdir) / f"train-{candidate_key(cfg, fingerprint)}"
+    key = candidate_key(cfg, fingerprint)
+    out = Path(p.workdir) / f"train-{key}"
     out.mkdir(parents=True, exist_ok=True)
     config_file = out / "config.json"
     config_file.write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -104,7 +122,7 @@ def train_step(
     if (out / "checkpoint.pt").exists():
         log(f"resuming the training in {out} from its checkpoint")
         args.append("--resume")
-    return run_vae(args, log, timeout=p.task_timeout)
+    return {**run_vae(args, log, timeout=p.task_timeout), "candidate_key": key}
 
 
 def candidate_key(cfg: Config, fingerprint: str) -> str:
@@ -112,18 +130,15 @@ def candidate_key(cfg: Config, fingerprint: str) -> str:
     return hashlib.sha256(json.dumps([cfg.to_dict(), fingerprint], sort_keys=True).encode()).hexdigest()[:12]
 
 
-WINNER = ("best_trial", "best_config", "best_checkpoint", "best_run_id", "best_model_uri", "best_model_id")
-
-
-def winner(study: dict[str, Any]) -> dict[str, Any]:
+def winner(study: StudySummary) -> Winner:
     """What the candidate step reads of a study's summary: the same for every night that finds the same winner
     (the summary's counts and timings are not), so the cached candidate is reused by a night that resumes."""
-    return {k: study.get(k) for k in WINNER}
+    return {k: study.get(k) for k in Winner.__annotations__}
 
 
 def candidate_step(
-    p: PipelineParams, study: dict[str, Any], fingerprint: str, night_id: str | None = None, log: Log = print
-) -> dict[str, Any]:
+    p: PipelineParams, study: Winner, fingerprint: str, night_id: str | None = None, log: Log = print
+) -> Trained:
     """The night's candidate: the study's best trial as it was trained (its best epoch, best.pt, logged as the
     model of its live run under the study run), with its history and validation figures added to that run. Only
     where the trial left no checkpoint here or no logged model (a worker on another machine ran it, or it ran
@@ -132,7 +147,7 @@ def candidate_step(
     checkpoint = study.get("best_checkpoint")
     if not (checkpoint and Path(checkpoint).is_file() and study.get("best_model_id")):
         log(f"trial {study['best_trial']} left no checkpoint or logged model here: training its configuration")
-        return {**train_step(p, study["best_config"], fingerprint, night_id, log), "candidate_key": key}
+        return train_step(p, study["best_config"], fingerprint, night_id, log)
     uri = configure(p.resolved_tracking_uri())
     summary = candidate.complete_trial_run(uri, study["best_run_id"], Path(checkpoint))
     return {
@@ -147,14 +162,14 @@ def candidate_step(
 
 
 def baseline_step(
-    p: PipelineParams, study: dict[str, Any], fingerprint: str, night_id: str | None = None, log: Log = print
-) -> dict[str, Any]:
+    p: PipelineParams, recipe: TrialRecord | None, fingerprint: str, night_id: str | None = None, log: Log = print
+) -> Baseline:
     """The seed recipe at the night's budget on this data, scored on the test split: the study's recipe trial
     (trial 0 of every new study; vae/tune/seeds.py), evaluated once per candidate key (config + data) and kept in
     the work folder, so that every later night on the same data reuses it. Training is deterministic, so a study
     with other settings but the same budget trains the same recipe weights and finds the same key. Where the
     trial's checkpoint is not here (an older study, another machine), the recipe is trained here."""
-    recipe = study.get("recipe") or {}
+    recipe = recipe or {}
     config = recipe.get("config") or p.tune_base().to_dict()
     key = candidate_key(Config.from_dict(config), fingerprint)
     kept = Path(p.workdir) / "baselines" / f"{key}.json"
@@ -171,25 +186,25 @@ def baseline_step(
     return result
 
 
-def with_baseline(metrics: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+def with_baseline(metrics: Metrics, baseline: Baseline) -> Metrics:
     """The candidate's test metrics with the recipe's -ELBO on the same test images and the gain over it."""
     recipe = baseline["metrics"]["neg_elbo"]
     return {**metrics, "recipe_neg_elbo": recipe, "gain_over_recipe": recipe - metrics["neg_elbo"]}
 
 
-def evaluate_step(p: PipelineParams, checkpoint: str) -> dict[str, Any]:
+def evaluate_step(p: PipelineParams, checkpoint: str) -> Metrics:
     figures = Path(checkpoint).parent / "figures"
     return evaluate(checkpoint, iw_samples=p.iw_samples, figures_dir=figures)
 
 
 def register_step(
     p: PipelineParams,
-    study: dict[str, Any],
-    trained: dict[str, Any],
-    metrics: dict[str, Any],
-    night: dict[str, Any],
+    study: StudySummary,
+    trained: Trained,
+    metrics: Metrics,
+    night: Night,
     night_id: str,
-) -> dict[str, Any]:
+) -> Registered:
     """The evaluation run under the night, then a new registered version of the training run's logged model
     with the alias `challenger`. Never a second version of one candidate (config + data): a retry, or a night
     that reaches a candidate already registered, gets that version back with duplicate=True."""
@@ -205,17 +220,20 @@ def register_step(
         "night_run_id": night_id,
     }
     version_tags = {"candidate_key": key, "nightly.case": night["case"]}
-    return candidate.register_candidate(uri, name, trained, metrics, night_id, tags, version_tags)
+    return {
+        "duplicate": False,
+        **candidate.register_candidate(uri, name, trained, metrics, night_id, tags, version_tags),
+    }
 
 
-def registered_step(p: PipelineParams, study: dict[str, Any], version: str) -> None:
+def registered_step(p: PipelineParams, study: StudySummary, version: str) -> None:
     """The study's best trial is registered: later nights on the same study need a better one to train."""
     nightly.mark_registered(p.storage_url(), study["study"], study["best_trial"], study["best_value"], version)
 
 
 def night_record_step(
-    p: PipelineParams, night: dict[str, Any], extra: dict[str, Any], failed: bool = False, run_id: str | None = None
-) -> dict:
+    p: PipelineParams, night: Night | NightPlan, extra: dict[str, Any], failed: bool = False, run_id: str | None = None
+) -> NightRecord:
     """Close the night's run (`run_id`; else the one its Prefect flow run `extra["prefect.flow_run_id"]` opened;
     else a new one, for a night that died before opening it): which case, why, which version is champion."""
     uri, name = configure(p.resolved_tracking_uri()), p.registered_name
@@ -226,7 +244,7 @@ def night_record_step(
     champion = str(champ.version) if champ is not None else None
     tags = {
         "nightly.case": night["case"],
-        "nightly.reason": night["reason"][:4000],
+        "nightly.reason": tag_value(night["reason"]),
         "champion": champion or "none",
         **{k: str(v) for k, v in extra.items() if not isinstance(v, (dict, list))},  # the rest: pipeline.json
     }
@@ -234,7 +252,7 @@ def night_record_step(
     return {"run_id": run_id, "champion": champion, "name": name, "tracking_uri": uri}
 
 
-def gate_step(p: PipelineParams, trained: dict, registered: dict, metrics: dict, recipe: dict) -> dict[str, Any]:
+def gate_step(p: PipelineParams, trained: Trained, registered: Registered, metrics: Metrics, recipe: Baseline) -> Gated:
     """The gate's decision on the registered candidate against the champion, re-scored on this run's test
     images (vae/tracking/promotion.py), the seed recipe beside them; nothing moves yet."""
     return promotion.gate(
@@ -243,8 +261,8 @@ def gate_step(p: PipelineParams, trained: dict, registered: dict, metrics: dict,
 
 
 def promote_step(
-    trained: dict, registered: dict, metrics: dict, gated: dict, approval: dict | None = None
-) -> dict[str, Any]:
+    trained: Trained, registered: Registered, metrics: Metrics, gated: Gated, approval: Approval | None = None
+) -> Decision:
     """Act on the gate's decision and the reviewer's answer (if asked): tags, champion, comparison, card."""
     return promotion.promote(trained, registered, metrics, gated, approval)
 
@@ -260,3 +278,8 @@ def reevaluate_champion(p: PipelineParams, log: Log = print) -> dict[str, Any]:
     candidate.log_reevaluation(uri, name, mv, metrics)
     log(f"champion {name} v{mv.version}: test -ELBO {metrics['neg_elbo']:.3f} nats on {metrics['fingerprint'][:12]}")
     return {"name": name, "version": str(mv.version), **metrics}
+
+
+def approval(decision: str, reviewer: str, comment: str) -> Approval:
+    """A reviewer's answer to the sign-off form, stamped now."""
+    return {"decision": decision, "reviewer": reviewer, "comment": comment, "time": utc_stamp()}
