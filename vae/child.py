@@ -1,6 +1,6 @@
 """A `vae` command as a child process of the pipeline: its stderr forwarded line by line, its JSON result read
-back (last_json, which benchmarks use too), a timeout that ends it, and its life tied to this process
-(vae/lifetime.py)."""
+back (last_json, which benchmarks use too), a timeout that ends its whole process tree, and its life tied to
+this process (vae/lifetime.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 from vae.errors import VAEError
-from vae.lifetime import PARENT_ENV
+from vae.lifetime import PARENT_ENV, end_tree
 
 Log = Callable[[str], None]
 
@@ -31,41 +31,59 @@ def last_json(out: str) -> dict[str, Any]:
     raise ValueError("no line of the output is a JSON object: " + (out.strip()[-300:] or "no output"))
 
 
+KILL_GRACE = 30.0  # seconds between the SIGTERM of a timeout and the SIGKILL of what is left
+
+
 def run_vae(args: list[str], log: Log = print, timeout: float | None = None) -> dict[str, Any]:
-    """`python -m vae ARGS --json`: forwards its stderr lines to `log`, returns its JSON result. Stopped after
-    `timeout` seconds: SIGTERM (torchrun passes it to its workers), SIGKILL 30 s later. The child stays in the
-    night's process group, and gets SIGTERM when this process dies, even by SIGKILL (vae/lifetime.py): no
-    orphan racing the next night."""
+    """`python -m vae ARGS --json`: forwards its stderr lines to `log`, returns its JSON result. The child
+    gets SIGTERM when this process dies, even by SIGKILL (vae/lifetime.py): no orphan racing the next
+    night."""
     cmd = [sys.executable, "-m", "vae", *args, "--json"]
     log("$ " + " ".join(cmd[2:]))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())}  # dies with this process
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    timers = [threading.Timer(timeout, proc.terminate), threading.Timer(timeout + 30, proc.kill)] if timeout else []
-    for t in timers:
-        t.daemon = True
-        t.start()
-    try:
-        return _collect(proc, args, log, timeout)
-    finally:
-        for t in timers:
-            t.cancel()
-
-
-def _collect(proc: subprocess.Popen, args: list[str], log: Log, timeout: float | None) -> dict[str, Any]:
-    tail: list[str] = []
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        line = line.rstrip()
-        if line:
-            log(line)
-            tail = (tail + [line])[-20:]
-    out = proc.stdout.read() if proc.stdout else ""
-    if proc.wait() in (-9, -15) and timeout:
-        raise StepError(f"`vae {args[0]}` was killed after its timeout of {timeout:g} s (task_timeout)")
-    if proc.returncode != 0:
-        last = next((x for x in reversed(tail) if "error" in x.lower()), tail[-1] if tail else "no output")
-        raise StepError(f"`vae {args[0]}` exited with {proc.returncode}: {last}")
+    out = run_child(cmd, env, log, timeout, name=f"vae {args[0]}")
     try:
         return last_json(out)
     except ValueError:
         raise StepError(f"`vae {args[0]}` printed no JSON result") from None
+
+
+def run_child(
+    cmd: list[str], env: dict[str, str], log: Log, timeout: float | None, name: str, grace: float = KILL_GRACE
+) -> str:
+    """Run `cmd`, forward its stderr lines to `log`, return its stdout. Both pipes are read at once, so a child
+    that writes more than a pipe holds (64 KiB) to either never blocks. After `timeout` seconds, or when this
+    call is interrupted, the whole process tree ends (lifetime.end_tree: torchrun's ranks too, which run in
+    sessions of their own), SIGKILL `grace` seconds after SIGTERM. StepError when it fails or times out."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    tail: list[str] = []
+    out: list[str] = []
+    readers = [
+        threading.Thread(target=_forward, args=(proc.stderr, log, tail), daemon=True),
+        threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True),
+    ]
+    for r in readers:
+        r.start()
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        end_tree(proc.pid, grace)
+        proc.wait()
+        raise StepError(f"`{name}` was stopped after its timeout of {timeout:g} s (task_timeout)") from None
+    except BaseException:  # KeyboardInterrupt, a cancelled task: nothing of it may go on running
+        end_tree(proc.pid, grace)
+        raise
+    for r in readers:  # a grandchild that outlived the child may hold a pipe open: do not wait on it forever
+        r.join(timeout=10)
+    if code != 0:
+        last = next((x for x in reversed(tail) if "error" in x.lower()), tail[-1] if tail else "no output")
+        raise StepError(f"`{name}` exited with {code}: {last}")
+    return out[0] if out else ""
+
+
+def _forward(stream: IO[str], log: Log, tail: list[str]) -> None:
+    for line in stream:
+        line = line.rstrip()
+        if line:
+            log(line)
+            tail[:] = (tail + [line])[-20:]

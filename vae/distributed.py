@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from vae.errors import ConfigError
+from vae.lifetime import ANY_PARENT, PARENT_ENV, end_tree, tied_to_this_process
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,9 @@ def barrier(ctx: DistContext) -> None:
 def torchrun(module_args: Sequence[str], nproc: int, extra: Sequence[str] = ()) -> int:
     """Run `python -m <module_args>` under torchrun on this machine (standalone rendezvous on a free port)
     and return its exit code. Prefect tasks and `vae train --nproc N` both launch training this way:
-    a subprocess, never a fork inside the caller."""
+    a subprocess, never a fork inside the caller. torchrun gets SIGTERM when this process dies, each rank
+    when torchrun dies, and an interrupt here (SIGTERM turned into KeyboardInterrupt, Ctrl-C) ends the whole
+    tree: torchrun's own SIGKILL-free teardown first, then SIGKILL for what is left (vae/lifetime.py)."""
     cmd = [
         sys.executable,
         "-m",
@@ -116,4 +119,10 @@ def torchrun(module_args: Sequence[str], nproc: int, extra: Sequence[str] = ()) 
         "-m",
         *module_args,
     ]
-    return subprocess.call(cmd)
+    env = {**os.environ, PARENT_ENV: ANY_PARENT}  # each rank's vae.cli.main ties itself to torchrun
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=tied_to_this_process())
+    try:
+        return proc.wait()
+    except BaseException:
+        end_tree(proc.pid, grace=30)
+        raise
