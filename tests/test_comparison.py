@@ -1,6 +1,8 @@
+
 """The gate's statistics and the comparison a reviewer reads, on real models and real digits (no MLflow)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -155,3 +157,10 @@ def test_the_model_card_names_data_config_epochs_metrics_decision_and_commit(tra
         assert part in card, part
     assert "promoted to champion: beats champion v2" in card and "approve by ada" in card
     assert json.dumps(cfg.to_dict(), indent=2, sort_keys=True) in card
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_a_non_finite_score_is_never_promoted_not_even_as_the_first_version_or_by_hand(value):
+    for champion, force in [(None, False), ("1", False), (None, True)]:
+        d = decide("2", value, champion, 100.0 if champion else None, 0.0, force=force)
+        assert not d.promote and "non-finite score is never promoted" in d.reason

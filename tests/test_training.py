@@ -66,6 +66,34 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
     assert all(torch.equal(good["model"][k], kept["model"][k]) for k in good["model"])
 
 
+def test_weights_made_non_finite_by_an_epochs_last_step_are_never_saved(tmp_path, small_cfg):
+    # one step per epoch (800 training images, batches of 1024): epoch 2's loss is computed before its only
+    # step, so it is finite, while the step (Adam's first moment poisoned with inf) leaves inf weights
+    cfg = small_cfg.replace(train={"epochs": 1, "batch_size": 1024})
+    fit(cfg, out=tmp_path)
+    state = ckpt.load(tmp_path)
+    next(iter(state["optimizer"]["state"].values()))["exp_avg"].fill_(float("inf"))
+    ckpt.save(state, tmp_path / "checkpoint.pt")
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(DivergedError, match="diverged at epoch 2: .*non-finite weights in encoder"):
+        fit(cfg.replace(train={"epochs": 2}), out=tmp_path, resume=True)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    assert ckpt.load(tmp_path / "best.pt")["epoch"] == 1
+
+
+def test_resume_refuses_a_checkpoint_with_non_finite_weights(tmp_path, small_cfg, mnist5k):
+    fit(small_cfg.replace(train={"epochs": 1}), out=tmp_path, data=mnist5k)
+    state = ckpt.load(tmp_path)
+    name = next(iter(state["model"]))
+    state["model"][name].view(-1)[0] = float("nan")
+    ckpt.save(state, tmp_path / "checkpoint.pt")
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(CheckpointError, match=f"non-finite weights \\({name}\\): it cannot be resumed") as e:
+        fit(small_cfg, out=tmp_path, resume=True, data=mnist5k)
+    assert e.value.exit_code == 2
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
 @pytest.mark.parametrize("kind", ["ae", "conv-vae"])
 def test_other_models_train(tmp_path, small_cfg, mnist5k, kind):
     cfg = small_cfg.replace(model={"kind": kind, "hidden": [128]}, data={"subset": 500}, train={"epochs": 2})

@@ -37,6 +37,15 @@ def checkpoint_path(path: str | Path) -> Path:
     return p / FILENAME if p.is_dir() else p
 
 
+def nonfinite(state: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating tensors in a state dict that hold a NaN or an infinity (one sync for all)."""
+    names = [k for k, t in state.items() if torch.is_tensor(t) and t.is_floating_point()]
+    if not names:
+        return []
+    bad = torch.stack([state[k].isfinite().all().logical_not() for k in names]).tolist()
+    return [k for k, b in zip(names, bad, strict=True) if b]
+
+
 def save(state: dict[str, Any], path: str | Path) -> None:
     """Write to a temporary file in the same folder, fsync, then rename: a kill at any moment leaves
     either the previous checkpoint or the new one, never half of one. SIGINT and SIGTERM wait until the

@@ -124,6 +124,7 @@ def _fit(
                 f"checkpoint ({run.path or 'none written'}) is kept. Lower --lr or set --clip-grad"
             )
         val = elbo_metrics(run.model, run.data.val.images, cfg, ctx=ctx, seed=cfg.train.seed)
+        _check_finite(run, epoch, val)
         row = {
             "epoch": epoch + 1,
             "train_loss": loss,
@@ -155,6 +156,20 @@ def _fit(
         f"at epoch {run.best_epoch}" + (f"; checkpoint {run.path}" if run.path is not None else ""),
     )
     return result
+
+
+def _check_finite(run: _Run, epoch: int, val: dict[str, float]) -> None:
+    """Before the epoch is recorded: a finite epoch-mean loss can hide weights that the epoch's last step
+    turned non-finite, or a validation loss that is not; either would poison checkpoint.pt and --resume."""
+    bad_val = sorted(k for k, v in val.items() if not math.isfinite(v))
+    bad_weights = ckpt.nonfinite(run.model.state_dict())
+    if bad_val or bad_weights:
+        what = f"validation {', '.join(bad_val)} not finite" if bad_val else ""
+        what += ("; " if what else "") + (f"non-finite weights in {', '.join(bad_weights[:3])}" if bad_weights else "")
+        raise DivergedError(
+            f"training diverged at epoch {epoch + 1}: {what}; the last good checkpoint "
+            f"({run.path or 'none written'}) is kept. Lower --lr or set --clip-grad"
+        )
 
 
 def val_loss(row: dict[str, float]) -> float:
@@ -205,6 +220,11 @@ def _setup(cfg: Config, out: Path | None, resume: bool, data: Dataset | None, ct
     if resume and path is not None and path.exists():
         state = ckpt.load(path, map_location=dev)
         _check_resume(state, cfg, data.fingerprint, path)
+        if bad := ckpt.nonfinite(state["model"]):
+            raise CheckpointError(
+                f"checkpoint {path} holds non-finite weights ({', '.join(bad[:3])}): it cannot be resumed; "
+                "train again with another --out, or delete it"
+            )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history, start_epoch = list(state["history"]), int(state["epoch"])

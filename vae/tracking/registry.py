@@ -16,6 +16,7 @@ that list for people reading the UI; `rollback` walks the derived list back.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -92,6 +93,10 @@ def decide(
         forced=force,
         interval=dict(interval) if interval is not None else None,
     )
+    if not math.isfinite(candidate_value):  # not even by hand: such a model's scores and samples are meaningless
+        return Decision(
+            False, f"v{candidate}'s test -ELBO is {candidate_value}: a non-finite score is never promoted", **kw
+        )
     if force:
         return Decision(True, "forced by hand", **kw)
     if champion is None:
