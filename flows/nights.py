@@ -14,7 +14,6 @@ and in Prefect (a Markdown artifact `vae-night-failure` on the flow run, whose s
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from contextlib import contextmanager
@@ -29,7 +28,7 @@ from prefect.states import Crashed
 from vae.errors import VAEError
 from vae.night import steps
 from vae.night.params import PipelineParams
-from vae.stores import file_lock
+from vae.stores import file_lock, holder, holder_alive
 
 LOCK = "night.lock"
 FAILURE_KEY = "vae-night-failure"
@@ -41,23 +40,11 @@ class NightBusy(VAEError):
     exit_code = 1
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child not yet reaped by its parent is a zombie: dead for our purpose
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def _stale(old: dict, p: PipelineParams) -> bool:
-    """The night named in a lock file is over: its process is gone, or (another host) it outlived any night."""
+    """The night named in a lock file is over: its process is gone (or its pid now names another process), or
+    (another host) it outlived any night."""
     if old.get("host") == socket.gethostname():
-        return not _alive(int(old.get("pid", 0)))
+        return not holder_alive(old)
     return time.time() - old.get("since", 0) > 2 * p.task_timeout + 3600
 
 
@@ -66,7 +53,7 @@ def night_lock(p: PipelineParams, log):
     """Hold the work folder's night lock for the flow run; a crashed night's lock is taken over (and that
     night recorded as crashed); a live one refuses this night with NightBusy."""
     path = Path(p.workdir) / LOCK
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "flow_run_id": str(current_run.id), "since": time.time()}
+    me = {**holder(), "flow_run_id": str(current_run.id), "since": time.time()}
     crashed = None
     with file_lock(path.with_name(LOCK + ".guard")):
         if path.exists():

@@ -175,7 +175,7 @@ def test_a_worker_killed_mid_run_leaves_a_crashed_run_and_the_next_run_completes
         time.sleep(0.5)
     night = json.loads((work / "night.lock").read_text())
     pids = json.loads((home / "pids.json").read_text())
-    os.killpg(pids["worker"], signal.SIGKILL)  # the worker's machine dies: the worker and the night it ran
+    os.killpg(pids["worker"]["pid"], signal.SIGKILL)  # the worker's machine dies: the worker and the night it ran
     with contextlib.suppress(ProcessLookupError):
         os.kill(night["pid"], signal.SIGKILL)
     # flows.deploy's automation marks the silent run Crashed after 3 missed heartbeats (90 s), which frees
@@ -216,8 +216,8 @@ def test_stop_ends_every_service_and_the_night_a_worker_is_running(tmp_path, sta
     family = [night, *night.children(recursive=True)]
     pids = json.loads((home / "pids.json").read_text())
     assert services(home, "stop").returncode == 0
-    for pid in pids.values():
+    for rec in pids.values():
         with pytest.raises(ProcessLookupError):
-            os.killpg(pid, 0)
+            os.killpg(rec["pid"], 0)
     assert [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
     assert not (home / "pg" / "postmaster.pid").exists() and not (home / "pids.json").exists()

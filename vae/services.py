@@ -30,6 +30,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from vae.stores import holder, holder_alive
+
 DEFAULT_PORTS = {"postgres": 5433, "mlflow": 5000, "prefect": 4200}
 USER = "vae"
 DATABASES = ("mlflow", "optuna")
@@ -183,24 +185,26 @@ def start(home: Path, pool: str, base_port: int | None = None) -> dict[str, str]
     port = ports(home)
     start_postgres(home)
     bindir, env, pids = Path(sys.executable).parent, client_env(home), {}
-    pids["mlflow"] = spawn(
-        home,
-        "mlflow",
-        [
-            str(bindir / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port["mlflow"]),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            urls(home)["mlflow_backend"],
-            "--artifacts-destination",
-            str(home / "artifacts"),
-        ],
-        {"PGPASSFILE": env["PGPASSFILE"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    pids["mlflow"] = holder(
+        spawn(
+            home,
+            "mlflow",
+            [
+                str(bindir / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port["mlflow"]),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                urls(home)["mlflow_backend"],
+                "--artifacts-destination",
+                str(home / "artifacts"),
+            ],
+            {"PGPASSFILE": env["PGPASSFILE"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
     )
     prefect_env = {
         "PREFECT_HOME": str(home / "prefect"),
@@ -208,7 +212,7 @@ def start(home: Path, pool: str, base_port: int | None = None) -> dict[str, str]
         "PREFECT_SERVER_API_PORT": str(port["prefect"]),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
-    pids["prefect"] = spawn(home, "prefect", [str(bindir / "prefect"), "server", "start"], prefect_env)
+    pids["prefect"] = holder(spawn(home, "prefect", [str(bindir / "prefect"), "server", "start"], prefect_env))
     (home / "pids.json").write_text(json.dumps(pids))
     wait_http(urls(home)["mlflow"] + "/health")
     wait_http(urls(home)["prefect"] + "/health")
@@ -217,7 +221,6 @@ def start(home: Path, pool: str, base_port: int | None = None) -> dict[str, str]
         [str(bindir / "prefect"), "work-pool", "create", pool, "--type", "process", "--overwrite"],
         env=client,
     )
-    (home / "pids.json").write_text(json.dumps(pids))
     add_worker(home, pool)
     return env
 
@@ -228,14 +231,16 @@ def add_worker(home: Path, pool: str) -> int:
     pids = json.loads((home / "pids.json").read_text())
     name = "worker" if "worker" not in pids else f"worker-{sum(k.startswith('worker') for k in pids) + 1}"
     prefect = str(Path(sys.executable).parent / "prefect")
-    pids[name] = spawn(
-        home,
-        name,
-        [prefect, "worker", "start", "--pool", pool],
-        {**client_env(home), "PREFECT_HOME": str(home / "prefect")},
+    pids[name] = holder(
+        spawn(
+            home,
+            name,
+            [prefect, "worker", "start", "--pool", pool],
+            {**client_env(home), "PREFECT_HOME": str(home / "prefect")},
+        )
     )
     (home / "pids.json").write_text(json.dumps(pids))
-    return pids[name]
+    return pids[name]["pid"]
 
 
 def stop(home: Path) -> None:
@@ -244,7 +249,7 @@ def stop(home: Path) -> None:
     and stopped too: no night goes on writing its work folder after the stack is gone."""
     import psutil
 
-    pids = json.loads((home / "pids.json").read_text()) if (home / "pids.json").exists() else {}
+    pids = running(home)
     order = [k for k in pids if k.startswith("worker")] + ["prefect", "mlflow"]
     procs = []
     for name in order:
@@ -272,6 +277,20 @@ def stop(home: Path) -> None:
     (home / "pids.json").unlink(missing_ok=True)
 
 
+def running(home: Path) -> dict[str, int]:
+    """The pids of pids.json that are still the processes started (pid and start time agree): a pid the system
+    has given to another process since (a reboot, a wrap) is named and left alone, never signalled."""
+    records = json.loads((home / "pids.json").read_text()) if (home / "pids.json").exists() else {}
+    live = {}
+    for name, rec in records.items():
+        rec = rec if isinstance(rec, dict) else {"pid": rec}  # a pids.json written before start times were kept
+        if holder_alive(rec):
+            live[name] = int(rec["pid"])
+        else:
+            print(f"{name}: pid {rec['pid']} is gone or now another process: left alone")
+    return live
+
+
 def _alive(pid: int) -> bool:
     try:
         os.killpg(pid, 0)
@@ -296,9 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     elif a.action == "worker":
         print(f"worker pid {add_worker(home, a.pool)} on pool {a.pool!r}")
     elif a.action == "status":
-        pids = json.loads((home / "pids.json").read_text()) if (home / "pids.json").exists() else {}
-        for name, pid in pids.items():
-            print(f"{name:>8}: pid {pid} {'running' if _alive(pid) else 'gone'}")
+        for name, pid in running(home).items():
+            print(f"{name:>8}: pid {pid} running")
         print(f"postgres: {'running' if (home / 'pg' / 'postmaster.pid').exists() else 'stopped'}")
     else:
         try:

@@ -8,9 +8,11 @@ Store URLs are SQLAlchemy URLs (sqlite:///PATH, postgresql://USER:PASSWORD@HOST/
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 from sqlalchemy.engine import make_url
@@ -72,3 +74,31 @@ def file_lock(path: str | Path, timeout: float = -1) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path), timeout=timeout):
         yield
+
+
+def _started(pid: int) -> float | None:
+    """The process's start time (seconds since the epoch), None when there is no such live process."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
+    except psutil.Error:
+        return None
+
+
+def holder(pid: int | None = None) -> dict[str, Any]:
+    """Who holds a lock or runs a service: pid, host and start time, so that a pid the system gave to another
+    process since (after a reboot, or once the pids wrap) is never taken for the holder."""
+    pid = os.getpid() if pid is None else pid
+    return {"pid": pid, "host": socket.gethostname(), "started": _started(pid)}
+
+
+def holder_alive(old: dict[str, Any]) -> bool:
+    """Whether the process a holder() record names still runs on this host: same pid, same start time (a
+    record without one, written before start times were kept, is judged by its pid). Only for this host's
+    records: another host's processes cannot be seen from here."""
+    started = _started(int(old.get("pid") or 0))
+    if started is None:
+        return False
+    return old.get("started") is None or abs(started - float(old["started"])) < 1.0
