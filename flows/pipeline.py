@@ -249,6 +249,7 @@ def _night(p: PipelineParams, clock: _Clock) -> NightResult:
     _fail_after("evaluate")
     with clock("register"):
         registered = register(p, best, trained, metrics, night, night_id)
+    _fail_after("register")
     if registered.get("duplicate"):  # this night's case stands; it just has nothing new to offer
         steps.registered_step(p, best, registered["version"])
         night = {

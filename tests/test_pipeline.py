@@ -181,6 +181,35 @@ def test_bad_parameters_fail_before_any_work(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_version_registered_by_a_night_that_died_before_deciding_is_judged_by_the_next(
+    harness, tmp_path, monkeypatch
+):
+    from mlflow import MlflowClient
+
+    from flows.pipeline import vae_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    params = tiny(tmp_path)
+    monkeypatch.setenv("VAE_PIPELINE_FAIL_AFTER", "register")  # registered, then the night dies: nothing decided
+    assert vae_pipeline(**params, return_state=True).is_failed()
+    monkeypatch.delenv("VAE_PIPELINE_FAIL_AFTER")
+    client = MlflowClient(params["tracking_uri"], params["tracking_uri"])
+    [left] = client.search_model_versions("name='vae-test'")
+    assert "promotion.decision" not in left.tags and "champion" not in client.get_registered_model("vae-test").aliases
+
+    result = vae_pipeline(**params)
+    reg, decision = result["registered"], result["decision"]
+    assert reg["version"] == "1" and reg["resumed"] and not reg["duplicate"]  # found again, and judged
+    assert decision["promote"] and decision["reason"] == "no champion yet: the first version is promoted"
+    [judged] = client.search_model_versions("name='vae-test'")  # no second version of the same candidate
+    assert judged.tags["promotion.decision"] == "promoted"
+    assert {k: str(v) for k, v in client.get_registered_model("vae-test").aliases.items()} == {
+        "champion": "1",
+        "challenger": "1",
+    }
+    assert client.get_run(reg["run_id"]).data.tags["promotion.decision"] == "promoted"
+
+
 def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 

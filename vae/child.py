@@ -4,6 +4,7 @@ this process (vae/lifetime.py)."""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import subprocess
@@ -59,7 +60,8 @@ def run_child(
     tail: list[str] = []
     out: list[str] = []
     readers = [
-        threading.Thread(target=_forward, args=(proc.stderr, log, tail), daemon=True),
+        # in a copy of this context: a Prefect task's run logger is found through context variables
+        threading.Thread(target=contextvars.copy_context().run, args=(_forward, proc.stderr, log, tail), daemon=True),
         threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True),
     ]
     for r in readers:

@@ -188,6 +188,7 @@ class Registered(TypedDict):
     name: str
     tracking_uri: str
     run_id: str | None
+    resumed: NotRequired[bool]  # registered by an earlier night that never finished deciding on it
     model_uri: NotRequired[str]
     model_id: NotRequired[str]
     evaluation_run_id: NotRequired[str]

@@ -207,10 +207,13 @@ def register_step(
 ) -> Registered:
     """The evaluation run under the night, then a new registered version of the training run's logged model
     with the alias `challenger`. Never a second version of one candidate (config + data): a retry, or a night
-    that reaches a candidate already registered, gets that version back with duplicate=True."""
+    that reaches a candidate already registered, gets that version back with duplicate=True, unless no decision
+    was finished on it (resumed=True): then the night gates and promotes it as if it had just registered it."""
     uri, name = configure(p.resolved_tracking_uri()), p.registered_name
     key = trained["candidate_key"]
     found = candidate.find_candidate(uri, name, key)
+    if found is not None and (left := candidate.undecided(uri, name, found)) is not None:
+        return {"duplicate": False, "resumed": True, **left}  # registered, never decided: judged tonight
     if found is not None:
         return {"duplicate": True, "version": found, "name": name, "tracking_uri": uri, "run_id": None}
     tags = {

@@ -93,6 +93,26 @@ def find_candidate(uri: str | None, name: str, key: str) -> str | None:
     return registry.find_version(configure(uri), name, "candidate_key", key)
 
 
+def undecided(uri: str | None, name: str, version: str) -> dict[str, Any] | None:
+    """The registered record of `version` when no promotion decision was finished on it (a night that died, or
+    whose tracking server stopped answering, between registering it and deciding), else None. Such a version
+    is judged by the night that finds it; it is the newest candidate, so it gets `challenger` back too."""
+    client = open_client(configure(uri))
+    mv = client.get_model_version(name, version)
+    if mv.tags.get(registry.DECISION):
+        return None
+    if registry.alias_version(client, name, registry.CHALLENGER) is None:
+        client.set_registered_model_alias(name, registry.CHALLENGER, str(version))
+    return {
+        "run_id": mv.run_id,
+        "model_uri": mv.source,
+        "version": str(version),
+        "name": name,
+        "tracking_uri": configure(uri),
+        **{k: mv.tags[k] for k in ("evaluation_run_id", "night_run_id") if k in mv.tags},
+    }
+
+
 def champion(uri: str, name: str) -> ModelVersion | None:
     """The version under the `champion` alias, or None."""
     return registry.alias_version(open_client(uri), name, registry.CHAMPION)

@@ -32,6 +32,7 @@ from vae.io import utc_stamp
 from vae.tracking.store import tag_value
 
 METRIC = "test_neg_elbo"
+DECISION = "promotion.decision"  # written last by apply(): a version without it has no finished decision
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
@@ -232,7 +233,6 @@ def apply(tracking_uri: str | None, name: str, d: Decision, approval: Mapping[st
         for key in ("decision", "reviewer", "comment", "time"):
             client.set_model_version_tag(name, d.candidate, f"approval.{key}", tag_value(approval.get(key, "")))
     tags = {
-        "promotion.decision": "promoted" if d.promote else "rejected",
         "promotion.reason": tag_value(d.reason),
         "promotion.time": utc_stamp(),
         "promotion.compared_to": d.champion or "none",
@@ -249,6 +249,10 @@ def apply(tracking_uri: str | None, name: str, d: Decision, approval: Mapping[st
             client.delete_model_version_tag(name, d.candidate, "rolled_back")
         client.set_registered_model_alias(name, CHAMPION, d.candidate)
         client.set_registered_model_tag(name, "champion_history", json.dumps(_history(client, name)))
+    # last: a version with a decision tag had its whole decision applied; one without is judged again
+    client.set_model_version_tag(
+        name, d.candidate, DECISION, "promoted" if d.promote or d.already_champion else "rejected"
+    )
     return d
 
 
@@ -314,7 +318,7 @@ def list_versions(tracking_uri: str | None, name: str) -> list[dict[str, Any]]:
                 "run_id": mv.run_id,
                 METRIC: float(mv.tags[METRIC]) if METRIC in mv.tags else None,
                 "fingerprint": mv.tags.get("fingerprint", ""),
-                "decision": mv.tags.get("promotion.decision", ""),
+                "decision": mv.tags.get(DECISION, ""),
                 "created": mv.creation_timestamp,
             }
         )
