@@ -1,4 +1,3 @@
-
 """The gate's statistics and the comparison a reviewer reads, on real models and real digits (no MLflow)."""
 
 import json

@@ -1,12 +1,14 @@
 """`vae train --tracking-uri`: an MLflow run written while training runs (params, per-epoch metrics, system
 metrics, the data set as an input), continued on --resume, and closed KILLED on SIGTERM. Real SQLite store."""
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -88,3 +90,70 @@ def test_sigterm_leaves_a_killed_run_with_what_it_had(tmp_path):
     assert run.info.status == "KILLED" and "KeyboardInterrupt" in run.data.tags["error"]
     assert len(client.get_metric_history(run.info.run_id, "val_neg_elbo")) >= 1
     assert not [k for k in run.data.metrics if k.startswith("system/")]
+
+
+def _epochs(out) -> int:
+    """The last epoch training.py recorded in the run folder's history (0 before the first)."""
+    from vae import checkpoint as ckpt
+
+    try:
+        return int(ckpt.load(out)["epoch"])
+    except Exception:  # not written yet, or being replaced this instant
+        return 0
+
+
+def _wait(what, timeout: float, proc) -> None:
+    deadline = time.time() + timeout
+    while not what():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_training_goes_on_through_a_tracking_outage_and_every_epoch_reaches_the_server(tmp_path):
+    """The live server stops answering (SIGSTOP), then dies (SIGKILL) and is started again on its port: the
+    training is not held up by either, and the run gets all its epochs, in order, once the server is back."""
+    from tests.helpers import start_server, stop_server
+
+    serve = ["mlflow", "server", "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    serve += ["--artifacts-destination", str(tmp_path / "artifacts")]
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server, url = start_server(serve, "/health", env=env, log=tmp_path / "server.log")
+    out, epochs = tmp_path / "run", 80
+    cmd = [sys.executable, "-m", "vae", "train", "--epochs", str(epochs), "--tracking-uri", url, "--out", str(out)]
+    quiet = {**os.environ, "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false"}
+    train = subprocess.Popen(
+        [*cmd, "--no-progress", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=quiet
+    )
+    try:
+        _wait(lambda: _epochs(out) >= 2, 300, train)
+        os.killpg(server.pid, signal.SIGSTOP)  # the server stops answering
+        stopped = _epochs(out)
+        _wait(lambda: _epochs(out) >= stopped + 3, 120, train)  # training goes on without it
+        assert (out / "undelivered_metrics.json").exists()  # what it could not send is kept, on disk
+        os.killpg(server.pid, signal.SIGCONT)
+        os.killpg(server.pid, signal.SIGKILL)  # then it dies
+        server.wait()
+        died = _epochs(out)
+        _wait(lambda: _epochs(out) >= died + 3, 120, train)
+        assert _epochs(out) < epochs, "the training ended before the server came back: give it more epochs"
+        port = url.rsplit(":", 1)[1]
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), *serve[1:], "--host", "127.0.0.1", "--port", port],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        stdout, stderr = train.communicate(timeout=600)
+        assert train.returncode == 0, stderr[-2000:]
+        run_id = json.loads(stdout.strip().splitlines()[-1])["mlflow_run_id"]
+        client = MlflowClient(url)
+        assert [m.step for m in client.get_metric_history(run_id, "val_neg_elbo")] == list(range(1, epochs + 1))
+        assert client.get_run(run_id).info.status == "FINISHED"
+        assert not (out / "undelivered_metrics.json").exists()
+    finally:
+        train.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGCONT)
+        stop_server(server)

@@ -8,6 +8,8 @@ dozens of them), the history, figures and model at the end, and the run's status
 error, KILLED on Ctrl-C or SIGTERM. Rank 0 only, so a DDP job is one run. A run may hang under a parent run
 (`mlflow.parentRunId`: a pipeline's night, a study). A resumed training run continues its MLflow run: the
 run id is kept in OUT/mlflow_run.json; resumed under another parent (the next night), it moves there.
+Epoch metrics go through an outbox (vae/tracking/outbox.py): a tracking server that stops answering for
+minutes does not stop the training, and gets the metrics when it is back.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 from vae.config import Config
 from vae.tracking.models import log_model
+from vae.tracking.outbox import Outbox, outage_seconds
 from vae.tracking.runs import PARENT_TAG, dataset_input, flat, source_tags
 from vae.tracking.store import configure, experiment_id, open_client, param_value, tag_value, using_store
 
@@ -81,6 +84,7 @@ class TrainingRun:
         tmp.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": self.uri}) + "\n")
         os.replace(tmp, self.marker)
         self.epoch_log_seconds = 0.0  # time spent logging epochs, inside the training process (benchmark)
+        self.outbox = Outbox(self.client, self.run_id, self.out)  # with what an earlier process left undelivered
         self.monitor = None
         if system_metrics is None:  # on, unless MLflow's own switch is set to false
             system_metrics = os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").lower() not in ("false", "0")
@@ -112,12 +116,13 @@ class TrainingRun:
         t0 = time.perf_counter()
         ts = int(time.time() * 1000)
         metrics = [Metric(k, float(v), ts, epoch) for k, v in row.items() if k != "epoch"]
-        self.client.log_batch(self.run_id, metrics=metrics)
+        self.outbox.put(metrics)  # delivered by the outbox's thread: an outage does not stop the training
         self.epoch_log_seconds += time.perf_counter() - t0
 
     def finish(self, result, files: list[Path] = (), model: Path | None = None):
         """The outcome of a fit(): the best epoch, early stopping, the history and figures as artifacts, and
         `model` (the best epoch's checkpoint) as the run's logged model; returns its ModelInfo (or None)."""
+        self.outbox.flush(outage_seconds())  # the server answers again before the calls below, or they fail
         tags = {
             "best_epoch": str(result.best_epoch),
             "stopped_early": str(result.stopped_early).lower(),
@@ -140,6 +145,8 @@ class TrainingRun:
         return info
 
     def end(self, status: str = "FINISHED", tags: Mapping[str, str] | None = None) -> None:
+        # a killed run does not wait out an outage: what is left stays in the spool for its --resume
+        self.outbox.close(outage_seconds() if status == "FINISHED" else 5.0)
         if self.monitor is not None:
             self.monitor.finish()
             self.monitor = None
