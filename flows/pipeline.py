@@ -28,17 +28,15 @@ import time
 import typing
 from contextlib import contextmanager
 from dataclasses import asdict, fields
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.runtime import flow_run as current_run
-from prefect.tasks import exponential_backoff
 
 from flows.nights import night_lock, record_failure
+from flows.policies import CACHED, RESUMED, RETRIED
 from flows.signoff import need_server, sign_off
 from vae import summaries
 from vae.errors import VAEError
@@ -61,25 +59,6 @@ from vae.records import (
     TrialRecord,
     Winner,
 )
-
-# The night's run id is no part of a cache key: a later night reuses the training and takes its run under itself.
-CACHED = dict(
-    cache_policy=(INPUTS - "night_id") + TASK_SOURCE, persist_result=True, cache_expiration=timedelta(days=30)
-)
-
-
-def _transient(task, task_run, state) -> bool:
-    """Retry a registry step unless it failed on bad input (ConfigError and the like: retrying cannot help)."""
-    try:
-        state.result()
-    except VAEError:
-        return False
-    except Exception:
-        return True
-    return False
-
-
-RETRIED = dict(retries=4, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=_transient)
 
 
 class _Clock:
@@ -133,17 +112,17 @@ def plan(p: PipelineParams, fingerprint: str) -> NightPlan:
     return steps.plan_step(p, fingerprint)
 
 
-@task
+@task(**RESUMED)
 def tune(p: PipelineParams, night: NightPlan, fingerprint: str, night_id: str) -> StudySummary:
     return steps.tune_step(p, night, fingerprint, night_id, log=_log)
 
 
-@task(**CACHED)
+@task(**CACHED, **RESUMED)
 def candidate(p: PipelineParams, study: Winner, fingerprint: str, night_id: str) -> Trained:
     return steps.candidate_step(p, study, fingerprint, night_id, log=_log)
 
 
-@task(**CACHED)
+@task(**CACHED, **RESUMED)
 def baseline(p: PipelineParams, recipe: TrialRecord | None, fingerprint: str, night_id: str) -> Baseline:
     return steps.baseline_step(p, recipe, fingerprint, night_id, log=_log)
 

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import IO, Any
 
-from vae.errors import VAEError
+from vae.errors import ResumableError, VAEError
 from vae.lifetime import PARENT_ENV, end_tree
 
 Log = Callable[[str], None]
@@ -21,6 +21,10 @@ Log = Callable[[str], None]
 
 class StepError(VAEError):
     """A pipeline step's subprocess failed; the message carries its last error line."""
+
+
+class ChildFailed(StepError, ResumableError):
+    """The subprocess started and exited non-zero, though not with 2 (bad input: running it again cannot help)."""
 
 
 def last_json(out: str) -> dict[str, Any]:
@@ -79,7 +83,7 @@ def run_child(
         r.join(timeout=10)
     if code != 0:
         last = next((x for x in reversed(tail) if "error" in x.lower()), tail[-1] if tail else "no output")
-        raise StepError(f"`{name}` exited with {code}: {last}")
+        raise (StepError if code == 2 else ChildFailed)(f"`{name}` exited with {code}: {last}")
     return out[0] if out else ""
 
 

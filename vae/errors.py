@@ -30,3 +30,10 @@ class DivergedError(VAEError):
     """Training produced a non-finite loss; the last good checkpoint is kept."""
 
     exit_code = 1
+
+
+class ResumableError(VAEError):
+    """A pipeline step's subprocess started and then failed, not on bad input (a tracking server or database
+    that stopped answering, a killed child): the step run again resumes its study or checkpoint."""
+
+    exit_code = 1

@@ -1,0 +1,45 @@
+"""The pipeline's task policies: what is cached, and what is retried on which failures (flows/pipeline.py).
+Fetching, registering and promoting retry with backoff on errors that may be transient, never on bad input;
+tuning and training retry, resuming their work, when their subprocess failed after it started."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.tasks import exponential_backoff
+
+from vae.errors import ResumableError, VAEError
+
+# The night's run id is no part of a cache key: a later night reuses the training and takes its run under itself.
+CACHED = dict(
+    cache_policy=(INPUTS - "night_id") + TASK_SOURCE, persist_result=True, cache_expiration=timedelta(days=30)
+)
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry a registry step unless it failed on bad input (ConfigError and the like: retrying cannot help)."""
+    try:
+        state.result()
+    except VAEError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+def _resumable(task, task_run, state) -> bool:
+    """Retry tuning and training when their subprocess failed after it started (not on bad input, nor after its
+    task_timeout): the study and the checkpoint are where it left them, so the retry resumes the work."""
+    try:
+        state.result()
+    except ResumableError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+# an outage of the tracking server or the database of some minutes: the second retry starts 6 minutes after
+RESUMED = dict(retries=2, retry_delay_seconds=[60, 300], retry_condition_fn=_resumable)
+RETRIED = dict(retries=4, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=_transient)
