@@ -28,10 +28,14 @@ def test_gpu_check_quick_mode_runs_every_step_on_the_cpu(tmp_path):
     assert report["env"]["matmul_gflops_fp32"] > 0
     train = report["train"]
     assert train["vae_fp32"]["seconds_per_epoch"] > 0 and train["vae_fp32"]["speedup_vs_seed"] > 0
-    assert train["seed"]["test_neg_elbo"] > 0 and train["vae_fp32"]["test_neg_elbo"] > 0
+    nats = (60, 543)  # an MNIST VAE: above the best published, below predicting 0.5 for every pixel
+    assert all(nats[0] < train[k]["test_neg_elbo"] < nats[1] for k in ("seed", "vae_fp32")), train
     assert train["vae_graph"]["test_neg_elbo"] == pytest.approx(train["vae_fp32"]["test_neg_elbo"], rel=1e-4)
-    assert report["ddp"]["nproc1"]["val_neg_elbo"] > 0 and report["ddp"]["nproc2_on_one_device"]["exit"] == 0
-    assert report["iw"]["k"] == 10 and report["iw"]["images"] == 500 and report["iw"]["iw_nll"] > 0
+    assert (
+        nats[0] < report["ddp"]["nproc1"]["val_neg_elbo"] < nats[1]
+        and report["ddp"]["nproc2_on_one_device"]["exit"] == 0
+    )
+    assert report["iw"]["k"] == 10 and report["iw"]["images"] == 500 and nats[0] < report["iw"]["iw_nll"] < nats[1]
     tune = report["tune"]  # `vae tune --no-tracking`, 1 worker against 2, 2 trials each
     assert tune["workers_1"]["trials"] == tune["workers_2"]["trials"] == 2 and tune["speedup"] > 0
     assert tune["workers_1"]["tracking"] is False and tune["workers_2"]["trials_per_hour_in_trials"] > 0

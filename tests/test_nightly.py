@@ -5,6 +5,7 @@ embedded mnist-5k), real Prefect, MLflow (SQLite), Optuna (SQLite) and torch; ti
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -113,7 +114,11 @@ def test_nights_on_a_growing_folder(harness, tmp_path, monkeypatch, mnist5k):
     # the recipe first; the champion's and the warm-start configs are the recipe too, so queued once
     assert third["night"]["seeded"] == [{"origin": "recipe", "params": first["study"]["best_params"]}]
     assert third["metrics"]["fingerprint"] != first["metrics"]["fingerprint"]
-    assert versions(uri) == [1, 2] and third["decision"]["reason"]  # the champion re-scored, the gate decided
+    assert versions(uri) == [1, 2]
+    # the champion re-scored on the new test images, image by image: the gate decided on a paired interval
+    d = third["decision"]
+    assert d["champion"] == "1" and d["interval"]["images"] == third["metrics"]["images"] > 0, d
+    assert re.search(r"champion v1 .*95% interval \[-?[0-9.]+, -?[0-9.]+\] nats over \d+ images", d["reason"]), d
 
     space = tmp_path / "space-beta.toml"  # a changed setting (one more, default, entry): its own study
     space.write_text(FIXED_SPACE + "beta = 1.0\n")
