@@ -8,7 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from vae.cli import main
-from vae.errors import ConfigError
+from vae.errors import ConfigError, StaleDecision
 from vae.tracking import models as serving
 from vae.tracking import registry
 
@@ -187,3 +187,41 @@ def test_a_sign_off_is_recorded_and_a_reject_keeps_the_champion(store):
     v4 = add(store, 80.0)  # no gain: refused by the gate, nobody is asked
     d = registry.promote(uri, "vae-test", v4, 0.5, approve=lambda d: pytest.fail("asked about a refused candidate"))
     assert not d.promote and "approval.decision" not in MlflowClient(uri, uri).get_model_version("vae-test", v4).tags
+
+
+def test_a_decision_judged_against_a_champion_that_moved_since_changes_nothing(store):
+    """The sign-off's window: the night judged v2 against v1, someone promoted v3 by hand meanwhile."""
+    uri = store[0]
+    v1 = add(store, 100.0)
+    registry.promote(uri, "vae-test", v1)
+    v2 = add(store, 98.0)
+    d = registry.judge(uri, "vae-test", v2, min_improvement=0.5)
+    assert d.promote and d.champion == v1
+    v3 = add(store, 97.0)
+    registry.promote(uri, "vae-test", v3, force=True)  # by hand
+    with pytest.raises(StaleDecision, match=f"judged against champion v{v1}, but the champion is v{v3} now"):
+        registry.apply(uri, "vae-test", d)
+    client = MlflowClient(uri, uri)
+    assert aliases(uri)["champion"] == v3 and not any(
+        k.startswith("promotion.") for k in client.get_model_version("vae-test", v2).tags
+    )
+    assert json.loads(client.get_registered_model("vae-test").tags["champion_history"]) == [v1, v3]
+    again = registry.judge(uri, "vae-test", v2, min_improvement=0.5)  # judged again, against v3: it does not beat it
+    assert again.champion == v3 and not registry.apply(uri, "vae-test", again).promote
+
+
+def test_a_promotion_applied_twice_moves_the_alias_and_stamps_the_history_once(store):
+    """A promote task retried after it succeeded (its answer lost on the way back)."""
+    uri = store[0]
+    v1 = add(store, 100.0)
+    registry.promote(uri, "vae-test", v1)
+    v2 = add(store, 98.0)
+    d = registry.judge(uri, "vae-test", v2, min_improvement=0.5)
+    registry.apply(uri, "vae-test", d)
+    client = MlflowClient(uri, uri)
+    stamped = client.get_model_version("vae-test", v2).tags[registry.PROMOTED_AT]
+    assert registry.apply(uri, "vae-test", d).promote  # the retry
+    assert client.get_model_version("vae-test", v2).tags[registry.PROMOTED_AT] == stamped
+    assert aliases(uri)["champion"] == v2
+    assert json.loads(client.get_registered_model("vae-test").tags["champion_history"]) == [v1, v2]
+    assert registry.rollback(uri, "vae-test")["champion"] == v1  # the history walks back one promotion, not two

@@ -37,3 +37,10 @@ class ResumableError(VAEError):
     that stopped answering, a killed child): the step run again resumes its study or checkpoint."""
 
     exit_code = 1
+
+
+class StaleDecision(VAEError):
+    """A promotion decision judged against a champion that has moved since (a hand promote or rollback during
+    a sign-off): nothing is changed, the version stays undecided and is judged again."""
+
+    exit_code = 1

@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from vae.comparison import interval_text
-from vae.errors import ConfigError
+from vae.errors import ConfigError, StaleDecision
 from vae.io import utc_stamp
 from vae.tracking.store import tag_value
 
@@ -120,6 +120,10 @@ def decide(
     if gain > min_improvement:
         return Decision(True, f"beats champion v{champion} by {gain:.3f} nats (> {min_improvement})", **kw)
     return Decision(False, why + (f"; {interval_text(interval)})" if interval is not None else ")"), **kw)
+
+
+def _v(version: str | None) -> str:
+    return f"v{version}" if version is not None else "none"
 
 
 def _client(tracking_uri: str | None) -> MlflowClient:
@@ -225,6 +229,15 @@ def apply(tracking_uri: str | None, name: str, d: Decision, approval: Mapping[st
     reviewer's answer: decision approve|reject, reviewer, comment, time) is recorded too; a reject keeps the
     champion where it is."""
     client = _client(tracking_uri)
+    champ = alias_version(client, name, CHAMPION)
+    now = str(champ.version) if champ is not None else None
+    if d.promote and now == d.candidate and client.get_model_version(name, d.candidate).tags.get(DECISION):
+        return d  # applied already (a promote retried after it succeeded): the alias and history stay as they are
+    if now != d.champion and not d.already_champion:
+        raise StaleDecision(
+            f"v{d.candidate} was judged against champion {_v(d.champion)}, but the champion is {_v(now)} now (moved "
+            f"since): nothing was changed; judge v{d.candidate} again (the next night does, or `vae registry promote`)"
+        )
     if approval is not None:
         d = replace(d, approval=dict(approval))
         if approval["decision"] != "approve" and d.promote:
