@@ -189,14 +189,20 @@ def test_a_sign_off_is_recorded_and_a_reject_keeps_the_champion(store):
     assert not d.promote and "approval.decision" not in MlflowClient(uri, uri).get_model_version("vae-test", v4).tags
 
 
-def test_a_decision_judged_against_a_champion_that_moved_since_changes_nothing(store):
-    """The sign-off's window: the night judged v2 against v1, someone promoted v3 by hand meanwhile."""
+def _v2_judged_against_v1(store):
+    """v1 champion, v2 registered and judged (to be promoted), nothing applied yet."""
     uri = store[0]
     v1 = add(store, 100.0)
     registry.promote(uri, "vae-test", v1)
     v2 = add(store, 98.0)
     d = registry.judge(uri, "vae-test", v2, min_improvement=0.5)
     assert d.promote and d.champion == v1
+    return uri, v1, v2, d
+
+
+def test_a_decision_judged_against_a_champion_that_moved_since_changes_nothing(store):
+    """The sign-off's window: the night judged v2 against v1, someone promoted v3 by hand meanwhile."""
+    uri, v1, v2, d = _v2_judged_against_v1(store)
     v3 = add(store, 97.0)
     registry.promote(uri, "vae-test", v3, force=True)  # by hand
     with pytest.raises(StaleDecision, match=f"judged against champion v{v1}, but the champion is v{v3} now"):
@@ -212,11 +218,7 @@ def test_a_decision_judged_against_a_champion_that_moved_since_changes_nothing(s
 
 def test_a_promotion_applied_twice_moves_the_alias_and_stamps_the_history_once(store):
     """A promote task retried after it succeeded (its answer lost on the way back)."""
-    uri = store[0]
-    v1 = add(store, 100.0)
-    registry.promote(uri, "vae-test", v1)
-    v2 = add(store, 98.0)
-    d = registry.judge(uri, "vae-test", v2, min_improvement=0.5)
+    uri, v1, v2, d = _v2_judged_against_v1(store)
     registry.apply(uri, "vae-test", d)
     client = MlflowClient(uri, uri)
     stamped = client.get_model_version("vae-test", v2).tags[registry.PROMOTED_AT]
