@@ -6,6 +6,9 @@ A bad value raises ConfigError naming the field and what would be right, before 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,11 +22,17 @@ BINARIZE = ("none", "dynamic")
 DEVICES = ("auto", "cpu", "cuda")
 OBJECTIVES = ("elbo", "iwae")
 LR_SCHEDULES = ("constant", "exp")
+# The most weights a model may have: 4 GB as float32, about 16 GB to train (gradients and Adam's two moments
+# beside the weights). MNIST models have a few million; 2 layers of 16384 have 0.56e9, 8 layers 3.8e9.
+MAX_WEIGHTS = 1_000_000_000
+SEED_LIMIT = 2**32  # torch's generators take 64-bit seeds; an epoch's is seed * 1_000_003 + epoch (vae/batches.py)
 
 
 def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise ConfigError(f"{name}={value!r} is invalid: expected {allowed}")
+        text = repr(value)
+        text = text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
+        raise ConfigError(f"{name}={text} is invalid: expected {allowed}")
 
 
 def _is_int(v: Any) -> bool:
@@ -31,7 +40,27 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite int or float (not a bool, not NaN or infinite, not an int beyond the floats)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
+def _is_str(v: Any, choices: tuple[str, ...] | dict | None = None) -> bool:
+    """A string (one of choices, if given): unhashable or non-string values of a JSON file are refused too."""
+    return isinstance(v, str) and (choices is None or v in choices)
+
+
+def _optional_path(cfg: Any, name: str, what: str) -> None:
+    """cfg.name must be a str or None; a path (os.PathLike) is kept as its str."""
+    value = getattr(cfg, name)
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+        object.__setattr__(cfg, name, value)
+    _check(value is None or (_is_str(value) and "\0" not in value), name, value, what)
 
 
 @dataclass(frozen=True)
@@ -44,18 +73,29 @@ class DataConfig:
     binarize: str = "none"  # "dynamic": fresh Bernoulli draws of the grey levels every epoch
 
     def __post_init__(self) -> None:
-        ok = self.dataset in DATASETS or any(
-            self.dataset.startswith(prefix) and len(self.dataset) > len(prefix) for prefix in ("idx:", "folder:")
+        ok = _is_str(self.dataset) and (
+            self.dataset in DATASETS
+            or any(
+                self.dataset.startswith(prefix) and len(self.dataset) > len(prefix) and "\0" not in self.dataset
+                for prefix in ("idx:", "folder:")
+            )
         )
         _check(ok, "dataset", self.dataset, f"one of {', '.join(DATASETS)}, idx:PATH or folder:PATH")
-        _check(_is_int(self.split_seed), "split_seed", self.split_seed, "an integer")
+        _optional_path(self, "data_dir", "a folder path (a string) or None")
+        _optional_path(self, "mirror", "a base URL (a string) such as http://127.0.0.1:8000/, or None")
+        _check(
+            _is_int(self.split_seed) and abs(self.split_seed) < 2**63,
+            "split_seed",
+            self.split_seed,
+            "an integer from -(2**63 - 1) to 2**63 - 1",
+        )
         _check(
             self.subset is None or (_is_int(self.subset) and self.subset > 0),
             "subset",
             self.subset,
             "a positive number of images or None",
         )
-        _check(self.binarize in BINARIZE, "binarize", self.binarize, f"one of {', '.join(BINARIZE)}")
+        _check(_is_str(self.binarize, BINARIZE), "binarize", self.binarize, f"one of {', '.join(BINARIZE)}")
 
 
 @dataclass(frozen=True)
@@ -67,8 +107,9 @@ class ModelConfig:
     channels: int = 32  # conv-vae: channels of its first convolution (the second has twice as many)
 
     def __post_init__(self) -> None:
+        _check(_is_str(self.kind, KINDS), "model", self.kind, f"one of {', '.join(KINDS)}")
+        _check(isinstance(self.hidden, (list, tuple)), "hidden", self.hidden, "a list of 1 to 8 layer widths")
         object.__setattr__(self, "hidden", tuple(self.hidden))
-        _check(self.kind in KINDS, "model", self.kind, f"one of {', '.join(KINDS)}")
         if not KINDS[self.kind].convolutional:  # a width the kind lacks: one value, so equal models compare equal
             object.__setattr__(self, "channels", 32)
         _check(_is_int(self.latent) and 1 <= self.latent <= 4096, "latent", self.latent, "an integer from 1 to 4096")
@@ -78,10 +119,34 @@ class ModelConfig:
             self.hidden,
             "1 to 8 layer widths, each from 1 to 16384",
         )
-        _check(self.activation in ACTIVATIONS, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
+        _check(_is_str(self.activation, ACTIVATIONS), "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
         _check(
             _is_int(self.channels) and 1 <= self.channels <= 512, "channels", self.channels, "an integer from 1 to 512"
         )
+        n = self.weights()
+        if n > MAX_WEIGHTS:
+            raise ConfigError(
+                f"hidden={list(self.hidden)!r} with latent={self.latent}"
+                + (f", channels={self.channels}" if KINDS[self.kind].convolutional else "")
+                + f" is too large: a {self.kind} of these sizes has {n:,} weights ({4 * n / 1e9:.1f} GB as float32, "
+                f"about {16 * n / 1e9:.0f} GB to train with gradients and Adam's moments): expected at most "
+                f"{MAX_WEIGHTS:,} weights ({4 * MAX_WEIGHTS / 1e9:.0f} GB); use fewer or narrower hidden layers"
+            )
+
+    def weights(self) -> int:
+        """The number of weights (biases included) of the model vae/models.py builds from this config, counted
+        without building it: the encoder's dense layers, its code head(s) (mu and logvar, or the AE's one), the
+        mirrored decoder; for a convolutional kind also its two convolutions and their two transposes."""
+        kind = KINDS[self.kind]
+        c, h = self.channels, list(self.hidden)
+        outer = 2 * c * 7 * 7 if kind.convolutional else 28 * 28  # what the dense layers take and give back
+
+        def dense(sizes: list[int]) -> int:
+            return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+
+        heads = (2 if kind.variational else 1) * (h[-1] * self.latent + self.latent)
+        convs = (17 * c) + (32 * c * c + 2 * c) + (32 * c * c + c) + (16 * c + 1) if kind.convolutional else 0
+        return dense([outer, *h]) + heads + dense([self.latent, *h[::-1], outer]) + convs
 
 
 @dataclass(frozen=True)
@@ -105,6 +170,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(_is_int(self.epochs) and self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        for name in ("bf16", "cuda_graph", "progress"):
+            _check(isinstance(getattr(self, name), bool), name, getattr(self, name), "true or false")
         _check(
             self.patience is None or (_is_int(self.patience) and self.patience >= 1),
             "patience",
@@ -119,31 +186,41 @@ class TrainConfig:
         )
         _check(_is_num(self.lr) and 0 < self.lr <= 10, "lr", self.lr, "a number in (0, 10]")
         _check(_is_num(self.beta) and self.beta >= 0, "beta", self.beta, "a number >= 0")
-        _check(self.noise in NOISES, "noise", self.noise, f"one of {', '.join(NOISES)}")
+        _check(_is_str(self.noise, NOISES), "noise", self.noise, f"one of {', '.join(NOISES)}")
         _check(
             _is_num(self.noise_level) and 0 <= self.noise_level <= 1,
             "noise_level",
             self.noise_level,
             "a number in [0, 1]",
         )
-        _check(_is_int(self.seed) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        _check(
+            _is_int(self.seed) and 0 <= self.seed < SEED_LIMIT,
+            "seed",
+            self.seed,
+            f"an integer from 0 to {SEED_LIMIT - 1}",
+        )
         _check(
             self.clip_grad is None or (_is_num(self.clip_grad) and self.clip_grad > 0),
             "clip_grad",
             self.clip_grad,
             "a number > 0 or None",
         )
-        _check(self.device in DEVICES, "device", self.device, f"one of {', '.join(DEVICES)}")
+        _check(_is_str(self.device, DEVICES), "device", self.device, f"one of {', '.join(DEVICES)}")
         _check(
             not (self.cuda_graph and self.device == "cpu"),
             "cuda_graph",
             self.cuda_graph,
             "False with device='cpu': a CUDA graph needs --device cuda (or auto)",
         )
-        _check(self.objective in OBJECTIVES, "objective", self.objective, f"one of {', '.join(OBJECTIVES)}")
+        _check(_is_str(self.objective, OBJECTIVES), "objective", self.objective, f"one of {', '.join(OBJECTIVES)}")
         _check(_is_int(self.k) and 1 <= self.k <= 5000, "k", self.k, "an integer from 1 to 5000")
         _check(self.objective == "iwae" or self.k == 1, "k", self.k, "1 unless objective='iwae'")
-        _check(self.lr_schedule in LR_SCHEDULES, "lr_schedule", self.lr_schedule, f"one of {', '.join(LR_SCHEDULES)}")
+        _check(
+            _is_str(self.lr_schedule, LR_SCHEDULES),
+            "lr_schedule",
+            self.lr_schedule,
+            f"one of {', '.join(LR_SCHEDULES)}",
+        )
 
 
 @dataclass(frozen=True)
@@ -159,20 +236,31 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
-        def build(kind, values):
-            values = dict(values or {})
+        """The config a dict (a JSON file's object) describes; ConfigError naming what is wrong: not an object,
+        an unknown section or field, a field of the wrong type or out of range."""
+        if not isinstance(d, dict):
+            raise ConfigError(
+                f"the config is {_json_type(d)}: expected an object with the sections data, model, train, "
+                'such as {"model": {"latent": 20}}'
+            )
+
+        def build(kind, section):
+            values = {} if d.get(section) is None else d[section]
+            if not isinstance(values, dict):
+                raise ConfigError(
+                    f"config section {section!r} is {_json_type(values)}: expected an object of "
+                    f"{kind.__name__} fields such as {_example(kind)}"
+                )
             known = {f.name for f in dataclasses.fields(kind)}
-            unknown = sorted(set(values) - known)
+            unknown = sorted(map(str, set(values) - known))
             if unknown:
                 raise ConfigError(f"unknown {kind.__name__} field(s) {unknown}: expected some of {sorted(known)}")
             return kind(**values)
 
-        unknown = sorted(set(d) - {"data", "model", "train"})
+        unknown = sorted(map(str, set(d) - {"data", "model", "train"}))
         if unknown:
             raise ConfigError(f"unknown config section(s) {unknown}: expected data, model, train")
-        return cls(
-            build(DataConfig, d.get("data")), build(ModelConfig, d.get("model")), build(TrainConfig, d.get("train"))
-        )
+        return cls(build(DataConfig, "data"), build(ModelConfig, "model"), build(TrainConfig, "train"))
 
     def __post_init__(self) -> None:
         _check(
@@ -189,3 +277,18 @@ class Config:
         for name, values in sections.items():
             d[name].update(values)
         return Config.from_dict(d)
+
+
+def _json_type(value: Any) -> str:
+    """What a JSON value is, in words, with the value itself when it is short: 'a list ([1, 2])'."""
+    words = {list: "a list", str: "a string", bool: "a boolean", dict: "an object", int: "a number", float: "a number"}
+    words[type(None)] = "null"
+    text = repr(value)
+    kind = words.get(type(value), type(value).__name__)
+    return f"{kind} ({text})" if len(text) <= 40 else kind
+
+
+def _example(kind: type) -> str:
+    """One field of the section with its default, as JSON: {"latent": 20}."""
+    first = dataclasses.fields(kind)[1 if kind is ModelConfig else 0]
+    return json.dumps({first.name: first.default})

@@ -35,6 +35,20 @@ SPLITS = ("train", "val", "test")
 RETRIES = 3  # rounds over the mirrors; a round waits BACKOFF_S * 2**(round - 1) s first
 BACKOFF_S = 1.0
 TIMEOUT_S = 30.0  # how long a connection may stall, not a limit on the whole file
+# The byte size of each official file, by its md5: a download stops one byte past it, so a mirror that sends
+# more (an endless body, the wrong file) cannot fill the disk. Files of another md5 (tests serve their own)
+# stop past MAX_OTHER_BYTES.
+SIZES = {
+    "f68b3c2dcbeaaa9fbdd348bbdeb94873": 9912422,  # mnist train-images-idx3-ubyte.gz
+    "d53e105ee54ea40749a09fcbcd1e9432": 28881,  # mnist train-labels-idx1-ubyte.gz
+    "9fb629c4189551a2d022fa330f9573f3": 1648877,  # mnist t10k-images-idx3-ubyte.gz
+    "ec29112dd5afa0611ce80d1b7f02629c": 4542,  # mnist t10k-labels-idx1-ubyte.gz
+    "8d4fb7e6c68d591d4c3dfef9ec88bf0d": 26421880,  # fashion-mnist train-images-idx3-ubyte.gz
+    "25c81989df183df01b3e8a0aad5dffbe": 29515,  # fashion-mnist train-labels-idx1-ubyte.gz
+    "bef4ecab320f06d8554ea6380940ec79": 4422102,  # fashion-mnist t10k-images-idx3-ubyte.gz
+    "bb300cfdad3c16e7a12a480ee83cd310": 5148,  # fashion-mnist t10k-labels-idx1-ubyte.gz
+}
+MAX_OTHER_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -85,17 +99,28 @@ def _official(dataset: str) -> tuple[list[str], list[tuple[str, str]]]:
     return list(cls.mirrors), list(cls.resources)
 
 
+class _TooLarge(Exception):
+    """A mirror sent (or announced) more bytes than the file has: the same would come again, no retry."""
+
+
 def _get(url: str, folder: Path, filename: str, md5: str) -> str:
-    """Download url into folder/filename if its md5 matches; return the md5 received. No partial files."""
+    """Download url into folder/filename if its md5 matches; return the md5 received. No partial files.
+    _TooLarge past the file's size (SIZES), read no further."""
+    limit = SIZES.get(md5, MAX_OTHER_BYTES)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=".part")
     try:
-        h = hashlib.md5()
+        h, received = hashlib.md5(), 0
         with (
             os.fdopen(fd, "wb") as out,
             urllib.request.urlopen(url, timeout=TIMEOUT_S) as response,
             tqdm(total=response.length, unit="B", unit_scale=True, desc=filename, leave=False, disable=None) as bar,
         ):  # disable=None: a bar on a terminal only
-            while chunk := response.read(1 << 20):
+            if response.length is not None and response.length > limit:
+                raise _TooLarge(f"announced {response.length} bytes, more than the {limit} of {filename}")
+            while chunk := response.read(min(1 << 20, limit + 1 - received)):
+                received += len(chunk)
+                if received > limit:
+                    raise _TooLarge(f"sent more than the {limit} bytes of {filename}: stopped reading there")
                 h.update(chunk)
                 out.write(chunk)
                 bar.update(len(chunk))
@@ -118,6 +143,10 @@ def _download(filename: str, md5: str, mirrors: Sequence[str], folder: Path) -> 
                 got = _get(url, folder, filename, md5)
             except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts, resets
                 problems[url] = f"{type(e).__name__}: {e}"
+                continue
+            except _TooLarge as e:
+                problems[url] = str(e)
+                pending.remove(url)  # an endless or oversized body would come again
                 continue
             if got == md5:
                 return

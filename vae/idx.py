@@ -16,45 +16,85 @@ from vae.errors import DataError
 
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801  # idx: 0x08 = unsigned byte, then the number of dims
+CHUNK = 1 << 20  # bytes read (inflated) at a time: memory follows what the file holds, not what its header claims
 
 
 def read_idx(path: str | Path) -> torch.Tensor:
+    """Labels (N,) int64 or images (N, 28, 28) uint8 from an idx file, raw or gzip. The header is read first and
+    the body only as far as it declares (a gz file is inflated that far and one byte more, never further), so a
+    file that lies about its size is refused without holding more than the declared size in memory."""
     path = Path(path)
+    gz = path.name.endswith(".gz")
     try:
-        raw = path.read_bytes()
-        data = gzip.decompress(raw) if path.name.endswith(".gz") else raw
+        with gzip.open(path, "rb") if gz else open(path, "rb") as f:
+            ndim, dims = _header(f, path)
+            if not gz:
+                _check_raw_size(path, os.fstat(f.fileno()).st_size, ndim, dims)
+            body = _body(f, path, ndim, dims)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except (EOFError, OSError, zlib.error) as e:  # BadGzipFile is an OSError; truncation is an EOFError
-        raise DataError(f"{path}: not a readable gzip file, truncated or corrupt ({e})") from None
-    if len(data) < 8:
-        raise DataError(f"{path}: {len(data)} bytes, too short for an idx header")
-    magic = int.from_bytes(data[:4], "big")
+        if gz:
+            raise DataError(f"{path}: not a readable gzip file, truncated or corrupt ({e})") from None
+        raise DataError(f"{path}: cannot be read ({e}): expected an idx file") from None
+    array = np.frombuffer(body, dtype=np.uint8).reshape(dims)
+    if ndim == 3:
+        return torch.from_numpy(array)  # the bytearray is the tensor's own, writable memory: no copy
+    if dims[0] and array.max() > 9:
+        bad = int(np.argmax(array > 9))
+        raise DataError(f"{path}: label {array[bad]} at index {bad}: expected labels 0-9")
+    return torch.from_numpy(array.astype(np.int64))
+
+
+def _header(f, path: Path) -> tuple[int, list[int]]:
+    """(ndim, dims) from the idx header at the start of the open file f, validated."""
+    head = f.read(4)
+    if len(head) < 4:
+        raise DataError(f"{path}: {len(head)} bytes, too short for an idx header")
+    magic = int.from_bytes(head, "big")
     if magic not in (IMAGES_MAGIC, LABELS_MAGIC):
         raise DataError(
             f"{path}: bad idx magic number 0x{magic:08x}: expected 0x{IMAGES_MAGIC:08x} "
             f"(images) or 0x{LABELS_MAGIC:08x} (labels)"
         )
     ndim = magic & 0xFF
-    offset = 4 + 4 * ndim
-    if len(data) < offset:
-        raise DataError(f"{path}: truncated idx header ({len(data)} bytes)")
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    raw_dims = f.read(4 * ndim)
+    if len(raw_dims) < 4 * ndim:
+        raise DataError(f"{path}: truncated idx header ({4 + len(raw_dims)} bytes, expected {4 + 4 * ndim})")
+    dims = [int.from_bytes(raw_dims[4 * i : 4 * i + 4], "big") for i in range(ndim)]
     if ndim == 3 and dims[1:] != [28, 28]:
         raise DataError(f"{path}: images are {dims[1]}x{dims[2]}: expected 28x28")
-    expected = offset + math.prod(dims)
-    if len(data) != expected:
-        raise DataError(
-            f"{path}: header declares {dims[0]} {'images' if ndim == 3 else 'labels'} "
-            f"({expected} bytes with the header) but the file holds {len(data)} bytes"
-        )
-    array = np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
-    if ndim == 3:
-        return torch.from_numpy(array.copy())  # copy: frombuffer over bytes is read-only
-    if dims[0] and array.max() > 9:
-        bad = int(np.argmax(array > 9))
-        raise DataError(f"{path}: label {array[bad]} at index {bad}: expected labels 0-9")
-    return torch.from_numpy(array.astype(np.int64))
+    return ndim, dims
+
+
+def _declared(ndim: int, dims: list[int]) -> tuple[int, str]:
+    """(bytes the header declares, header included; its words for the error texts)."""
+    size = 4 + 4 * ndim + math.prod(dims)
+    return size, f"header declares {dims[0]} {'images' if ndim == 3 else 'labels'} ({size} bytes with the header)"
+
+
+def _check_raw_size(path: Path, size: int, ndim: int, dims: list[int]) -> None:
+    expected, declares = _declared(ndim, dims)
+    if size != expected:
+        raise DataError(f"{path}: {declares} but the file holds {size} bytes")
+
+
+def _body(f, path: Path, ndim: int, dims: list[int]) -> bytearray:
+    """The body the header declares, read (for gz: inflated) CHUNK bytes at a time and never further than it
+    declares, plus one byte to tell trailing data; DataError for a body shorter or longer than declared."""
+    size = math.prod(dims)
+    body = bytearray()
+    while len(body) < size and (chunk := f.read(min(CHUNK, size - len(body)))):
+        body += chunk
+    if len(body) == size and not f.read(1):
+        return body
+    expected, declares = _declared(ndim, dims)
+    if len(body) < size:
+        raise DataError(f"{path}: {declares} but the file holds {expected - size + len(body)} bytes (truncated)")
+    raise DataError(
+        f"{path}: {declares} but the file holds more (trailing data after byte {expected}): "
+        "expected the images or labels to end the file"
+    )
 
 
 def write_idx(path: str | Path, tensor: torch.Tensor) -> None:
