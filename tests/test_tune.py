@@ -179,7 +179,7 @@ def test_a_nan_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path, monke
     study = load_study(summary["storage"], summary["study"])
     failed = [t for t in study.trials if t.state.name == "FAIL"]
     assert [t.number for t in failed] == [2] and failed[0].params["lr"] == 10.0
-    assert "val -ELBO is nan" in failed[0].user_attrs["fail_reason"]
+    assert "validation neg_elbo is nan" in failed[0].user_attrs["fail_reason"]
     assert study.trials[0].user_attrs["origin"] == "recipe" and study.trials[1].state.name == "COMPLETE"
 
     from mlflow import MlflowClient

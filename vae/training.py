@@ -164,8 +164,9 @@ def _check_finite(run: _Run, epoch: int, val: dict[str, float]) -> None:
     bad_val = sorted(k for k, v in val.items() if not math.isfinite(v))
     bad_weights = ckpt.nonfinite(run.model.state_dict())
     if bad_val or bad_weights:
-        what = f"validation {', '.join(bad_val)} not finite" if bad_val else ""
-        what += ("; " if what else "") + (f"non-finite weights in {', '.join(bad_weights[:3])}" if bad_weights else "")
+        parts = [f"validation {k} is {val[k]}" for k in bad_val]
+        parts += [f"non-finite weights in {', '.join(bad_weights[:3])}"] if bad_weights else []
+        what = "; ".join(parts)
         raise DivergedError(
             f"training diverged at epoch {epoch + 1}: {what}; the last good checkpoint "
             f"({run.path or 'none written'}) is kept. Lower --lr or set --clip-grad"
