@@ -12,8 +12,13 @@ from prefect.tasks import exponential_backoff
 from vae.errors import ResumableError, VAEError
 
 # The night's run id is no part of a cache key: a later night reuses the training and takes its run under itself.
+# The results are typed records of JSON values (vae/records.py): stored as JSON, readable by people and by any
+# later version of the code, not as pickles (which a changed class breaks, and which run code when loaded).
 CACHED = dict(
-    cache_policy=(INPUTS - "night_id") + TASK_SOURCE, persist_result=True, cache_expiration=timedelta(days=30)
+    cache_policy=(INPUTS - "night_id") + TASK_SOURCE,
+    persist_result=True,
+    result_serializer="json",
+    cache_expiration=timedelta(days=30),
 )
 
 

@@ -11,6 +11,7 @@ import mlflow
 import pytest
 
 from tests.helpers import start_server, stop_server
+from vae.errors import ConfigError
 from vae.records import Baseline, NightResult, problems
 
 pytestmark = pytest.mark.slow
@@ -234,6 +235,13 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
     assert result["night"]["case"] == "resume" and result["study"]["trials"] == 2, result["night"]
     assert states["candidate"] == "Cached", states
     assert states["evaluate"] == "Completed" and states["register"] == "Completed"
+    metrics = result["metrics"]
+    # the cached results are stored as JSON records, not pickles (the other files hold failed nights' exceptions)
+    files = [f.read_bytes() for f in (Path(os.environ["PREFECT_HOME"]) / "storage").iterdir()]
+    stored = [json.loads(b) for b in files if b.startswith(b"{")]
+    assert {r["metadata"]["serializer"]["type"] for r in stored} == {"json"}
+    values = [v for v in (json.loads(r["result"]) for r in stored) if isinstance(v, dict)]
+    assert any(v.get("neg_elbo") == metrics["neg_elbo"] for v in values) and any("candidate_key" in v for v in values)
 
     reg, decision, metrics = result["registered"], result["decision"], result["metrics"]
     assert reg["version"] == "1" and decision["promote"]  # the first version becomes champion
@@ -340,7 +348,11 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
 
     champion, cfg, _ = resolve_model("models:/vae-test@champion", params["tracking_uri"])  # before night 3
     folder = idx_folder(tmp_path / "idx-new")
-    third = vae_pipeline(**tiny(tmp_path, dataset=f"idx:{folder}", study="vae-test-idx", trials=1, iw_samples=0))
+    night3 = tiny(tmp_path, dataset=f"idx:{folder}", study="vae-test-idx", trials=1, iw_samples=0)
+    with pytest.raises(ConfigError, match=r"'vae-test' holds models of mnist-5k, not of idx:/.*idx-new"):
+        vae_pipeline(**night3)  # other data under the same name: refused unless the move is asked for
+    third = vae_pipeline(**night3, switch_data=True)
+    assert client.get_registered_model("vae-test").tags["source"] == f"idx:{folder.resolve()}"
     assert third["metrics"]["fingerprint"] != metrics["fingerprint"]
     from vae.config import DataConfig
     from vae.data import load

@@ -227,3 +227,31 @@ def test_a_promotion_applied_twice_moves_the_alias_and_stamps_the_history_once(s
     assert aliases(uri)["champion"] == v2
     assert json.loads(client.get_registered_model("vae-test").tags["champion_history"]) == [v1, v2]
     assert registry.rollback(uri, "vae-test")["champion"] == v1  # the history walks back one promotion, not two
+
+
+def test_two_folders_of_the_same_name_get_two_models_and_one_folder_keeps_its_name(tmp_path, monkeypatch):
+    from vae.tracking.identity import model_name
+
+    (tmp_path / "a" / "data").mkdir(parents=True)
+    (tmp_path / "b" / "data").mkdir(parents=True)
+    a, b = model_name(f"idx:{tmp_path}/a/data"), model_name(f"idx:{tmp_path}/b/data/")
+    assert a != b and a.startswith("vae-idx-data-") and b.startswith("vae-idx-data-")
+    monkeypatch.chdir(tmp_path / "a")
+    assert model_name("idx:./data") == a and model_name("folder:data") == "vae-folder-" + a.split("-", 2)[2]
+    assert model_name("mnist-5k") == "vae-mnist-5k"
+
+
+def test_a_model_of_one_folder_refuses_another_until_the_switch_is_registered(store, tmp_path):
+    from vae.tracking.identity import check_source
+
+    uri, model_uri, run_id, model_id = store
+    check_source(uri, "vae-test", "idx:/a/data")  # no such model yet: anything goes
+    add(store, 100.0)  # a version trained on mnist-5k
+    check_source(uri, "vae-test", "mnist-5k")
+    with pytest.raises(ConfigError, match=r"'vae-test' holds models of mnist-5k, not of idx:/a/data: unrelated"):
+        check_source(uri, "vae-test", "idx:/a/data")
+    metrics = {"neg_elbo": 99.0, "fingerprint": FP, "dataset": "idx:/a/data", "split": "test"}
+    registry.register(uri, "vae-test", model_uri, run_id, metrics, model_id=model_id)  # a night with switch_data
+    check_source(uri, "vae-test", "idx:/a/data")
+    with pytest.raises(ConfigError, match="holds models of idx:/a/data, not of mnist-5k"):
+        check_source(uri, "vae-test", "mnist-5k")

@@ -124,3 +124,21 @@ def test_the_same_sampler_seed_draws_the_same_trials_and_another_seed_others(tmp
     first, again, other = study(tmp_path / "a", 7), study(tmp_path / "b", 7), study(tmp_path / "c", 8)
     assert first == again
     assert [p for p, _, _ in first[1:]] != [p for p, _, _ in other[1:]]  # trial 0 is the recipe in both
+
+
+def test_a_study_of_another_data_set_is_not_warm_started_from(tmp_path):
+    from vae.errors import ConfigError
+    from vae.tune.nightly import plan_night
+
+    storage = f"sqlite:///{tmp_path}/o.db"
+    first = plan_night(storage, "vae-m", "a" * 64, BASE, 2, source="idx:/a/data")
+    assert first["case"] == "first-night"
+    again = plan_night(storage, "vae-m", "b" * 64, BASE, 2, source="idx:/a/data")  # the folder grew: new data
+    assert again["case"] == "new-data"
+    names = set(optuna.get_all_study_names(storage))
+    with pytest.raises(ConfigError, match=r"'vae-m' has studies of idx:/a/data .*, not of idx:/b/data"):
+        plan_night(storage, "vae-m", "c" * 64, BASE, 2, source="idx:/b/data")
+    assert set(optuna.get_all_study_names(storage)) == names  # refused before anything was written
+    moved = plan_night(storage, "vae-m", "c" * 64, BASE, 2, source="idx:/b/data", switch=True)
+    assert moved["case"] == "new-data"
+    assert plan_night(storage, "vae-m", "d" * 64, BASE, 2, source="idx:/b/data")["case"] == "new-data"  # moved

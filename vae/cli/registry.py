@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from vae.cli.common import shows
-from vae.tracking import registry
+from vae.tracking import identity, registry
 from vae.tracking.store import tracking_uri
 
 
@@ -28,7 +28,7 @@ def _text(r: dict[str, Any]) -> str:
 @shows(_text)
 def cmd_registry(a: argparse.Namespace) -> dict[str, Any]:
     uri = tracking_uri(a.tracking_uri)
-    name = a.name or registry.model_name(a.dataset)
+    name = a.name or identity.model_name(a.dataset)
     if a.action == "list":
         return {"name": name, "versions": registry.list_versions(uri, name)}
     if a.action == "promote":

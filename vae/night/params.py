@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from vae.config import Config, DataConfig, ModelConfig, TrainConfig
 from vae.errors import ConfigError
 from vae.stores import default_study_storage, default_tracking_uri
-from vae.tracking import registry
+from vae.tracking import identity
 from vae.tune import search
 
 
@@ -31,7 +31,7 @@ class PipelineParams:
     study: str | None = None  # default: <model>-<fingerprint[:8]>-<settings hash[:8]> (vae/tune/nightly.py)
     storage: str | None = None  # Optuna storage URL; default: sqlite under mlruns/
     tracking_uri: str | None = None  # MLflow; default $MLFLOW_TRACKING_URI or sqlite under mlruns/
-    model_name: str | None = None  # registered model; default vae-<dataset>
+    model_name: str | None = None  # registered model; default vae-<dataset> (a folder's: name + path hash)
     min_improvement: float = 0.5  # nats of test -ELBO a challenger must gain to become champion
     max_fid_increase: float | None = None  # also refuse a challenger whose sample_fid is this much above the champion's
     iw_samples: int = 100
@@ -42,6 +42,7 @@ class PipelineParams:
     patience: int | None = 5  # early stopping of every trial (epochs without a better val -ELBO); None: off
     require_approval: bool = False  # pause before `champion` moves until a reviewer approves (Prefect server only)
     approval_timeout: int = 24 * 3600  # seconds a sign-off may take; then the run fails and the champion stays
+    switch_data: bool = False  # move model_name to this data set from the one it holds (else refused, exit 2)
 
     def __post_init__(self) -> None:
         DataConfig(dataset=self.dataset, subset=self.subset)  # validates the data fields
@@ -67,8 +68,9 @@ class PipelineParams:
             raise ConfigError(f"sampler_seed={self.sampler_seed!r} is invalid: expected an integer >= 0, or None")
         search.make_sampler(self.sampler, self.sampler_seed, self.startup_trials)
         search.make_pruner(self.pruner, self.epochs, min(self.min_epochs, self.epochs))
-        if not isinstance(self.require_approval, bool):
-            raise ConfigError(f"require_approval={self.require_approval!r} is invalid: expected true or false")
+        for name in ("require_approval", "switch_data"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: expected true or false")
         if not isinstance(self.min_improvement, (int, float)) or not self.min_improvement >= 0:
             raise ConfigError(f"min_improvement={self.min_improvement!r} is invalid: expected nats >= 0")
         if self.max_fid_increase is not None and (
@@ -86,7 +88,7 @@ class PipelineParams:
 
     @property
     def registered_name(self) -> str:
-        return self.model_name or registry.model_name(self.dataset)
+        return self.model_name or identity.model_name(self.dataset)
 
     def storage_url(self) -> str:
         return self.storage or default_study_storage()

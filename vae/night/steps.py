@@ -39,7 +39,7 @@ from vae.records import (
     TrialRecord,
     Winner,
 )
-from vae.tracking import candidate, night_runs, promotion
+from vae.tracking import candidate, identity, night_runs, promotion
 from vae.tracking.store import configure, tag_value
 from vae.tune import nightly
 
@@ -52,12 +52,23 @@ def fetch_step(p: PipelineParams) -> DataInfo:
 def plan_step(p: PipelineParams, fingerprint: str) -> NightPlan:
     """This night's study, case and trial target (vae/tune/nightly.py); a new study gets the champion's config."""
     uri, name = configure(p.resolved_tracking_uri()), p.registered_name
+    if not p.switch_data:  # before a champion or a study of other data is read
+        identity.check_source(uri, name, p.dataset)
 
     def champion() -> Config | None:  # read only for a new study
         return candidate.load_champion(uri, name)[1] if candidate.champion(uri, name) is not None else None
 
     return nightly.plan_night(
-        p.storage_url(), name, fingerprint, p.tune_base(), p.trials, p.study, space=p.space, champion=champion
+        p.storage_url(),
+        name,
+        fingerprint,
+        p.tune_base(),
+        p.trials,
+        p.study,
+        space=p.space,
+        champion=champion,
+        source=identity.data_source(p.dataset),
+        switch=p.switch_data,
     )
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
@@ -29,19 +28,12 @@ from mlflow.exceptions import MlflowException
 from vae.comparison import interval_text
 from vae.errors import ConfigError, StaleDecision
 from vae.io import utc_stamp
+from vae.tracking import identity
 from vae.tracking.store import tag_value
 
 METRIC = "test_neg_elbo"
 DECISION = "promotion.decision"  # written last by apply(): a version without it has no finished decision
 CHAMPION, CHALLENGER = "champion", "challenger"
-
-
-def model_name(dataset: str) -> str:
-    """vae-mnist-5k, vae-fashion-mnist, vae-idx-<folder name>, vae-folder-<folder name>."""
-    if dataset.startswith(("idx:", "folder:")):
-        kind, path = dataset.split(":", 1)
-        dataset = f"{kind}-" + path.rstrip("/").rsplit("/", 1)[-1]
-    return "vae-" + re.sub(r"[^A-Za-z0-9._-]+", "-", dataset).strip("-")
 
 
 @dataclass(frozen=True)
@@ -173,7 +165,9 @@ def register(
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(
-            name, description="VAE models trained by the vae pipeline; aliases: champion (in use), challenger (newest)"
+            name,
+            description="VAE models trained by the vae pipeline; aliases: champion (in use), challenger (newest)",
+            tags={identity.SOURCE_TAG: identity.data_source(str(metrics["dataset"]))},
         )
     tags = {
         METRIC: f"{metrics['neg_elbo']:.6f}",
@@ -182,6 +176,8 @@ def register(
         "split": metrics.get("split", "test"),
         **(version_tags or {}),
     }
+    # the data set the model holds from now on (a night with switch_data moves it; identity.check_source)
+    client.set_registered_model_tag(name, identity.SOURCE_TAG, identity.data_source(str(metrics["dataset"])))
     # model_id: a remote server accepts a models:/m-... source only together with the id of that model
     mv = client.create_model_version(name, model_uri, run_id=run_id, tags=tags, model_id=model_id)
     client.set_registered_model_alias(name, CHALLENGER, str(mv.version))

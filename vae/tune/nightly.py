@@ -28,6 +28,7 @@ import optuna
 from optuna.trial import TrialState
 
 from vae.config import Config
+from vae.errors import ConfigError
 from vae.tune import seeds
 from vae.tune.space import load_space
 from vae.tune.storage import counted, open_storage
@@ -66,6 +67,20 @@ def _previous(storage, model: str, name: str) -> list[optuna.study.StudySummary]
         if s.user_attrs.get("nightly.model") == model and s.study_name != name
     ]
     return sorted(mine, key=lambda s: s.user_attrs.get("nightly.created", 0), reverse=True)
+
+
+def _check_source(storage, model: str, name: str, source: str | None) -> None:
+    """ConfigError if the newest earlier study of this model is of another data set (`nightly.source`, see
+    vae/tracking/identity.py): its configs would warm-start, and its champion judge, unrelated data. A study of
+    before the attribute existed is taken as of this data set."""
+    previous = _previous(storage, model, name)
+    held = previous[0].user_attrs.get("nightly.source", source) if previous else source
+    if held != source:
+        raise ConfigError(
+            f"model {model!r} has studies of {held} ({previous[0].study_name}), not of {source}: unrelated data "
+            "sets must not warm-start each other; give this data set another --model-name (or leave it out: the "
+            "default name differs per folder), or pass --switch-data to move the model to it"
+        )
 
 
 def _best_configs(storage, source: str, n: int) -> list[Config]:
@@ -141,6 +156,8 @@ def plan_night(
     study: str | None = None,
     space: Any = None,
     champion: Callable[[], Config | None] = lambda: None,
+    source: str | None = None,
+    switch: bool = False,
 ) -> dict[str, Any]:
     """The study of this night, its case and reason, and the trial count to reach (`target`). Writes the
     target on the study, so that a night that stops half-way is finished by the next one. A new study starts
@@ -149,6 +166,8 @@ def plan_night(
     settings = settings_of(base, space)
     h = settings_hash(settings)
     name = study or f"{model}-{fingerprint[:8]}-{h}"
+    if source is not None and not switch and name not in optuna.get_all_study_names(storage):
+        _check_source(storage, model, name, source)  # before anything is written
     st = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True)
     attrs = st.user_attrs
     # Trials that ended. The night holds its lock, so a trial still RUNNING was left by a night that died: it is
@@ -158,6 +177,8 @@ def plan_night(
     n = sum(t.state in ended for t in all_trials)
     if not any(t.state != TrialState.WAITING for t in all_trials):  # nothing started yet: a new study
         plan = _new_study(storage, model, name, fingerprint, base, space, trials, champion())
+        if source is not None:
+            st.set_user_attr("nightly.source", source)
         target = trials
     elif n < attrs.get("nightly.target", 0):
         target = attrs["nightly.target"]
