@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from vae.errors import ResumableError, VAEError
 from vae.lifetime import PARENT_ENV, end_tree
+from vae.redact import redact
 
 Log = Callable[[str], None]
 
@@ -39,13 +40,16 @@ def last_json(out: str) -> dict[str, Any]:
 KILL_GRACE = 30.0  # seconds between the SIGTERM of a timeout and the SIGKILL of what is left
 
 
-def run_vae(args: list[str], log: Log = print, timeout: float | None = None) -> dict[str, Any]:
-    """`python -m vae ARGS --json`: forwards its stderr lines to `log`, returns its JSON result. The child
-    gets SIGTERM when this process dies, even by SIGKILL (vae/lifetime.py): no orphan racing the next
-    night."""
+def run_vae(
+    args: list[str], log: Log = print, timeout: float | None = None, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """`python -m vae ARGS --json`: forwards its stderr lines to `log` (passwords redacted), returns its JSON
+    result. `env`: variables for the child only, the way to hand it a URL with a password (a command line is
+    readable by every local user). The child gets SIGTERM when this process dies, even by SIGKILL
+    (vae/lifetime.py): no orphan racing the next night."""
     cmd = [sys.executable, "-m", "vae", *args, "--json"]
-    log("$ " + " ".join(cmd[2:]))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())}  # dies with this process
+    log("$ " + redact(" ".join(cmd[2:])))
+    env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())}  # dies with this
     out = run_child(cmd, env, log, timeout, name=f"vae {args[0]}")
     try:
         return last_json(out)
@@ -89,7 +93,7 @@ def run_child(
 
 def _forward(stream: IO[str], log: Log, tail: list[str]) -> None:
     for line in stream:
-        line = line.rstrip()
+        line = redact(line.rstrip())
         if line:
             log(line)
             tail[:] = (tail + [line])[-20:]

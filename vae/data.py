@@ -28,6 +28,7 @@ from vae.config import DataConfig
 from vae.errors import ConfigError, DataError, DownloadError
 from vae.folder import read_folder
 from vae.idx import IDX_NAMES, idx_files, read_pair
+from vae.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def _download(filename: str, md5: str, mirrors: Sequence[str], folder: Path) -> 
         if attempt:
             time.sleep(BACKOFF_S * 2 ** (attempt - 1))
         for url in list(pending):
-            log.info("downloading %s", url)
+            log.info("downloading %s", redact(url))
             try:
                 got = _get(url, folder, filename, md5)
             except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError, timeouts, resets
@@ -154,7 +155,7 @@ def _download(filename: str, md5: str, mirrors: Sequence[str], folder: Path) -> 
             pending.remove(url)  # the same bytes would come again: no point retrying this mirror
         if not pending:
             break
-    tried = "; ".join(f"{url}: {p}" for url, p in problems.items())
+    tried = redact("; ".join(f"{url}: {p}" for url, p in problems.items()))
     raise DownloadError(f"could not download {filename} (expected md5 {md5}) after {attempt + 1} round(s): {tried}")
 
 

@@ -119,13 +119,21 @@ def start_postgres(home: Path) -> None:
     _create_databases(bindir, port["postgres"], {**os.environ, "PGPASSFILE": str(pgpass)})
 
 
+def private_file(path: Path, text: str) -> None:
+    """Write `text` to a new file made 0600 before its first byte (a chmod after the write leaves a moment in
+    which another local user can read it); an old file of that name is replaced."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 def _init_cluster(home: Path, bindir: Path, data: Path, pgpass: Path, port: int) -> None:
     """initdb with a generated password, which only pgpass (mode 0600) keeps."""
     password = secrets.token_urlsafe(24)
     pwfile = home / ".pw"
-    pwfile.write_text(password + "\n")
-    pgpass.write_text(f"127.0.0.1:{port}:*:{USER}:{password}\n")
-    pgpass.chmod(0o600)
+    private_file(pwfile, password + "\n")
+    private_file(pgpass, f"127.0.0.1:{port}:*:{USER}:{password}\n")
     if as_postgres():
         shutil.chown(home, "postgres")
         shutil.chown(pwfile, "postgres")

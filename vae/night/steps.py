@@ -39,6 +39,7 @@ from vae.records import (
     TrialRecord,
     Winner,
 )
+from vae.redact import redact, redact_all
 from vae.tracking import candidate, identity, night_runs, promotion
 from vae.tracking.store import configure, tag_value
 from vae.tune import nightly
@@ -96,23 +97,29 @@ def tune_step(
         str(p.workers),
         "--study",
         plan["study"],
-        "--storage",
-        p.storage_url(),
     ]
     args += ["--out", str(Path(p.workdir) / "studies" / plan["study"]), *tracked(p, night_id)]
     if p.subset:
         args += ["--subset", str(p.subset)]
     if p.space:
         args += ["--space", p.space]
-    result = run_vae(args, log, timeout=p.task_timeout)
+    result = run_vae(args, log, timeout=p.task_timeout, env={**stores(p), "VAE_OPTUNA_STORAGE": p.storage_url()})
     result["fingerprint"] = fingerprint
+    if "storage" in result:  # shown in the night's records: the child had it from the environment
+        result["storage"] = redact(str(result["storage"]))
     return result
 
 
 def tracked(p: PipelineParams, night_id: str | None) -> list[str]:
-    """The flags that send a `vae tune` or `vae train` to the model's experiment, under the night's run."""
-    args = ["--tracking-uri", p.resolved_tracking_uri(), "--experiment", p.registered_name]
-    return args + (["--parent-run-id", night_id] if night_id else [])
+    """The flags that send a `vae tune` or `vae train` to the model's experiment, under the night's run (the
+    tracking URI goes in the environment, stores())."""
+    return ["--experiment", p.registered_name] + (["--parent-run-id", night_id] if night_id else [])
+
+
+def stores(p: PipelineParams) -> dict[str, str]:
+    """The child's MLflow store, as the environment it reads: a URL may hold a password, which a command line
+    would show to every local user (/proc/PID/cmdline) and to the night's logs."""
+    return {"MLFLOW_TRACKING_URI": p.resolved_tracking_uri()}
 
 
 def train_step(
@@ -133,7 +140,7 @@ def train_step(
     if (out / "checkpoint.pt").exists():
         log(f"resuming the training in {out} from its checkpoint")
         args.append("--resume")
-    return {**run_vae(args, log, timeout=p.task_timeout), "candidate_key": key}
+    return {**run_vae(args, log, timeout=p.task_timeout, env=stores(p)), "candidate_key": key}
 
 
 def candidate_key(cfg: Config, fingerprint: str) -> str:
@@ -262,7 +269,8 @@ def night_record_step(
         "champion": champion or "none",
         **{k: str(v) for k, v in extra.items() if not isinstance(v, (dict, list))},  # the rest: pipeline.json
     }
-    night_runs.end_night(uri, run_id, tags, {"params": asdict(p), "night": night, **extra}, failed)
+    record = {"params": asdict(p), "night": night, **extra}
+    night_runs.end_night(uri, run_id, redact_all(tags), redact_all(record), failed)
     return {"run_id": run_id, "champion": champion, "name": name, "tracking_uri": uri}
 
 
