@@ -39,6 +39,7 @@ from flows.nights import night_lock, record_failure
 from flows.policies import CACHED, RESUMED, RETRIED
 from flows.signoff import need_server, sign_off
 from vae import summaries
+from vae.code import code_version
 from vae.errors import VAEError
 from vae.night import steps
 from vae.night.params import PipelineParams
@@ -205,7 +206,11 @@ def _night(p: PipelineParams, clock: _Clock) -> NightResult:
         night = plan(p, data["fingerprint"])
         _log(f"night: {night['case']} on study {night['study']}: {night['reason']}")
         best = tune.with_options(timeout_seconds=p.task_timeout + 120)(p, night, data["fingerprint"], night_id)
-        night = {**night, **steps.nightly.after_search(night, best), "skipped_files": len(data.get("skipped", []))}
+        night = {
+            **night,
+            **steps.nightly.after_search(night, best, code_version()),
+            "skipped_files": len(data.get("skipped", [])),
+        }
     _fail_after("tune")
     _log(f"after the search: {night['case']}: {night['reason']}")
     if not night["train"]:

@@ -4,18 +4,30 @@ tuning and training retry, resuming their work, when their subprocess failed aft
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.tasks import exponential_backoff
 
+from vae.code import code_version
 from vae.errors import ResumableError, VAEError
+
 
 # The night's run id is no part of a cache key: a later night reuses the training and takes its run under itself.
 # The results are typed records of JSON values (vae/records.py): stored as JSON, readable by people and by any
 # later version of the code, not as pickles (which a changed class breaks, and which run code when loaded).
+@dataclass
+class CodeVersion(CachePolicy):
+    """The vae package's code (vae/code.py) as part of a cache key: the task bodies are one-line wrappers, so
+    TASK_SOURCE alone reuses a training made by code since fixed."""
+
+    def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str:
+        return code_version()
+
+
 CACHED = dict(
-    cache_policy=(INPUTS - "night_id") + TASK_SOURCE,
+    cache_policy=(INPUTS - "night_id") + TASK_SOURCE + CodeVersion(),
     persist_result=True,
     result_serializer="json",
     cache_expiration=timedelta(days=30),

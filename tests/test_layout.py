@@ -16,7 +16,7 @@ MAX_MODULE_LINES, MAX_FUNCTION_LINES = 350, 60
 # What the Prefect flows may import of the package: the night's steps and parameters, the records they pass,
 # and the few plain helpers around them. The engines (vae.tracking's MLflow, vae.tune's Optuna, training) stay
 # behind the steps.
-FLOW_ROOMS = ("vae.night", "vae.errors", "vae.records", "vae.stores", "vae.summaries", "vae.telemetry")
+FLOW_ROOMS = ("vae.night", "vae.code", "vae.errors", "vae.records", "vae.stores", "vae.summaries", "vae.telemetry")
 
 
 def modules(*roots: str) -> dict[str, Path]:

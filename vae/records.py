@@ -40,6 +40,7 @@ class RegisteredTrial(TypedDict):
     trial: int
     value: float
     version: str
+    code: NotRequired[str | None]  # the code_version it was made by (absent: registered before it was recorded)
 
 
 class NightPlan(TypedDict):
@@ -97,6 +98,7 @@ class StudySummary(TypedDict):
     best_checkpoint: str | None
     best_epoch: int | None
     best_run_id: str | None
+    best_code_version: str | None  # the code the best trial was trained by (vae/code.py)
     recipe: TrialRecord | None
     tracking: bool
     parent_run_id: str | None
@@ -122,6 +124,7 @@ class Winner(TypedDict):
     best_run_id: str | None
     best_model_uri: str | None
     best_model_id: str | None
+    best_code_version: str | None
 
 
 class Trained(TypedDict):

@@ -18,6 +18,7 @@ from typing import Any
 from vae import data as datasets
 from vae.api import evaluate
 from vae.child import Log, run_vae
+from vae.code import code_commit, code_version
 from vae.config import Config, DataConfig
 from vae.data import load
 from vae.evaluation import evaluate_model
@@ -143,9 +144,11 @@ def train_step(
     return {**run_vae(args, log, timeout=p.task_timeout, env=stores(p)), "candidate_key": key}
 
 
-def candidate_key(cfg: Config, fingerprint: str) -> str:
-    """Names a candidate: its training run folder and its registered version's tag `candidate_key`."""
-    return hashlib.sha256(json.dumps([cfg.to_dict(), fingerprint], sort_keys=True).encode()).hexdigest()[:12]
+def candidate_key(cfg: Config, fingerprint: str, code: str | None = None) -> str:
+    """Names a candidate: its training run folder and its registered version's tag `candidate_key`. Config,
+    data and code (vae/code.py): the same config trained by changed code is another candidate."""
+    code = code or code_version()
+    return hashlib.sha256(json.dumps([cfg.to_dict(), fingerprint, code], sort_keys=True).encode()).hexdigest()[:12]
 
 
 def winner(study: StudySummary) -> Winner:
@@ -160,9 +163,13 @@ def candidate_step(
     """The night's candidate: the study's best trial as it was trained (its best epoch, best.pt, logged as the
     model of its live run under the study run), with its history and validation figures added to that run. Only
     where the trial left no checkpoint here or no logged model (a worker on another machine ran it, or it ran
-    untracked) is its configuration trained again, at the same budget and so to the same weights."""
+    untracked) is its configuration trained again, at the same budget and so to the same weights; and where
+    other code trained it (vae/code.py), by this code."""
     key = candidate_key(Config.from_dict(study["best_config"]), fingerprint)
     checkpoint = study.get("best_checkpoint")
+    if study.get("best_code_version") != code_version():
+        log(f"trial {study['best_trial']} was trained by other code: training its configuration with this code")
+        return train_step(p, study["best_config"], fingerprint, night_id, log)
     if not (checkpoint and Path(checkpoint).is_file() and study.get("best_model_id")):
         log(f"trial {study['best_trial']} left no checkpoint or logged model here: training its configuration")
         return train_step(p, study["best_config"], fingerprint, night_id, log)
@@ -240,16 +247,24 @@ def register_step(
         "study_run_id": study.get("parent_run_id", ""),
         "night_run_id": night_id,
     }
-    version_tags = {"candidate_key": key, "nightly.case": night["case"]}
+    version_tags = {"candidate_key": key, "nightly.case": night["case"], **code_tags()}
     return {
         "duplicate": False,
         **candidate.register_candidate(uri, name, trained, metrics, night_id, tags, version_tags),
     }
 
 
+def code_tags() -> dict[str, str]:
+    """The code a version was made by: `code_version` (the key, vae/code.py) and `code_commit` (for people)."""
+    return {"code_version": code_version(), "code_commit": code_commit()}
+
+
 def registered_step(p: PipelineParams, study: StudySummary, version: str) -> None:
-    """The study's best trial is registered: later nights on the same study need a better one to train."""
-    nightly.mark_registered(p.storage_url(), study["study"], study["best_trial"], study["best_value"], version)
+    """The study's best trial is registered: later nights on the same study need a better one, or other code,
+    to train."""
+    nightly.mark_registered(
+        p.storage_url(), study["study"], study["best_trial"], study["best_value"], version, code_version()
+    )
 
 
 def night_record_step(

@@ -202,9 +202,10 @@ def plan_night(
     }
 
 
-def after_search(plan: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+def after_search(plan: dict[str, Any], summary: dict[str, Any], code: str | None = None) -> dict[str, Any]:
     """Whether the night trains a candidate: always on a new study; on a study that already has a registered
-    version (same data, or resuming), only when its best trial beats the registered one. {case, reason, train}."""
+    version (same data, or resuming), only when its best trial beats the registered one, or when the code
+    (`code`, vae/code.py) is not the code that version was made by (case new-code). {case, reason, train}."""
     reg, best, value = plan.get("registered"), summary.get("best_trial"), summary.get("best_value")
     case, reason = plan["case"], plan["reason"]
     if best is None:
@@ -214,6 +215,9 @@ def after_search(plan: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any
     better = "same-data-better" if case == "same-data" else "resume"
     if reg is None:
         return {"case": better, "reason": reason + "; nothing registered from this study yet", "train": True}
+    if code is not None and reg.get("code") not in (None, code):
+        why = f"; the code changed since v{reg['version']} ({reg['code']} -> {code}): training trial {best} anew"
+        return {"case": "new-code", "reason": reason + why, "train": True}
     if best != reg["trial"] and value < reg["value"]:
         why = f"; trial {best} (val -ELBO {value:.3f}) beats trial {reg['trial']} ({reg['value']:.3f})"
         why += f", registered as v{reg['version']}"
@@ -233,8 +237,11 @@ def mark_pending(storage_url: str, name: str, trial: int) -> None:
     _study(storage_url, name).set_user_attr("nightly.pending", trial)
 
 
-def mark_registered(storage_url: str, name: str, trial: int, value: float, version: str) -> None:
-    """The candidate is a registered version: later nights on this study need a better trial to train."""
+def mark_registered(
+    storage_url: str, name: str, trial: int, value: float, version: str, code: str | None = None
+) -> None:
+    """The candidate is a registered version: later nights on this study need a better trial (or other code)
+    to train."""
     st = _study(storage_url, name)
-    st.set_user_attr("nightly.registered", {"trial": trial, "value": value, "version": str(version)})
+    st.set_user_attr("nightly.registered", {"trial": trial, "value": value, "version": str(version), "code": code})
     st.set_user_attr("nightly.pending", None)

@@ -28,6 +28,7 @@ from optuna_integration import TorchDistributedTrial
 
 from vae.api import record
 from vae.checkpoint import FILENAME
+from vae.code import code_version
 from vae.config import Config
 from vae.data import Dataset
 from vae.distributed import DistContext, broadcast_object
@@ -107,6 +108,7 @@ class Bookkeeper:
         self.ran += 1
         self.t0, self.tracked_from = time.perf_counter(), self.tracker.seconds
         trial.set_user_attr("config", cfg.to_dict())
+        trial.set_user_attr("code_version", code_version())  # a later night with other code trains it again
         trial.set_user_attr("nproc", nproc)
         trial.set_user_attr("worker", os.environ.get("VAE_TUNE_WORKER", "0"))
         folder = self.out / f"trial-{trial.number}"

@@ -100,6 +100,7 @@ def _best_fields(best: optuna.trial.FrozenTrial | None) -> dict[str, Any]:
         "best_checkpoint": attrs.get("checkpoint"),
         "best_epoch": attrs.get("best_epoch"),
         "best_run_id": attrs.get("mlflow_run_id"),
+        "best_code_version": attrs.get("code_version"),
     }
 
 
