@@ -1,6 +1,8 @@
-"""The registered pyfunc behind a real `mlflow models serve`: the answers equal the in-process ones, bad
-requests get a 400 with a message, and registry URIs work wherever the CLI takes a MODEL."""
+"""The registered pyfunc behind a real `vae serve` (MLflow's scoring server behind vae/tracking/rest.py): the
+answers equal the in-process ones, bad requests get a 4xx with a message (never a 5xx), `sample` and request
+bodies have limits, and registry URIs work wherever the CLI takes a MODEL. One live server for the module."""
 
+import http.client
 import json
 import os
 import sys
@@ -42,15 +44,16 @@ SERVE_ENV = {
     "DO_NOT_TRACK": "true",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-    "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",  # the model is code plus weights: nothing is unpickled
+    # unset: `vae serve` itself turns pickle loading off (the model is code plus weights: nothing is unpickled)
+    "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": None,
 }
 
 
 @pytest.fixture(scope="module")
-def server(registry):
+def live(registry):
     """`vae serve models:/NAME@champion` on 127.0.0.1 (on another port if the first is taken before it binds),
     with the venv's bin folder NOT on PATH, as `.venv/bin/vae serve` runs from a fresh clone; SIGTERM (then
-    SIGKILL) to its process group at the end, whatever happened."""
+    SIGKILL) to its process group at the end, whatever happened. (process, base URL)."""
     env = {**SERVE_ENV, "MLFLOW_TRACKING_URI": registry["uri"]}
     env["PATH"] = os.pathsep.join(
         p for p in os.environ["PATH"].split(os.pathsep) if p != str(Path(sys.executable).parent)
@@ -59,9 +62,19 @@ def server(registry):
         ["vae", "serve", URI], health="/ping", env=env, timeout=120, log=registry["tmp"] / "serve.log"
     )
     try:
-        yield url
+        yield proc, url
     finally:
         stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def server(live):
+    return live[1]
+
+
+def scoring_pid(proc) -> int:
+    """The server process `vae serve` started (uvicorn)."""
+    return int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
 
 
 def post(url: str, body) -> tuple[int, dict]:
@@ -208,3 +221,184 @@ def test_vae_serve_serves_a_run_folder_too(trained, tmp_path):
         assert status == 200 and np.asarray(body["predictions"]).shape == (2, 20)
     finally:
         stop_server(proc)
+
+
+@pytest.mark.slow
+def test_vae_serve_runs_the_guarded_server_with_pickle_loading_off(live, images):
+    """The scoring process is uvicorn on vae.tracking.rest:app, from this interpreter, with
+    MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false although the caller's environment does not set it, and the
+    model loaded under it (it answers)."""
+    proc, url = live
+    pid = scoring_pid(proc)
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert Path(cmdline[0].decode()).parent == Path(sys.executable).parent  # this venv's python
+    assert cmdline[1:5] == [b"-m", b"uvicorn", b"--factory", b"vae.tracking.rest:app"]
+    environ = dict(kv.split(b"=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in kv)
+    assert environ[b"MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == b"false"
+    status, body = post(url, {"inputs": images.tolist(), "params": {"op": "encode"}})
+    assert status == 200 and np.asarray(body["predictions"]).shape == (8, 20)
+
+
+def test_sampling_in_batches_gives_the_one_batch_images(trained):
+    """predict()'s `sample` decodes 1,000 at a time; its images are uses.sample's (one batch) for the same seed."""
+    from vae import uses
+    from vae.checkpoint import load_model
+    from vae.tracking.models import predict
+
+    model, cfg, _ = load_model(trained[0])
+    got = predict(model, cfg, None, {"op": "sample", "n": 2500, "seed": 5, "temperature": 0.8})
+    np.testing.assert_allclose(got, uses.sample(model, 2500, 0.8, seed=5), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_sample_n_above_the_cap_is_refused_and_the_largest_answer_keeps_memory_bounded(live, registry, images):
+    from vae.tracking.models import MAX_SAMPLES, predict, resolve_model
+
+    proc, url = live
+    status, answer = post(url, {"inputs": images[:1].tolist(), "params": {"op": "sample", "n": MAX_SAMPLES + 1}})
+    assert status == 400, answer
+    assert f"n={MAX_SAMPLES + 1} is invalid" in answer["message"] and f"at most {MAX_SAMPLES}" in answer["message"]
+
+    status_file = Path(f"/proc/{scoring_pid(proc)}/status")
+
+    def kib(field: str) -> int:
+        return int(next(line for line in status_file.read_text().splitlines() if line.startswith(field)).split()[1])
+
+    (status_file.parent / "clear_refs").write_text("5")  # resets the peak (VmHWM) to the resident size now
+    before = kib("VmRSS:")
+    params = {"op": "sample", "n": MAX_SAMPLES, "seed": 7}
+    status, answer = post(url, {"inputs": images[:1].tolist(), "params": params})
+    assert status == 200, answer
+    got = np.asarray(answer["predictions"], np.float32)
+    model, cfg, _ = resolve_model(URI, registry["uri"])
+    np.testing.assert_allclose(got, predict(model, cfg, None, params), rtol=1e-5, atol=1e-5)
+    # measured: +187-255 MB for this 66 MB answer (MLflow builds it as Python floats, then a JSON string)
+    assert (kib("VmHWM:") - before) / 1024 < 512, f"the server grew by {(kib('VmHWM:') - before) // 1024} MB"
+
+
+def stream(size: int, chunk: int = 2**20):
+    """`size` bytes of JSON whitespace, a MiB at a time: a large body that never sits in memory whole."""
+    for start in range(0, size, chunk):
+        yield b" " * min(chunk, size - start)
+
+
+@pytest.mark.slow
+def test_a_body_over_the_limit_gets_413_naming_the_limit(server, images):
+    from vae.tracking.rest import MAX_BODY_BYTES
+
+    host, port = server.removeprefix("http://").split(":")
+    size = MAX_BODY_BYTES + 2**20
+    ways = {  # what each sends: headers, body, chunked
+        "Content-Length": ({"Content-Length": str(size)}, stream(size), False),
+        "chunked, no length": ({}, stream(size), True),
+        "Expect: 100-continue": ({"Content-Length": str(10**12), "Expect": "100-continue"}, None, False),
+    }
+    for way, (headers, body, chunked) in ways.items():
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        try:
+            conn.request(
+                "POST", "/invocations", body, {"Content-Type": "application/json", **headers}, encode_chunked=chunked
+            )
+            r = conn.getresponse()
+            status, answer = r.status, json.loads(r.read())
+        finally:
+            conn.close()
+        assert status == 413, (way, answer)
+        assert f"the limit is {MAX_BODY_BYTES} bytes" in answer["message"], (way, answer)
+    # urllib sends the whole body with "Connection: close" before it reads: it gets the 413 too
+    status, answer = post(server, b" " * size)
+    assert status == 413 and str(MAX_BODY_BYTES) in answer["message"], answer
+    status, answer = post(server, {"inputs": images.tolist(), "params": {"op": "encode"}})
+    assert status == 200, answer
+
+
+def _json(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def _with(x: np.ndarray, value: bytes) -> bytes:
+    """A real image whose first pixel is `value`, written as is."""
+    return b'{"inputs": [[' + value + b", " + b", ".join(str(float(v)).encode() for v in x[0, 1:]) + b"]]}"
+
+
+DEEP = 5000
+MALFORMED = {  # name: (body from the real images, Content-Type, what the message names)
+    "not JSON": (lambda x: b"these are not pixels", "application/json", "valid JSON"),
+    "truncated JSON": (lambda x: _json({"inputs": x.tolist()})[:5000], "application/json", "valid JSON"),
+    "5,000-deep arrays": (lambda x: b"[" * DEEP + b"]" * DEEP, "application/json", "nested too deeply"),
+    "5,000-deep inputs": (
+        lambda x: b'{"inputs": ' + b"[" * DEEP + b"]" * DEEP + b"}",
+        "application/json",
+        "nested too deeply",
+    ),
+    "5,000-deep objects": (lambda x: b'{"a": ' * DEEP + b"1" + b"}" * DEEP, "application/json", "nested too deeply"),
+    "empty body": (lambda x: b"", "application/json", "valid JSON"),
+    "a list, not an object": (lambda x: _json(x.tolist()), "application/json", "JSON dictionary"),
+    "wrong key": (lambda x: _json({"pixels": x.tolist()}), "application/json", "input fields"),
+    "two input keys": (
+        lambda x: _json({"inputs": x.tolist(), "instances": x.tolist()}),
+        "application/json",
+        "input fields",
+    ),
+    "rows of 100 pixels": (lambda x: _json({"inputs": x[:, :100].tolist()}), "application/json", "(-1, 784)"),
+    "one flat image": (lambda x: _json({"inputs": x[0].tolist()}), "application/json", "(-1, 784)"),
+    "ragged rows": (
+        lambda x: _json({"inputs": [x[0].tolist(), x[1, :10].tolist()]}),
+        "application/json",
+        "inhomogeneous",
+    ),
+    "strings for pixels": (
+        lambda x: _json({"inputs": [["dark"] * 784]}),
+        "application/json",
+        "could not convert string to float",
+    ),
+    "objects for pixels": (
+        lambda x: _json({"inputs": [[{"v": 0.5}] * 784]}),
+        "application/json",
+        "must be a string or a real number",
+    ),
+    "NaN pixel": (lambda x: _with(x, b"NaN"), "application/json", "pixels must be numbers in [0, 1]"),
+    "1e400 pixel": (lambda x: _with(x, b"1e400"), "application/json", "pixels must be numbers in [0, 1]"),
+    "5,000-digit pixel": (lambda x: _with(x, b"9" * 5000), "application/json", "4300 digits"),
+    "8-bit pixels": (
+        lambda x: _json({"inputs": (x * 255).tolist()}),
+        "application/json",
+        "pixels must be numbers in [0, 1]",
+    ),
+    "params a list": (lambda x: _json({"inputs": x.tolist(), "params": ["encode"]}), "application/json", "dictionary"),
+    "op a number": (lambda x: _json({"inputs": x.tolist(), "params": {"op": 3}}), "application/json", "'op'"),
+    "n a fraction": (
+        lambda x: _json({"inputs": x[:1].tolist(), "params": {"op": "sample", "n": 2.5}}),
+        "application/json",
+        "'n'",
+    ),
+    "seed beyond 64 bits": (
+        lambda x: _json({"inputs": x[:1].tolist(), "params": {"op": "sample", "seed": 10**30}}),
+        "application/json",
+        "seed=1000000000000000000000000000000 is invalid",
+    ),
+    "not UTF-8": (lambda x: b'{"inputs": [[\xff\xfe]]}', "application/json", "valid JSON"),
+    "no Content-Type": (lambda x: _json({"inputs": x.tolist()}), None, "Content-Type"),
+    "text/plain": (lambda x: _json({"inputs": x.tolist()}), "text/plain", "application/json"),
+    "charset latin-1": (lambda x: _json({"inputs": x.tolist()}), "application/json; charset=latin-1", "UTF-8"),
+    "CSV that is no table": (lambda x: b"a,b\n1,2,3\n", "text/csv", "CSV"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_malformed_bodies_get_a_4xx_with_one_message_never_a_5xx(server, images, name):
+    make, content_type, names = MALFORMED[name]
+    host, port = server.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.request("POST", "/invocations", make(images), {"Content-Type": content_type} if content_type else {})
+        r = conn.getresponse()
+        status, answer = r.status, json.loads(r.read())
+    finally:
+        conn.close()
+    assert status in (400, 413, 415, 422), answer
+    assert names in answer["message"] and "\n" not in answer["message"], answer
+    assert set(answer) == {"error_code", "message"}  # no stack trace, no echo of the data
+    status, answer = post(server, {"inputs": images.tolist(), "params": {"op": "encode"}})
+    assert status == 200, answer  # the server still answers

@@ -1,4 +1,4 @@
-"""`vae serve MODEL`: the REST server of a model (MLflow's scoring server, in this environment)."""
+"""`vae serve MODEL`: the REST server of a model (MLflow's scoring server behind vae/tracking/rest.py's guard)."""
 
 from __future__ import annotations
 

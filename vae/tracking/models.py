@@ -9,16 +9,17 @@ Request: {"inputs": [[784 pixels in [0, 1]], ...], "params": {"op": "encode"}}; 
   reconstruct -> (N, 784) pixel probabilities, decoded from z = mu
   encode      -> (N, latent) posterior means
   score       -> (N,) anomaly scores in nats/image (params: kind = auto | neg-elbo | recon, seed)
-  sample      -> (n, 784) images from the prior (params: n, temperature, seed; the inputs are ignored)
+  sample      -> (n, 784) images from the prior (params: n, temperature, seed; the inputs are ignored);
+                 1 <= n <= MAX_SAMPLES, decoded 1,000 at a time (vae.uses.codes.BATCH)
 A bad request raises MlflowException(INVALID_PARAMETER_VALUE): the scoring server answers it with HTTP 400
 and the message (any other exception would also be a 400, but with a generic message and a traceback).
+`vae serve` runs that server behind vae/tracking/rest.py (a body limit, 4xx for unreadable bodies).
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
@@ -35,10 +37,16 @@ from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 from vae import uses
 from vae.checkpoint import checkpoint_path, is_model_uri, load_model
 from vae.errors import CheckpointError, ConfigError, DataError, VAEError
+from vae.tracking import rest
 from vae.tracking.store import check_store, tracking_uri, using_store
+from vae.uses.codes import device_of
 
 OPS = ("reconstruct", "encode", "score", "sample")
 MAX_ROWS = 65_536  # one request; larger batches belong in `vae encode` / `vae anomaly` on files
+# One request's `sample`: its answer is ~16 kB of JSON an image (65 MB at the cap); more is several requests
+# with other seeds, or `vae sample --n` (up to 100,000, to a file).
+MAX_SAMPLES = 4_096
+SEEDS = (-(2**63), 2**64 - 1)  # what torch.manual_seed takes
 
 
 class VAEPyfunc(mlflow.pyfunc.PythonModel):
@@ -76,14 +84,32 @@ def predict(model, cfg, model_input, params: dict[str, Any]) -> np.ndarray:
     if op not in OPS:
         raise ConfigError(f"op={op!r} is invalid: expected one of {', '.join(OPS)}")
     seed = _param(params, "seed", int, 0)
+    if not SEEDS[0] <= seed <= SEEDS[1]:
+        raise ConfigError(f"seed={seed} is invalid: expected an integer from -2**63 to 2**64 - 1")
     if op == "sample":
-        return uses.sample(model, _param(params, "n", int, 16), _param(params, "temperature", float, 1.0), seed)
+        return _sample(model, _param(params, "n", int, 16), _param(params, "temperature", float, 1.0), seed)
     x = _as_images(model_input)
     if op == "encode":
         return uses.encode(model, x)
     if op == "reconstruct":
         return uses.reconstruct(model, x)
     return uses.scores(model, x, str(params.get("kind", "auto")), seed=seed)
+
+
+def _sample(model, n: int, temperature: float, seed: int) -> np.ndarray:
+    """uses.sample's images (the same z from the same seed), decoded by uses.decode 1,000 at a time: the
+    decoder's memory stays that of one batch whatever n is."""
+    if not 1 <= n <= MAX_SAMPLES:
+        raise ConfigError(
+            f"n={n} is invalid: one request samples at most {MAX_SAMPLES} images (1 <= n <= {MAX_SAMPLES}); "
+            "for more, send several requests with different seeds, or run `vae sample --n N` on the model"
+        )
+    if not model.is_variational or not 0 < temperature <= 10:
+        return uses.sample(model, n, temperature, seed)  # refused there, with its message
+    device = device_of(model)
+    g = torch.Generator(device=device).manual_seed(seed)
+    z = torch.randn(n, model.cfg.latent, generator=g, device=device) * temperature
+    return uses.decode(model, z.cpu().numpy())
 
 
 def _param(params: dict[str, Any], name: str, kind: type, default):
@@ -140,25 +166,25 @@ def save_model(checkpoint: str | Path, path: str | Path) -> Path:
     return Path(path)
 
 
-def serve_command(model: str | Path, host: str, port: int) -> list[str]:
-    """`mlflow models serve` for a model URI or an MLflow model folder, in this environment. The scoring
-    server execs `uvicorn` from PATH: serve() puts this interpreter's bin folder first on it."""
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    return [str(mlflow_bin), "models", "serve", "-m", str(model), "--env-manager", "local", "-h", host, "-p", str(port)]
+def serve_env(model: str | Path) -> dict[str, str]:
+    """The server's environment: this one, the model to load, and no unpickling unless the caller's environment
+    asks for it (the model is code plus weights: nothing in it is a pickle)."""
+    env = {**os.environ, rest.MODEL_ENV: str(model)}
+    env.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    return env
 
 
 def serve(model: str, host: str, port: int, tracking_uri_: str | None = None) -> int:
     """Run the REST server for MODEL (a run folder, a checkpoint, or a model URI) until it stops; returns its
-    exit code. A run folder is saved as an MLflow model in a temporary folder first."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    exit code. MLflow's scoring server behind vae/tracking/rest.py's guard, by uvicorn from this interpreter.
+    A run folder is saved as an MLflow model in a temporary folder first."""
     if is_model_uri(model):
         uri = tracking_uri(tracking_uri_)
         check_store(uri)
-        env["MLFLOW_TRACKING_URI"] = uri
-        return subprocess.call(serve_command(model, host, port), env=env)
+        return subprocess.call(rest.command(host, port), env={**serve_env(model), "MLFLOW_TRACKING_URI": uri})
     load_model(model)  # a clear error for a missing or unreadable checkpoint, before anything starts
     with tempfile.TemporaryDirectory(prefix="vae-serve-") as tmp:
-        return subprocess.call(serve_command(save_model(model, Path(tmp) / "model"), host, port), env=env)
+        return subprocess.call(rest.command(host, port), env=serve_env(save_model(model, Path(tmp) / "model")))
 
 
 # ---------------------------------------------------------------- loading back, attaching files
