@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
+from PIL import Image
 
 from tests.helpers import run_cli
 
@@ -27,9 +29,19 @@ def runs(uri: str, experiment: str = "vae-train"):
 def test_a_tracked_run_logs_each_epoch_as_it_ends_and_a_resume_continues_it(tmp_path):
     uri, out = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "run"
     args = ["train", "--subset", "500", "--tracking-uri", uri, "--out", out, "--no-progress"]
-    r = run_cli(*args, "--epochs", "2", env=FAST_SYSTEM_METRICS)
+    r = run_cli(*args, "--epochs", "2", env={**FAST_SYSTEM_METRICS, "VAE_LOG_IMAGES_EVERY": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     client, [run] = runs(uri)
+    # the grids of each epoch, with the epoch as their step: the run page's image slider
+    images = {}
+    for a in client.list_artifacts(run.info.run_id, "images"):
+        key, _, step, *_ = Path(a.path).name.split("+")
+        if a.path.endswith(".png"):
+            images[key, int(step)] = np.asarray(Image.open(client.download_artifacts(run.info.run_id, a.path)))
+    assert sorted(images) == [("reconstructions", 1), ("reconstructions", 2), ("samples", 1), ("samples", 2)]
+    assert images["samples", 1].shape == (242, 242) and images["reconstructions", 2].shape == (62, 242)
+    assert not np.array_equal(images["samples", 1], images["samples", 2])  # the same draws, a model that learnt
+    assert np.array_equal(images["reconstructions", 1][:31], images["reconstructions", 2][:31])  # same originals
     assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "2"
     history = client.get_metric_history(run.info.run_id, "val_neg_elbo")
     assert [m.step for m in history] == [1, 2]
@@ -53,6 +65,8 @@ def test_a_tracked_run_logs_each_epoch_as_it_ends_and_a_resume_continues_it(tmp_
     assert again.info.status == "FINISHED" and again.data.tags["mlflow.parentRunId"] == night
     assert len(client.search_runs([run.info.experiment_id])) == 2  # the night and the one training run
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_neg_elbo")] == [1, 2, 3]
+    steps = {a.path.split("+")[2] for a in client.list_artifacts(run.info.run_id, "images")}
+    assert steps == {"1", "2"}  # the default is every 5 epochs: none for epoch 3
 
 
 def test_sigterm_leaves_a_killed_run_with_what_it_had(tmp_path):

@@ -28,7 +28,9 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+from vae import checkpoint as ckpt
 from vae.config import Config
+from vae.tracking.epoch_images import EpochImages, every_from_env
 from vae.tracking.models import log_model
 from vae.tracking.outbox import Outbox, outage_seconds
 from vae.tracking.runs import PARENT_TAG, dataset_input, flat, source_tags
@@ -56,6 +58,7 @@ class TrainingRun:
         tags: Mapping[str, Any] | None = None,
         extra_params: Mapping[str, Any] | None = None,
         client: MlflowClient | None = None,
+        images_every: int | None = None,
     ) -> None:
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop lines per run
         self.uri = configure(uri)
@@ -85,6 +88,8 @@ class TrainingRun:
         os.replace(tmp, self.marker)
         self.epoch_log_seconds = 0.0  # time spent logging epochs, inside the training process (benchmark)
         self.outbox = Outbox(self.client, self.run_id, self.out)  # with what an earlier process left undelivered
+        every = every_from_env() if images_every is None else images_every
+        self.images = EpochImages(self.client, self.run_id, self.out / ckpt.FILENAME, cfg, every)
         self.monitor = None
         if system_metrics is None:  # on, unless MLflow's own switch is set to false
             system_metrics = os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").lower() not in ("false", "0")
@@ -117,12 +122,14 @@ class TrainingRun:
         ts = int(time.time() * 1000)
         metrics = [Metric(k, float(v), ts, epoch) for k, v in row.items() if k != "epoch"]
         self.outbox.put(metrics)  # delivered by the outbox's thread: an outage does not stop the training
+        self.images(epoch)  # every N epochs: the sample and reconstruction grids, with the epoch as their step
         self.epoch_log_seconds += time.perf_counter() - t0
 
     def finish(self, result, files: list[Path] = (), model: Path | None = None):
         """The outcome of a fit(): the best epoch, early stopping, the history and figures as artifacts, and
         `model` (the best epoch's checkpoint) as the run's logged model; returns its ModelInfo (or None)."""
         self.outbox.flush(outage_seconds())  # the server answers again before the calls below, or they fail
+        self.images.wait(60.0)
         tags = {
             "best_epoch": str(result.best_epoch),
             "stopped_early": str(result.stopped_early).lower(),

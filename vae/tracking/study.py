@@ -81,6 +81,7 @@ class StudyTracker:
             out,
             data_info,
             system_metrics=False,  # a trial lasts seconds to minutes: the study's cost is in its trials
+            images_every=0,  # nor epoch images: dozens of trials; the candidate's own run has its figures
             parent_id=self.parent_id,
             run_name=f"trial-{number}",
             tags={"vae.step": "trial", "optuna.trial_number": number, STATE_TAG: "running"},
