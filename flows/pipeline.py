@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run as current_run
 
+from flows import artifacts
 from flows.nights import night_lock, record_failure
 from flows.policies import CACHED, RESUMED, RETRIED
 from flows.signoff import need_server, sign_off
@@ -190,11 +190,8 @@ def _quiet(
 ) -> NightResult:
     """A night that registers nothing: its MLflow record and its Prefect artifact."""
     record = close_night(p, night_id, night, {"study": best.get("study"), "fingerprint": data["fingerprint"]})
-    create_markdown_artifact(
-        summaries.quiet_markdown(night, record),
-        key="vae-pipeline-summary",
-        description="no new candidate: the case and the champion",
-    )
+    desc = "no new candidate: the case and the champion"
+    artifacts.publish(p.registered_name, night, record, summaries.quiet_markdown(night, record), desc)
     return _result(p, night_id, best, night, record, clock)
 
 
@@ -249,11 +246,9 @@ def _night(p: PipelineParams, clock: _Clock) -> NightResult:
     outcome = {"registered_version": registered["version"], "promoted": decision["promote"], "study": best}
     extra = {**outcome, "metrics": metrics, "registered": registered, "decision": decision}
     record = close_night(p, night_id, night, extra)
-    create_markdown_artifact(
-        summaries.summary_markdown(best, metrics, registered, decision, night),
-        key="vae-pipeline-summary",
-        description="the case, metrics, promotion decision, MLflow run",
-    )
+    markdown = summaries.summary_markdown(best, metrics, registered, decision, night)
+    desc = "the case, metrics, promotion decision, MLflow run"
+    artifacts.publish(p.registered_name, night, record, markdown, desc, metrics, registered, decision)
     return _result(p, night_id, best, night, record, clock, registered, metrics, decision)
 
 

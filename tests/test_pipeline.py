@@ -388,6 +388,16 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
     assert tags["promotion.compared_to"] == champion_version and float(tags["promotion.improvement"]) == pytest.approx(
         promotion["improvement"], abs=1e-5
     )
+    # Prefect's table of the model's nights: one row per night that ended (not the failed or refused ones)
+    from flows.artifacts import previous_rows
+
+    rows = previous_rows("nights-vae-test")
+    assert [r["case"] for r in rows] == [night["night"]["case"] for night in (result, second, third)]
+    assert rows[0]["registered"] == "v1" and rows[0]["promoted"] is True and rows[0]["champion"] == "v1"
+    assert (
+        rows[2]["registered"] == f"v{third['registered']['version']}" and rows[2]["mlflow_run"] == third["night_run_id"]
+    )
+    assert rows[2]["test_neg_elbo"] == pytest.approx(third["metrics"]["neg_elbo"])
 
 
 def test_a_search_that_finds_nothing_better_registers_the_recipe_not_a_worse_model(harness, tmp_path, monkeypatch):

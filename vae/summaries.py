@@ -89,3 +89,41 @@ def mlflow_hint(result: NightResult) -> str:
         f"(experiment {reg['name']}: night run {result['night_run_id']}, its training run {reg['run_id']} holds "
         f"the model); registered model {reg['name']} v{reg['version']} ({role})."
     )
+
+
+NIGHTS_KEPT = 60  # rows of the nights table: two months of nightly runs
+
+
+def nights_key(model: str) -> str:
+    """The Prefect artifact key of a model's nights table (keys take lowercase letters, digits and dashes)."""
+    return "nights-" + "".join(c if c.isalnum() else "-" for c in model.lower()).strip("-")
+
+
+def night_row(night: dict[str, Any], record: dict[str, Any], metrics: dict | None, registered: dict | None,
+              decision: dict | None, when: str) -> dict[str, Any]:  # fmt: skip
+    """One night as a row of the nights table: when, the case, what was registered and decided, the numbers."""
+    metrics = metrics or {}
+    return {
+        "night": when,
+        "case": night["case"],
+        "registered": f"v{registered['version']}" if registered else "",
+        "promoted": bool(decision and decision["promote"]),
+        "champion": f"v{record['champion']}" if record.get("champion") else "",
+        "test_neg_elbo": metrics.get("neg_elbo"),
+        "gain_over_recipe": metrics.get("gain_over_recipe"),
+        "sample_fid": metrics.get("sample_fid"),
+        "mlflow_run": record["run_id"],
+    }
+
+
+def nights_table(previous: list[dict[str, Any]], row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The table of the last NIGHTS_KEPT nights, newest last: the previous table's rows and this night's."""
+    return [*previous, row][-NIGHTS_KEPT:]
+
+
+def version_link(tracking_uri: str, name: str, version: str) -> str | None:
+    """The MLflow UI page of a registered version, where the tracking URI is a server's (None for a local store,
+    which has no page until `mlflow ui` serves it)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/models/{name}/versions/{version}"
