@@ -60,8 +60,10 @@ def deployments(cron: str, reeval_cron: str, timezone: str, parameters: dict, on
     weekly = reevaluate_champion.to_deployment(
         name="weekly",
         schedule=Cron(reeval_cron, timezone=timezone),
-        parameters={k: v for k, v in parameters.items() if k in ("dataset", "tracking_uri", "model_name")},
-        description="Score the champion on today's test split.",
+        parameters={
+            k: v for k, v in parameters.items() if k in ("dataset", "tracking_uri", "model_name", "min_improvement")
+        },
+        description="Score the champion on today's test split; an event if it drifted from its record.",
         tags=["vae"],
     )
     return nightly, weekly

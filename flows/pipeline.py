@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.events import emit_event
 from prefect.runtime import flow_run as current_run
 
 from flows import artifacts
@@ -280,14 +281,32 @@ vae_pipeline = flow(name="vae-pipeline", log_prints=True, on_failure=[record_fai
 )
 
 
+DRIFTED = "vae.champion.drifted"  # the event of a re-evaluation that finds the champion off its record
+
+
 @flow(name="vae-reevaluate-champion", log_prints=True)
 def reevaluate_champion(
-    dataset: str = "mnist-5k", tracking_uri: str | None = None, model_name: str | None = None, iw_samples: int = 100
+    dataset: str = "mnist-5k",
+    tracking_uri: str | None = None,
+    model_name: str | None = None,
+    iw_samples: int = 100,
+    min_improvement: float = 0.5,
 ) -> dict:
-    """Score the current champion on today's test split and log the numbers to its MLflow run."""
-    p = PipelineParams(dataset=dataset, tracking_uri=tracking_uri, model_name=model_name, iw_samples=iw_samples)
+    """Score the current champion on today's test split, compare it with its record (drifted: beyond the
+    gate's interval and min_improvement: the event vae.champion.drifted), log both to its MLflow run."""
+    p = PipelineParams(
+        dataset=dataset,
+        tracking_uri=tracking_uri,
+        model_name=model_name,
+        iw_samples=iw_samples,
+        min_improvement=min_improvement,
+    )
     fetch_data(p)
-    return steps.reevaluate_champion(p, log=_log)
+    result = steps.reevaluate_champion(p, log=_log)
+    if result["drift"]["drifted"]:  # for an automation to tell someone (Prefect events)
+        resource = {"prefect.resource.id": f"vae.model.{result['name']}", "prefect.resource.name": result["name"]}
+        emit_event(DRIFTED, resource=resource, payload={"version": result["version"], **result["drift"]})
+    return result
 
 
 def _scalar(hint) -> type:

@@ -21,7 +21,7 @@ from vae.child import Log, run_vae
 from vae.code import code_commit, code_version
 from vae.config import Config, DataConfig
 from vae.data import load
-from vae.evaluation import evaluate_model
+from vae.evaluation import evaluate_model, per_image_neg_elbo
 from vae.io import atomic_write, utc_stamp
 from vae.night.params import PipelineParams
 from vae.records import (
@@ -41,7 +41,7 @@ from vae.records import (
     Winner,
 )
 from vae.redact import redact, redact_all
-from vae.tracking import candidate, identity, night_runs, promotion
+from vae.tracking import candidate, drift, identity, night_runs, promotion
 from vae.tracking.store import configure, tag_value
 from vae.tune import nightly
 
@@ -305,16 +305,22 @@ def promote_step(
 
 
 def reevaluate_champion(p: PipelineParams, log: Log = print) -> dict[str, Any]:
-    """Score the champion on this data set's current test split; log it on its run and version."""
+    """Score the champion on this data set's current test split, compare it with its record (vae/tracking/
+    drift.py); log both on its run (linked to its model and today's data) and its version."""
     uri, name = configure(p.resolved_tracking_uri()), p.registered_name
     mv = candidate.require_champion(uri, name)
     model, cfg = candidate.load_champion(uri, name)
     data = load(DataConfig(dataset=p.dataset))
     cfg = dataclasses.replace(cfg, data=DataConfig(dataset=p.dataset))
     metrics = evaluate_model(model, cfg, data, iw_samples=p.iw_samples)
-    candidate.log_reevaluation(uri, name, mv, metrics)
-    log(f"champion {name} v{mv.version}: test -ELBO {metrics['neg_elbo']:.3f} nats on {metrics['fingerprint'][:12]}")
-    return {"name": name, "version": str(mv.version), **metrics}
+    found = drift.drift(per_image_neg_elbo(model, data.test.images, cfg), drift.recorded_value(mv), p.min_improvement)
+    drift.log_reevaluation(uri, name, mv, metrics, found)
+    log(
+        f"champion {name} v{mv.version}: test -ELBO {metrics['neg_elbo']:.3f} nats on {metrics['fingerprint'][:12]}"
+        f" (registered with {found['recorded']:.3f}: {found['change']:+.3f} nats"
+        + (", DRIFTED beyond the gate's interval)" if found["drifted"] else ", within the gate's interval)")
+    )
+    return {"name": name, "version": str(mv.version), **metrics, "drift": found}
 
 
 def approval(decision: str, reviewer: str, comment: str) -> Approval:

@@ -4,7 +4,6 @@ its run, and a re-evaluation of the champion on new data."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ from vae.checkpoint import load_model
 from vae.data import load
 from vae.errors import ConfigError
 from vae.figures import write_figures
-from vae.io import utc_stamp
 from vae.tracking import registry
 from vae.tracking.models import resolve_model
 from vae.tracking.night_runs import log_evaluation
@@ -136,24 +134,6 @@ def record_decision(uri: str, run_id: str, decision: Mapping[str, Any]) -> None:
         )
         if decision.get("improvement") is not None:
             mlflow.log_metric("promotion_improvement", decision["improvement"])
-
-
-def log_reevaluation(uri: str, name: str, version: ModelVersion, metrics: Mapping[str, Any]) -> None:
-    """The champion's metrics on today's data: reeval_* metrics on its run, a `reevaluated` tag on its version."""
-    with using_store(uri), mlflow.start_run(run_id=version.run_id):
-        mlflow.log_metrics({f"reeval_{k}": v for k, v in _numbers(metrics).items()}, step=int(time.time()))
-    open_client(uri).set_model_version_tag(
-        name,
-        str(version.version),
-        "reevaluated",
-        json.dumps(
-            {
-                "time": utc_stamp(),
-                "neg_elbo": metrics["neg_elbo"],
-                "fingerprint": metrics["fingerprint"],
-            }
-        ),
-    )
 
 
 def require_champion(uri: str, name: str) -> ModelVersion:
