@@ -113,3 +113,12 @@ def add_registry_command(sub) -> None:
     command(
         rsub, "rollback", "registry:cmd_registry", parents=[common], help="point champion back at the previous champion"
     )
+    pn = command(
+        rsub,
+        "notify",
+        "registry:cmd_registry",
+        parents=[common],
+        help="send new versions and alias moves to a URL (an MLflow server's webhook)",
+    )
+    pn.add_argument("--url", required=True, help="the receiver, e.g. a chat's incoming-webhook https URL")
+    pn.add_argument("--secret-env", help="name of an environment variable holding the HMAC secret to sign with")

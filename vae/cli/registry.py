@@ -1,12 +1,14 @@
-"""`vae registry list|promote|rollback`: the MLflow registry by hand (the pipeline does the same steps)."""
+"""`vae registry list|promote|rollback|notify`: the MLflow registry by hand (the pipeline does the same steps)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from vae.cli.common import shows
-from vae.tracking import identity, registry
+from vae.errors import ConfigError
+from vae.tracking import identity, notify, registry
 from vae.tracking.store import tracking_uri
 
 
@@ -20,6 +22,8 @@ def _text(r: dict[str, Any]) -> str:
                 f"{v['decision'] or '-':<9} {v['fingerprint'][:12]}"
             )
         return "\n".join(lines)
+    if "webhook_id" in r:
+        return f"webhook {r['name']} ({r['webhook_id']}): {', '.join(r['events'])} -> {r['url']}"
     if "rolled_back" in r:
         return f"{r['name']}: champion is v{r['champion']} again (v{r['rolled_back']} rolled back)"
     return f"{r['name']} v{r['candidate']}: {'promoted to champion' if r['promote'] else 'not promoted'}: {r['reason']}"
@@ -31,6 +35,11 @@ def cmd_registry(a: argparse.Namespace) -> dict[str, Any]:
     name = a.name or identity.model_name(a.dataset)
     if a.action == "list":
         return {"name": name, "versions": registry.list_versions(uri, name)}
+    if a.action == "notify":
+        secret = os.environ.get(a.secret_env) if a.secret_env else None
+        if a.secret_env and not secret:
+            raise ConfigError(f"--secret-env {a.secret_env}: that environment variable is not set or empty")
+        return notify.ensure_webhook(uri, a.url, secret)
     if a.action == "promote":
         return {"name": name, **registry.promote(uri, name, a.version, a.min_improvement, force=a.force).as_dict()}
     return registry.rollback(uri, name)
