@@ -144,3 +144,31 @@ def selects_gpu_explicitly(markexpr: str) -> bool:
         return expr.evaluate(lambda name, /, **kwargs: name in names)
 
     return any(matches(others | {"gpu"}) and not matches(others) for others in (set(), {"slow"}))
+
+
+@contextlib.contextmanager
+def webhook_receiver():
+    """A receiver of webhook calls on 127.0.0.1: yields (its base URL, the list of (path, headers, body) of
+    each POST it was sent, in order)."""
+    import http.server
+    import threading
+
+    got: list[tuple[str, dict, bytes]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            got.append((self.path, dict(self.headers), body))
+            self.send_response(200)
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", got
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -6,15 +6,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import http.server
 import json
-import threading
 import time
 
 import mlflow
 import pytest
 
-from tests.helpers import run_cli, start_server, stop_server
+from tests.helpers import run_cli, start_server, stop_server, webhook_receiver
 
 pytestmark = pytest.mark.slow
 SECRET = "hook-secret-41"
@@ -22,24 +20,8 @@ SECRET = "hook-secret-41"
 
 @pytest.fixture
 def receiver():
-    """A webhook receiver on 127.0.0.1: (its base URL, the list of (path, headers, body) it was sent)."""
-    got: list[tuple[str, dict, bytes]] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            got.append((self.path, dict(self.headers), body))
-            self.send_response(200)
-            self.end_headers()
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", got
-    server.shutdown()
-    server.server_close()
+    with webhook_receiver() as r:
+        yield r
 
 
 @pytest.fixture
@@ -103,3 +85,28 @@ def test_a_new_version_and_each_alias_move_reach_the_receiver_signed(webhook_ser
     }, seen
     champion = seen["model_version_alias", "created", "champion"]
     assert champion["name"] == "vae-notify" and str(champion["version"]) == version
+
+
+def test_a_failed_night_and_a_drifted_champion_reach_the_receiver(receiver, tmp_path, monkeypatch):
+    from prefect.events import emit_event
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.notify import ensure_automations, main
+    from flows.pipeline import vae_pipeline
+
+    hook_url, got = receiver
+    assert main(["--url", "mailto:someone"]) == 2
+    monkeypatch.chdir(tmp_path)
+    with prefect_test_harness(server_startup_timeout=120):
+        first = ensure_automations(f"{hook_url}/old", allow_private=True)
+        assert ensure_automations(f"{hook_url}/hook", allow_private=True) == first  # updated, not added
+        failed = vae_pipeline(trials=0, workdir=str(tmp_path / "w"), return_state=True)  # refused: trials=0
+        assert failed.is_failed()
+        emit_event("vae.champion.drifted", resource={"prefect.resource.id": "vae.model.vae-x",
+                                                     "prefect.resource.name": "vae-x"})  # fmt: skip
+        deadline = time.monotonic() + 60
+        while len(got) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+    texts = sorted(json.loads(body)["text"] for path, _, body in got if path == "/hook")
+    assert len(got) == 2 and texts[0].startswith("vae: failed: ") and "prefect.flow-run.Failed" in texts[0], got
+    assert texts[1].startswith("vae: the champion drifted from its record: vae-x (vae.champion.drifted"), got

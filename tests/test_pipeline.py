@@ -2,15 +2,17 @@
 SQLite stores for MLflow and Optuna; a live `mlflow server` and a live `prefect server` where the issue
 asks for one."""
 
+import contextlib
 import json
 import os
+import time
 import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from tests.helpers import start_server, stop_server
+from tests.helpers import start_server, stop_server, webhook_receiver
 from vae.errors import ConfigError
 from vae.records import Baseline, NightResult, problems
 
@@ -565,10 +567,17 @@ def test_require_approval_pauses_before_champion_moves_and_records_the_sign_off(
     import sys
 
     from mlflow import MlflowClient
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.notify import ensure_automations
 
     api, env = prefect_server
     params = tiny(tmp_path, trials=1, epochs=1, iw_samples=0)
     args = [f"--{k.replace('_', '-')}={v}" for k, v in params.items()] + ["--require-approval"]
+    hooks = contextlib.ExitStack()
+    hook_url, told = hooks.enter_context(webhook_receiver())
+    with temporary_settings({PREFECT_API_URL: api}):
+        ensure_automations(hook_url, allow_private=True)  # a reviewer is told the night waits (flows/notify.py)
     proc = subprocess.Popen(
         [sys.executable, "-m", "flows.pipeline", *args],
         cwd=tmp_path,
@@ -580,6 +589,12 @@ def test_require_approval_pauses_before_champion_moves_and_records_the_sign_off(
     )
     try:
         flow_run = paused_run(api, proc)
+        deadline = time.monotonic() + 60
+        while not told and time.monotonic() < deadline:
+            time.sleep(0.5)
+        [(_, _, body)] = told
+        assert json.loads(body)["text"].startswith("vae: a night waits for a reviewer"), body
+        hooks.close()
         # Paused: the version is registered and its comparison is on its run for the reviewer; no champion yet
         uri = params["tracking_uri"]
         client = MlflowClient(uri, uri)
