@@ -28,11 +28,23 @@ MAX_WEIGHTS = 1_000_000_000
 SEED_LIMIT = 2**32  # torch's generators take 64-bit seeds; an epoch's is seed * 1_000_003 + epoch (vae/batches.py)
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """repr(value) for an error message, cut past `limit` characters. A value repr() cannot print is described
+    instead: an integer past Python's 4300 digits (ValueError), a list nested too deep (RecursionError)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        if isinstance(value, int):
+            return f"<an integer of about {round(value.bit_length() * math.log10(2))} digits>"
+        return f"<a {type(value).__name__} holding an integer too long to print>"
+    except RecursionError:
+        return f"<a {type(value).__name__} nested too deep to print>"
+    return text if len(text) <= limit else text[: limit - 20] + f"... ({len(text)} characters)"
+
+
 def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
-        text = repr(value)
-        text = text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
-        raise ConfigError(f"{name}={text} is invalid: expected {allowed}")
+        raise ConfigError(f"{name}={shown(value)} is invalid: expected {allowed}")
 
 
 def _is_int(v: Any) -> bool:
@@ -283,7 +295,7 @@ def _json_type(value: Any) -> str:
     """What a JSON value is, in words, with the value itself when it is short: 'a list ([1, 2])'."""
     words = {list: "a list", str: "a string", bool: "a boolean", dict: "an object", int: "a number", float: "a number"}
     words[type(None)] = "null"
-    text = repr(value)
+    text = shown(value)
     kind = words.get(type(value), type(value).__name__)
     return f"{kind} ({text})" if len(text) <= 40 else kind
 

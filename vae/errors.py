@@ -1,11 +1,18 @@
 """The exceptions a user can meet. The CLI turns each into one line on stderr and its `exit_code`:
 2 for bad usage or settings (nothing was started), 1 for a run that started and failed."""
 
+# The characters str.splitlines() breaks a line at, each shown as its escape (\n, \r, \x85...).
+LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
 
 class VAEError(Exception):
-    """Base for errors caused by input: bad configuration, bad files, bad data."""
+    """Base for errors caused by input: bad configuration, bad files, bad data. Its text is one line whatever
+    the input held (a file name or a parameter name with a line break in it), as the CLI's `vae: error:` needs."""
 
     exit_code = 2
+
+    def __str__(self) -> str:
+        return super().__str__().translate(LINE_BREAKS)
 
 
 class ConfigError(VAEError, ValueError):

@@ -25,12 +25,7 @@ from vae.uses import sample
 
 def config_from_args(a: argparse.Namespace) -> Config:
     """--config's file (or the defaults) with the flags given beside it in place."""
-    base = Config()
-    if a.config:
-        try:
-            base = Config.from_dict(json.loads(Path(a.config).read_text()))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"--config {a.config} cannot be read ({e}): expected a JSON config file") from None
+    base = Config.from_dict(read_json_config(a.config)) if a.config else Config()
     changes: dict[str, dict[str, Any]] = {"data": {}, "model": {}, "train": {}}
     for section, name in config_fields():
         if hasattr(a, name):
@@ -38,6 +33,22 @@ def config_from_args(a: argparse.Namespace) -> Config:
     if getattr(a, "no_progress", False):
         changes["train"]["progress"] = False
     return base.replace(**changes)
+
+
+def read_json_config(path: str) -> Any:
+    """The JSON value a --config file holds; ConfigError saying why not: unreadable, not UTF-8, not JSON, nested
+    too deep or holding an integer too long for Python to read (its 4300 digits)."""
+    why = f"--config {path} cannot be read"
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{why} ({e}): expected a JSON config file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{why}: byte {e.start} is not UTF-8 ({e.reason}): expected a JSON config file") from None
+    except RecursionError:
+        raise ConfigError(f"{why}: nested too deep: expected a JSON config file (a few levels)") from None
+    except ValueError as e:  # json.JSONDecodeError, or an integer past 4300 digits
+        raise ConfigError(f"{why} ({str(e).split(';')[0]}): expected a JSON config file") from None
 
 
 @shows(lambda r: f"run folder: {r['out']}" + (f"\nMLflow run: {r['mlflow_run_id']}" if r.get("mlflow_run_id") else ""))

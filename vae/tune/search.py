@@ -37,6 +37,8 @@ def make_sampler(name: str, seed: int | None, startup: int | None = None) -> opt
     TPE 10, GP 10, CMA-ES 1)."""
     if startup is not None and (not isinstance(startup, int) or isinstance(startup, bool) or startup < 0):
         raise ConfigError(f"startup_trials={startup!r} is invalid: expected an integer >= 0")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32):
+        raise ConfigError(f"sampler_seed={seed!r} is invalid: expected an integer from 0 to 2**32 - 1 (numpy's seeds)")
     kw = {} if startup is None else {"n_startup_trials": startup}
     if name in ("tpe", "tpe-multivariate"):
         multi = name == "tpe-multivariate"  # one joint density over the parameters, grouped by which are drawn

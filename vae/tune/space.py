@@ -4,6 +4,8 @@ trial starts; `suggest` draws a point, `to_config` turns it into the trial's Con
 from __future__ import annotations
 
 import json
+import math
+import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from vae.config import Config
+from vae.config import Config, shown
 from vae.errors import ConfigError
 from vae.kinds import listed, names
 
@@ -62,11 +64,14 @@ def load_space(source: str | Path | Mapping[str, Any] | None, base: Config) -> d
     if isinstance(source, (str, Path)):
         where, overrides = f"space file {source}", _read_space_file(Path(source))
     elif source is not None:
+        if not isinstance(source, Mapping):
+            raise ConfigError(f"search space {shown(source)} is invalid: expected a mapping of parameters or a file")
         overrides = source
     space = {k: dict(v) for k, v in DEFAULT_SPACE.items()}
     for name, entry in overrides.items():
         if name not in PARAMS:
-            raise ConfigError(f"{where}: unknown parameter [{name}]: expected some of {', '.join(PARAMS)}")
+            shown_name = name if isinstance(name, str) else shown(name)  # a YAML key may be any value
+            raise ConfigError(f"{where}: unknown parameter [{shown_name}]: expected some of {', '.join(PARAMS)}")
         if isinstance(entry, Mapping):
             space[name] = dict(entry)
         elif isinstance(entry, list):
@@ -91,10 +96,31 @@ def _read_space_file(path: Path) -> Mapping[str, Any]:
         raise ConfigError(f"{where} cannot be parsed: {str(e).splitlines()[0]}") from None
     if not isinstance(overrides, Mapping):
         raise ConfigError(f"{where} is invalid: expected a table of parameters, e.g. [lr] low = 1e-4 high = 1e-2")
+    if _too_many(overrides, MAX_VALUES):  # YAML aliases: a few hundred bytes can stand for 10**9 strings
+        raise ConfigError(f"{where} holds more than {MAX_VALUES} values (YAML aliases expanded): expected a few")
     return overrides
 
 
+MAX_VALUES = 10_000  # values a space file may hold, every list item and mapping key counted
+
+
+def _too_many(value: Any, limit: int) -> bool:
+    """Whether value holds more than `limit` values, aliases counted each time they appear: stops there."""
+    stack, seen = [value], 0
+    while stack:
+        v = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(v, Mapping):
+            stack += [*v.keys(), *v.values()]
+        elif isinstance(v, list):
+            stack += v
+    return False
+
+
 KEYS = {"low", "high", "log", "step", "choices", "value"}
+MAX_DEPTH = 8  # hidden layers at most, as ModelConfig allows
 
 
 def _check_entry(name: str, spec: dict[str, Any], base: Config, where: str) -> None:
@@ -104,8 +130,9 @@ def _check_entry(name: str, spec: dict[str, Any], base: Config, where: str) -> N
         return ConfigError(f"{where}: [{name}] {msg}")
 
     keys = set(spec)
-    if keys - KEYS:
-        raise bad(f"has unknown key(s) {sorted(keys - KEYS)}: expected low/high (log, step), choices, or value")
+    if keys - KEYS:  # a YAML key may be any value: shown() prints each, an integer of 6000 digits included
+        unknown = ", ".join(sorted(map(shown, keys - KEYS)))
+        raise bad(f"has unknown key(s) [{unknown}]: expected low/high (log, step), choices, or value")
     if "value" in keys:
         if keys != {"value"}:
             raise bad("mixes value with other keys: a fixed parameter has only value")
@@ -115,13 +142,13 @@ def _check_entry(name: str, spec: dict[str, Any], base: Config, where: str) -> N
             raise bad("mixes choices with other keys: a categorical parameter has only choices")
         values = spec["choices"]
         if not isinstance(values, list) or not values:
-            raise bad(f"choices={values!r} is invalid: expected a non-empty list")
-        if len(set(map(str, values))) != len(values):
-            raise bad(f"choices={values!r} repeat a value")
+            raise bad(f"choices={shown(values)} is invalid: expected a non-empty list")
     else:
         values = _check_range(kind, spec, bad)
     for v in values:
         _check_value(name, kind, v, base, bad)
+    if "choices" in keys and len(set(map(str, values))) != len(values):  # each valid, so small: str() is cheap
+        raise bad(f"choices={shown(values)} repeat a value")
 
 
 def _check_range(kind: type, spec: dict[str, Any], bad) -> list[Any]:
@@ -135,33 +162,42 @@ def _check_range(kind: type, spec: dict[str, Any], bad) -> list[Any]:
     num = (int,) if kind is int else (int, float)
     for k in ("low", "high") + (("step",) if "step" in keys else ()):
         if not isinstance(spec[k], num) or isinstance(spec[k], bool):
-            raise bad(f"{k}={spec[k]!r} is invalid: expected {'an integer' if kind is int else 'a number'}")
+            raise bad(f"{k}={shown(spec[k])} is invalid: expected {'an integer' if kind is int else 'a number'}")
     if lo > hi:
-        raise bad(f"low={lo} > high={hi}: expected low <= high")
+        raise bad(f"low={shown(lo)} > high={shown(hi)}: expected low <= high")
     if not isinstance(spec.get("log", False), bool):
-        raise bad(f"log={spec['log']!r} is invalid: expected true or false")
+        raise bad(f"log={shown(spec['log'])} is invalid: expected true or false")
     if spec.get("log") and lo <= 0:
-        raise bad(f"low={lo} is invalid with log = true: expected low > 0")
+        raise bad(f"low={shown(lo)} is invalid with log = true: expected low > 0")
     if spec.get("log") and "step" in keys:
         raise bad("cannot have both log and step")
     if "step" in keys and not spec["step"] > 0:
-        raise bad(f"step={spec['step']} is invalid: expected step > 0")
+        raise bad(f"step={shown(spec['step'])} is invalid: expected step > 0")
     return [lo, hi]
 
 
 def _check_value(name: str, kind: type, v: Any, base: Config, bad) -> None:
     if name == "model" and v not in names(searchable=True):
         raise bad(
-            f"model={v!r} is invalid in a search: the objective is the validation -ELBO, "
+            f"model={shown(v)} is invalid in a search: the objective is the validation -ELBO, "
             f"expected {listed(names(searchable=True))}"
         )
-    numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
-    if kind is not str and (not numeric or (kind is int and v != int(v))):
-        raise bad(f"value {v!r} is invalid: expected {'an integer' if kind is int else 'a number'}")
+    if kind is not str and not _number(v, kind):
+        raise bad(f"value {shown(v)} is invalid: expected {'an integer' if kind is int else 'a finite number'}")
     try:
         to_config(base, {name: v})
     except ConfigError as e:
         raise bad(str(e)) from None
+
+
+def _number(v: Any, kind: type) -> bool:
+    """v is a number of the parameter's kind: any integer (or integral float) for int, a finite float for float
+    (an integer past the floats' range, or NaN or infinity, is none; TOML and YAML write all three)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    if isinstance(v, int):
+        return kind is int or abs(v) <= sys.float_info.max
+    return math.isfinite(v) and (kind is float or v.is_integer())
 
 
 def suggest(trial, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -195,6 +231,8 @@ def to_config(base: Config, params: Mapping[str, Any]) -> Config:
     if "hidden_width" in params or "hidden_depth" in params:
         width = int(params.get("hidden_width", base.model.hidden[0]))
         depth = int(params.get("hidden_depth", len(base.model.hidden)))
+        if not 1 <= depth <= MAX_DEPTH:  # checked before (width,) * depth: 2**32 layers would be 34 GB of tuple
+            raise ConfigError(f"hidden_depth={shown(depth)} is invalid: expected 1 to {MAX_DEPTH} hidden layers")
         sections["model"]["hidden"] = (width,) * depth
     return base.replace(**sections)
 

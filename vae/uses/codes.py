@@ -45,6 +45,8 @@ def sample(model, n: int, temperature: float = 1.0, seed: int = 0) -> np.ndarray
         raise ConfigError(f"n={n!r} is invalid: expected an integer from 1 to 100000")
     if not (isinstance(temperature, (int, float)) and 0 < temperature <= 10):
         raise ConfigError(f"temperature={temperature!r} is invalid: expected a number in (0, 10]")
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and -(2**63) <= seed < 2**64):  # torch's seeds
+        raise ConfigError(f"seed={seed!r} is invalid: expected an integer from -2**63 to 2**64 - 1")
     g = torch.Generator(device=device_of(model)).manual_seed(seed)
     return model.sample(n, float(temperature), generator=g).cpu().numpy()
 
