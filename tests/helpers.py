@@ -151,7 +151,6 @@ def webhook_receiver():
     """A receiver of webhook calls on 127.0.0.1: yields (its base URL, the list of (path, headers, body) of
     each POST it was sent, in order)."""
     import http.server
-    import threading
 
     got: list[tuple[str, dict, bytes]] = []
 
@@ -165,10 +164,20 @@ def webhook_receiver():
             self.send_response(200)
             self.end_headers()
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    server, url = threaded_server(Handler)
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", got
+        yield url.rstrip("/"), got
     finally:
         server.shutdown()
         server.server_close()
+
+
+def threaded_server(handler):
+    """An HTTP server of `handler` on a free 127.0.0.1 port, served by a daemon thread that notices a
+    shutdown() within 0.05 s: (the server, its base URL with a trailing /)."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/"

@@ -14,13 +14,13 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests.helpers import threaded_server
 from vae import data, idx
 from vae.config import DataConfig
 from vae.errors import DataError, VAEError
@@ -69,10 +69,9 @@ def serve():
                 hits.append(self.path)
                 return super().send_head()
 
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()  # quick shutdown
+        server, url = threaded_server(functools.partial(Handler, directory=str(folder)))
         servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/", hits
+        return url, hits
 
     yield start
     for server in servers:

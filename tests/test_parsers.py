@@ -12,7 +12,6 @@ import json
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import run_cli
+from tests.helpers import run_cli, threaded_server
 from vae import data, idx
 from vae.config import MAX_WEIGHTS, Config, ModelConfig
 from vae.errors import ConfigError, DataError, DownloadError
@@ -214,10 +213,9 @@ def endless():
                 except OSError:  # the client stopped reading: what is tested
                     pass
 
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        server, url = threaded_server(Handler)
         servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/", hits
+        return url, hits
 
     yield start
     for server in servers:
