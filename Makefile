@@ -49,7 +49,8 @@ bench: setup
 	$(BIN)/python benchmarks/pipeline_stages.py --json benchmarks/results/pipeline_stages.json
 
 # The shared services a team runs, on 127.0.0.1: PostgreSQL (MLflow's backend and Optuna's storage), an MLflow
-# server, a Prefect server and one process worker on the work pool `vae` (vae/services.py). Prints the URLs.
+# server, a Prefect server and one process worker on the work pool `vae` (vae/services.py), all behind logins.
+# Prints the URLs and the env file to read: set -a; . .services/client.env; set +a
 services: setup
 	$(BIN)/python -m vae.services start
 

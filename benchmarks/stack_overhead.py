@@ -23,6 +23,8 @@ from pathlib import Path
 
 import psutil
 
+from vae import credentials
+
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = {"trials": 2, "min_epochs": 1, "epochs": 2, "subset": 1000, "iw_samples": 10}
 
@@ -49,7 +51,7 @@ def main() -> None:
     a = p.parse_args()
     home = Path(tempfile.mkdtemp(prefix="vae-stack-"))
     python, prefect = sys.executable, str(Path(sys.executable).parent / "prefect")
-    started = subprocess.run(
+    subprocess.run(
         [python, "-m", "vae.services", "start", "--home", str(home), "--base-port", "7433"],
         capture_output=True,
         text=True,
@@ -58,7 +60,7 @@ def main() -> None:
     )
     env = {
         **os.environ,
-        **dict(x.split("=", 1) for x in started.stdout.split("export ", 1)[1].split()),
+        **credentials.read_env(home / "client.env"),
         "PREFECT_HOME": str(home / "prefect"),
     }
     try:

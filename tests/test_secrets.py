@@ -116,7 +116,7 @@ def test_a_mirror_password_is_in_no_log_line_nor_error(tmp_path, caplog, monkeyp
 
 
 def test_a_password_file_is_private_from_its_first_byte(tmp_path):
-    from vae.services import private_file
+    from vae.credentials import private_file
 
     path = tmp_path / "pgpass"
     path.write_text("old")

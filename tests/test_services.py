@@ -1,7 +1,8 @@
 """The shared services as a team runs them (vae/services.py): PostgreSQL for MLflow and Optuna, a live
-MLflow server and Prefect server, a worker; a study run through them, with the database password nowhere
-in sight; and a clean stop."""
+MLflow server and Prefect server behind their logins, a worker; a study and nights run through them, with
+no password in sight; a sign-off that takes the reviewer's own MLflow login; and a clean stop."""
 
+import base64
 import contextlib
 import json
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import optuna
 import pytest
 
 from tests.helpers import free_port
+from vae import credentials
 from vae.child import last_json
 
 pytestmark = pytest.mark.slow
@@ -43,11 +46,57 @@ def stack(tmp_path_factory):
     started = services(home, "start", "--base-port", str(base))
     try:
         assert started.returncode == 0, started.stderr[-3000:]
-        exports = started.stdout.split("export ", 1)[1].split()
-        yield home, dict(x.split("=", 1) for x in exports), started.stdout
+        yield home, credentials.read_env(home / "client.env"), started.stdout
     finally:
         services(home, "stop")
         shutil.rmtree(home, ignore_errors=True)
+
+
+def secrets_of(home: Path) -> dict[str, str]:
+    """Every password of the stack: PostgreSQL's (pgpass) and the logins of vae/credentials.py."""
+    found = {k: v.split(":")[-1] for k, v in credentials.stored(home).items()}
+    return found | {"postgres": (home / "pgpass").read_text().strip().split(":")[-1]}
+
+
+def leaks(home: Path, seen: dict[str, str]) -> list[str]:
+    """(where, which secret) for each secret of the stack found in `seen` or in the stack's logs."""
+    seen = seen | {p.name: p.read_text(errors="replace") for p in home.glob("*.log")}
+    return [f"{where}: {k}" for where, text in seen.items() for k, v in secrets_of(home).items() if v in text]
+
+
+def mlflow_get(env: dict[str, str], path: str, login: tuple[str, str] | None = None) -> dict:
+    """GET on the MLflow server's REST API, as the pipeline unless `login` says otherwise."""
+    user, password = login or (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    req = urllib.request.Request(env["MLFLOW_TRACKING_URI"] + path, headers={"Authorization": f"Basic {token}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def status_of(req: urllib.request.Request | str) -> int:
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_every_service_needs_a_login_and_the_logins_stay_private(stack):
+    home, env, printed = stack
+    search = "/api/2.0/mlflow/experiments/search?max_results=1"
+    assert status_of(env["MLFLOW_TRACKING_URI"] + search) == 401
+    with pytest.raises(urllib.error.HTTPError) as wrong:
+        mlflow_get(env, search, ("pipeline", "not-the-password"))
+    assert wrong.value.code == 401 and "experiments" in mlflow_get(env, search)
+    flows = env["PREFECT_API_URL"] + "/flows/filter"
+    ask = {"data": b"{}", "method": "POST", "headers": {"Content-Type": "application/json"}}
+    assert status_of(urllib.request.Request(flows, **ask)) == 401
+    token = base64.b64encode(env["PREFECT_API_AUTH_STRING"].encode()).decode()
+    authed = {**ask, "headers": {**ask["headers"], "Authorization": f"Basic {token}"}}
+    assert status_of(urllib.request.Request(flows, **authed)) == 200
+    kept = ["credentials.json", "client.env", "mlflow-auth.ini", "pgpass"]
+    assert {name: oct((home / name).stat().st_mode)[-3:] for name in kept} == dict.fromkeys(kept, "600")
+    assert leaks(home, {"printed": printed}) == []
 
 
 def test_a_study_runs_through_postgresql_and_the_mlflow_server_and_the_password_stays_hidden(stack, tmp_path):
@@ -81,40 +130,22 @@ def test_a_study_runs_through_postgresql_and_the_mlflow_server_and_the_password_
     os.environ["PGPASSFILE"] = env["PGPASSFILE"]
     study = optuna.load_study(study_name="team", storage=env["VAE_OPTUNA_STORAGE"])
     assert len(study.trials) == 2
-    with urllib.request.urlopen(
-        f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/runs/get?run_id={summary['parent_run_id']}"
-    ) as resp:
-        run = resp.read().decode()
-    password = (Path(env["PGPASSFILE"]).read_text().strip().split(":"))[-1]
-    assert len(password) >= 20 and oct(Path(env["PGPASSFILE"]).stat().st_mode)[-3:] == "600"
+    run = json.dumps(mlflow_get(env, f"/api/2.0/mlflow/runs/get?run_id={summary['parent_run_id']}"))
+    assert all(len(v) >= 20 for v in secrets_of(home).values())
     seen = {"printed": printed, "tune stdout": r.stdout, "tune stderr": r.stderr, "mlflow run": run}
-    seen |= {p.name: p.read_text(errors="replace") for p in home.glob("*.log")}
-    assert [where for where, text in seen.items() if password in text] == []
+    assert leaks(home, seen) == []
 
 
-def test_a_nightly_deployment_runs_through_a_worker_on_the_stack(stack, tmp_path):
+@pytest.fixture(scope="module")
+def deployed(stack, tmp_path_factory):
+    """The nightly deployment of flows.deploy on the stack, a tiny night (its output: no secret in it)."""
     home, env, _ = stack
     client = {**os.environ, **env, "PREFECT_HOME": str(home / "prefect")}
+    params = {"subset": "300", "min_epochs": "1", "iw_samples": "0"}
+    params["workdir"] = f'"{tmp_path_factory.mktemp("deployed") / "work"}"'
     deploy = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flows.deploy",
-            "--work-pool",
-            "vae",
-            "--trials",
-            "1",
-            "--epochs",
-            "1",
-            "--param",
-            "subset=300",
-            "--param",
-            "min_epochs=1",
-            "--param",
-            "iw_samples=0",
-            "--param",
-            f'workdir="{tmp_path / "work"}"',
-        ],
+        [sys.executable, "-m", "flows.deploy", "--work-pool", "vae", "--trials", "1", "--epochs", "1"]
+        + [f"--param={k}={v}" for k, v in params.items()],
         capture_output=True,
         text=True,
         timeout=300,
@@ -122,6 +153,12 @@ def test_a_nightly_deployment_runs_through_a_worker_on_the_stack(stack, tmp_path
         env=client,
     )
     assert deploy.returncode == 0, deploy.stderr[-3000:]
+    return client, deploy.stdout + deploy.stderr
+
+
+def test_a_nightly_deployment_runs_through_a_worker_on_the_stack(stack, deployed):
+    home, env, _ = stack
+    client, deploy = deployed
     prefect = str(Path(sys.executable).parent / "prefect")
     run = subprocess.run(
         [prefect, "deployment", "run", "vae-pipeline/nightly", "--watch", "--watch-timeout", "900"],
@@ -131,19 +168,63 @@ def test_a_nightly_deployment_runs_through_a_worker_on_the_stack(stack, tmp_path
         env=client,
     )
     assert run.returncode == 0 and "Flow run finished successfully in 'Completed'" in run.stdout, run.stdout[-3000:]
-    flow_run = run.stdout.split("UUID: ")[1].split()[0]
-    inspected = subprocess.run(
-        [prefect, "flow-run", "inspect", flow_run], capture_output=True, text=True, env=client
-    ).stdout
-    with urllib.request.urlopen(
-        f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/registered-models/get?name=vae-mnist-5k"
-    ) as resp:
-        model = json.loads(resp.read())["registered_model"]
+    inspected = inspect(prefect, run.stdout.split("UUID: ")[1].split()[0], client)
+    model = mlflow_get(env, "/api/2.0/mlflow/registered-models/get?name=vae-mnist-5k")["registered_model"]
     assert model["latest_versions"] and any(a["alias"] == "champion" for a in model.get("aliases", []))
-    password = (Path(env["PGPASSFILE"]).read_text().strip().split(":"))[-1]
-    seen = {"flow run": inspected, "deploy": deploy.stdout + deploy.stderr, "run": run.stdout}
-    seen |= {p.name: p.read_text(errors="replace") for p in home.glob("*.log")}
-    assert [where for where, text in seen.items() if password in text] == []
+    assert leaks(home, {"flow run": inspected, "deploy": deploy, "run": run.stdout}) == []
+
+
+def wait_for(prefect: str, flow_run: str, env: dict[str, str], text: str, seconds: float = 600) -> str:
+    """The flow run's inspection once it holds `text`."""
+    deadline = time.time() + seconds
+    while text not in (inspected := inspect(prefect, flow_run, env)):
+        assert time.time() < deadline, inspected[-2000:]
+        time.sleep(2)
+    return inspected
+
+
+def signoff(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.signoff", *args], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env
+    )
+
+
+def test_a_sign_off_is_taken_only_from_a_reviewer_logged_in_with_edit_on_the_model(stack, deployed):
+    """Prefect's one credential can resume a paused run with any name in the form: the night refuses such an
+    answer and pauses again; a login without EDIT on the model is refused by MLflow; a granted reviewer's
+    answer frees the night, and the version records that login."""
+    home, env, _ = stack
+    client, _ = deployed
+    prefect = str(Path(sys.executable).parent / "prefect")
+    params = ["-p", "require_approval=true", "-p", 'model_name="vae-signed"', "-p", "approval_timeout=900"]
+    started = subprocess.run(
+        [prefect, "deployment", "run", "vae-pipeline/nightly", *params], capture_output=True, text=True, env=client
+    )
+    flow_run = started.stdout.split("UUID: ")[1].split()[0]
+    wait_for(prefect, flow_run, client, "pause_key='sign-off-0-")
+    forged = "from prefect.flow_runs import resume_flow_run as r; import sys; "
+    forged += "r(sys.argv[1], run_input={'decision': 'approve', 'reviewer': 'ada', 'comment': 'typed in'})"
+    subprocess.run([sys.executable, "-c", forged, flow_run], check=True, env=client, timeout=120)
+    wait_for(prefect, flow_run, client, "pause_key='sign-off-1-")  # refused: paused again
+    people = {}
+    for name, grant in (("eve", []), ("ada", ["--grant", "vae-signed"])):
+        made = services(home, "user", name, *grant)
+        assert made.returncode == 0, made.stderr
+        people[name] = {**os.environ, **credentials.read_env(home / "users" / f"{name}.env")}
+        assert oct((home / "users" / f"{name}.env").stat().st_mode)[-3:] == "600"
+    refused = signoff(people["eve"], "approve", "--comment", "looks fine")
+    assert refused.returncode == 2 and "'eve' may not sign off on vae-signed" in refused.stderr, refused.stderr
+    posing = signoff(people["eve"], "approve", "--reviewer", "ada")
+    assert posing.returncode == 2 and "logged in to MLflow as 'eve'" in posing.stderr, posing.stderr
+    answered = signoff(people["ada"], "approve", "--comment", "clear gain")
+    assert answered.returncode == 0, answered.stderr
+    wait_for(prefect, flow_run, client, "StateType.COMPLETED")
+    version = mlflow_get(env, "/api/2.0/mlflow/registered-models/alias?name=vae-signed&alias=champion")
+    tags = {t["key"]: t["value"] for t in version["model_version"]["tags"]}
+    assert tags["approval.reviewer"] == "ada" and json.loads(tags["sign_off"])["flow_run"] == flow_run
+    logs = subprocess.run([prefect, "flow-run", "logs", flow_run], capture_output=True, text=True, env=client).stdout
+    assert "sign-off refused (approve by 'ada'): no sign_off tag on vae-signed v1" in logs, logs[-3000:]
+    assert leaks(home, {"logs": logs, "answers": refused.stderr + posing.stderr + answered.stdout}) == []
 
 
 def start_night(stack, work: Path, model: str) -> tuple[list[str], str, dict[str, str]]:

@@ -1,18 +1,22 @@
 """The shared services a team runs, on this machine: PostgreSQL, an MLflow server backed by it, Optuna's
-storage in it, a Prefect server, and one process worker on a work pool. `make services` / `make
-services-stop`; the embedded default (SQLite, no servers) stays what `make run` uses. Each service is a
+storage in it, a Prefect server, and one process worker on a work pool, all behind a login. `make services` /
+`make services-stop`; the embedded default (SQLite, no servers) stays what `make run` uses. Each service is a
 process started from its own binary (pg_ctl, mlflow, prefect): nothing here imports Prefect or MLflow, which
 is why it lives in vae/ and not in flows/.
 
-    python -m vae.services start [--home .services] [--pool vae]   # prints the URLs and the exports
+    python -m vae.services start [--home .services] [--pool vae]   # prints the URLs and the env file to read
+    set -a; . .services/client.env; set +a                         # the pipeline's login, for flows and vae
+    python -m vae.services user ada --grant vae-mnist-5k           # a reviewer's login: .services/users/ada.env
     python -m vae.services status
     python -m vae.services worker                                  # one more worker on the pool
     python -m vae.services stop
 
-Everything listens on 127.0.0.1. The database password is generated at the first start and kept in
-HOME/pgpass (mode 0600), which libpq reads through PGPASSFILE: no URL, command line, Prefect parameter or
-MLflow tag ever holds it. Before opening any of this to a network, put authentication and TLS in front of
-the MLflow and Prefect servers (a reverse proxy), and give PostgreSQL its own users and pg_hba rules.
+Everything listens on 127.0.0.1 and needs a login (vae/credentials.py): MLflow runs its basic-auth app (users
+`admin` and `pipeline`, reviewers added with `user`), Prefect its auth string. The passwords are generated at
+the first start and kept in files of mode 0600 (HOME/credentials.json, HOME/client.env, HOME/pgpass, which
+libpq reads through PGPASSFILE): no URL, command line, Prefect parameter or MLflow tag ever holds one. Before
+opening any of this to a network, put TLS in front of the MLflow and Prefect servers (a reverse proxy), and
+give PostgreSQL its own users and pg_hba rules.
 """
 
 from __future__ import annotations
@@ -21,8 +25,6 @@ import argparse
 import contextlib
 import json
 import os
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,36 +32,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from vae import credentials, postgres
+from vae.postgres import USER, as_postgres, pg_bin, run
 from vae.stores import holder, holder_alive
 
 DEFAULT_PORTS = {"postgres": 5433, "mlflow": 5000, "prefect": 4200}
-USER = "vae"
-DATABASES = ("mlflow", "optuna")
-
-
-def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
-    """cmd, or one line naming what failed and why (the end of its stderr)."""
-    r = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
-    if r.returncode != 0:
-        raise SystemExit(
-            f"services: {Path(cmd[0]).name if cmd[0] != 'runuser' else Path(cmd[4]).name} failed "
-            f"({r.returncode}): {r.stderr.strip()[-500:]}"
-        )
-    return r
-
-
-def pg_bin() -> Path:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-    if not found:
-        raise SystemExit(
-            "services: PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin: apt-get install postgresql"
-        )
-    return found[-1].parent
-
-
-def as_postgres() -> list[str]:
-    """initdb and the server refuse to run as root: run them as the `postgres` user then."""
-    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
 
 def ports(home: Path) -> dict[str, int]:
@@ -81,9 +58,11 @@ def urls(home: Path) -> dict[str, str]:
 
 
 def client_env(home: Path) -> dict[str, str]:
-    """What a client of these services sets (the pipeline, `vae tune`, a worker)."""
+    """What a client of these services sets (the pipeline, `vae tune`, a worker): URLs and the pipeline's
+    logins. Secrets among them: keep it in files of mode 0600 (HOME/client.env) and in environments."""
     u = urls(home)
     return {
+        **credentials.logins(home),
         "MLFLOW_TRACKING_URI": u["mlflow"],
         "PREFECT_API_URL": u["prefect"],
         "VAE_OPTUNA_STORAGE": u["optuna"],
@@ -94,74 +73,6 @@ def client_env(home: Path) -> dict[str, str]:
         # the worker's flow runs beat; flows.deploy's automation marks one that stops beating Crashed
         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
     }
-
-
-def start_postgres(home: Path) -> None:
-    """PostgreSQL on HOME/pg (made at the first start, with a new password in HOME/pgpass), and its databases."""
-    bindir, data, pgpass, port = pg_bin(), home / "pg", home / "pgpass", ports(home)
-    if not data.exists():
-        _init_cluster(home, bindir, data, pgpass, port["postgres"])
-    opts = f"-p {port['postgres']} -k {home} -c listen_addresses=127.0.0.1"
-    run(
-        [
-            *as_postgres(),
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(home / "postgres.log"),
-            "-w",
-            "-o",
-            opts,
-            "start",
-        ]
-    )
-    _create_databases(bindir, port["postgres"], {**os.environ, "PGPASSFILE": str(pgpass)})
-
-
-def private_file(path: Path, text: str) -> None:
-    """Write `text` to a new file made 0600 before its first byte (a chmod after the write leaves a moment in
-    which another local user can read it); an old file of that name is replaced."""
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-
-
-def _init_cluster(home: Path, bindir: Path, data: Path, pgpass: Path, port: int) -> None:
-    """initdb with a generated password, which only pgpass (mode 0600) keeps."""
-    password = secrets.token_urlsafe(24)
-    pwfile = home / ".pw"
-    private_file(pwfile, password + "\n")
-    private_file(pgpass, f"127.0.0.1:{port}:*:{USER}:{password}\n")
-    if as_postgres():
-        shutil.chown(home, "postgres")
-        shutil.chown(pwfile, "postgres")
-    try:
-        run(
-            [
-                *as_postgres(),
-                str(bindir / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                USER,
-                "-A",
-                "scram-sha-256",
-                f"--pwfile={pwfile}",
-            ]
-        )
-    finally:
-        pwfile.unlink()
-
-
-def _create_databases(bindir: Path, port: int, env: dict[str, str]) -> None:
-    server = ["-h", "127.0.0.1", "-p", str(port), "-U", USER]
-    for db in DATABASES:
-        query = f"SELECT 1 FROM pg_database WHERE datname='{db}'"
-        exists = run([str(bindir / "psql"), *server, "-d", "postgres", "-tAc", query], env=env).stdout.strip()
-        if not exists:
-            run([str(bindir / "createdb"), *server, db], env=env)
 
 
 def spawn(home: Path, name: str, cmd: list[str], env: dict[str, str]) -> int:
@@ -191,8 +102,9 @@ def start(home: Path, pool: str, base_port: int | None = None) -> dict[str, str]
     if base_port is not None:
         (home / "ports.json").write_text(json.dumps({k: base_port + i for i, k in enumerate(DEFAULT_PORTS)}))
     port = ports(home)
-    start_postgres(home)
+    postgres.start(home, port["postgres"])
     bindir, env, pids = Path(sys.executable).parent, client_env(home), {}
+    login = credentials.mlflow_server_env(home, urls(home)["mlflow_backend"] + "_auth")
     pids["mlflow"] = holder(
         spawn(
             home,
@@ -200,6 +112,8 @@ def start(home: Path, pool: str, base_port: int | None = None) -> dict[str, str]
             [
                 str(bindir / "mlflow"),
                 "server",
+                "--app-name",
+                "basic-auth",
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -211,7 +125,7 @@ def start(home: Path, pool: str, base_port: int | None = None) -> dict[str, str]
                 "--artifacts-destination",
                 str(home / "artifacts"),
             ],
-            {"PGPASSFILE": env["PGPASSFILE"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            {"PGPASSFILE": env["PGPASSFILE"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **login},
         )
     )
     prefect_env = {
@@ -219,11 +133,14 @@ def start(home: Path, pool: str, base_port: int | None = None) -> dict[str, str]
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(port["prefect"]),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_API_AUTH_STRING": env["PREFECT_API_AUTH_STRING"],
     }
     pids["prefect"] = holder(spawn(home, "prefect", [str(bindir / "prefect"), "server", "start"], prefect_env))
     (home / "pids.json").write_text(json.dumps(pids))
     wait_http(urls(home)["mlflow"] + "/health")
     wait_http(urls(home)["prefect"] + "/health")
+    credentials.ensure_user(env["MLFLOW_TRACKING_URI"], home, credentials.PIPELINE, env["MLFLOW_TRACKING_PASSWORD"])
+    credentials.write_env(home / "client.env", env)
     client = {**os.environ, **env, "PREFECT_HOME": str(home / "prefect")}
     run(
         [str(bindir / "prefect"), "work-pool", "create", pool, "--type", "process", "--overwrite"],
@@ -309,7 +226,13 @@ def _alive(pid: int) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=["start", "stop", "status", "worker"], help="worker: start one more worker")
+    p.add_argument(
+        "action",
+        choices=["start", "stop", "status", "worker", "user"],
+        help="worker: start one more worker; user NAME: a reviewer's MLflow login",
+    )
+    p.add_argument("name", nargs="?", help="user: the reviewer's name")
+    p.add_argument("--grant", action="append", default=[], metavar="MODEL", help="user: EDIT on this model")
     p.add_argument("--home", type=Path, default=Path(".services"), help="data, logs and pids (git-ignored)")
     p.add_argument("--pool", default="vae", help="the Prefect work pool the worker serves")
     p.add_argument(
@@ -322,20 +245,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"services stopped ({home})")
     elif a.action == "worker":
         print(f"worker pid {add_worker(home, a.pool)} on pool {a.pool!r}")
+    elif a.action == "user":
+        if not a.name or (problem := credentials.name_problem(a.name)):
+            p.error(problem if a.name else "user needs a NAME: python -m vae.services user ada --grant vae-mnist-5k")
+        path = credentials.add_user(home, client_env(home), a.name, a.grant)
+        granted = f", EDIT on {', '.join(a.grant)}" if a.grant else ""
+        print(f"{a.name}: MLflow login in {path} (mode 0600){granted}\nset -a; . {path}; set +a")
     elif a.action == "status":
         for name, pid in running(home).items():
             print(f"{name:>8}: pid {pid} running")
         print(f"postgres: {'running' if (home / 'pg' / 'postmaster.pid').exists() else 'stopped'}")
     else:
         try:
-            env = start(home, a.pool, a.base_port)
+            start(home, a.pool, a.base_port)
         except BaseException:
             stop(home)
             raise
         u = urls(home)
         print(
             f"MLflow   {u['mlflow']}\nPrefect  {u['prefect'].removesuffix('/api')}\nOptuna   {u['optuna']}\n"
-            f"worker   on work pool {a.pool!r}\n\nexport " + " ".join(f"{k}={v}" for k, v in env.items())
+            f"worker   on work pool {a.pool!r}\nlogins   {home / 'client.env'} (mode 0600)\n\n"
+            f"set -a; . {home / 'client.env'}; set +a"
         )
     return 0
 
