@@ -123,3 +123,24 @@ def test_a_password_file_is_private_from_its_first_byte(tmp_path):
     path.chmod(0o644)
     private_file(path, f"127.0.0.1:5432:*:vae:{SECRET}\n")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text().endswith(f"{SECRET}\n")
+
+
+def test_tune_workers_get_the_stores_in_their_environment_not_their_arguments(tmp_path):
+    """`vae tune --workers 2 --storage URL --tracking-uri URL`: the command typed holds the URLs (the user's
+    own), the two workers it starts do not, and they still run the one study on those stores."""
+    import subprocess
+    import sys
+
+    storage, tracking = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
+    study = "secrets-workers-5e2a"
+    argv = ["tune", "--workers", "2", "--trials", "2", "--epochs", "1", "--subset", "200", "--study", study]
+    argv += ["--storage", storage, f"--tracking-uri={tracking}", "--json"]
+    run = lambda: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "vae", *argv], capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
+    done, cmdlines = _cmdlines_during(run, study)
+    assert done.returncode == 0, done.stderr[-2000:]
+    workers = [c for c in cmdlines if "--workers" not in c]
+    assert workers, cmdlines  # the workers were seen (their two command lines are the same line)
+    assert [c for c in workers if "optuna.db" in c or "mlflow.db" in c] == []
+    assert json.loads(done.stdout.strip().splitlines()[-1])["trials"] == 2

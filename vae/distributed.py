@@ -103,7 +103,9 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def torchrun(module_args: Sequence[str], nproc: int, extra: Sequence[str] = ()) -> int:
+def torchrun(
+    module_args: Sequence[str], nproc: int, extra: Sequence[str] = (), env: dict[str, str] | None = None
+) -> int:
     """Run `python -m <module_args>` under torchrun on this machine (standalone rendezvous on a free port)
     and return its exit code. Prefect tasks and `vae train --nproc N` both launch training this way:
     a subprocess, never a fork inside the caller. torchrun gets SIGTERM when this process dies, each rank
@@ -119,7 +121,7 @@ def torchrun(module_args: Sequence[str], nproc: int, extra: Sequence[str] = ()) 
         "-m",
         *module_args,
     ]
-    env = {**os.environ, PARENT_ENV: ANY_PARENT}  # each rank's vae.cli.main ties itself to torchrun
+    env = {**os.environ, **(env or {}), PARENT_ENV: ANY_PARENT}  # each rank's vae.cli.main ties itself to torchrun
     proc = subprocess.Popen(cmd, env=env, preexec_fn=tied_to_this_process())
     try:
         return proc.wait()

@@ -39,12 +39,30 @@ def drop_option(argv: list[str], name: str) -> list[str]:
     return out
 
 
+# The flags that name a store, and the variable each command reads when the flag is not given.
+STORE_FLAGS = {"--storage": "VAE_OPTUNA_STORAGE", "--tracking-uri": "MLFLOW_TRACKING_URI"}
+
+
+def stores_to_env(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(argv without the store flags, the environment that says the same) for a relaunched child: a store URL
+    may hold a password, which a command line shows to every local user (/proc/PID/cmdline)."""
+    env = {}
+    for flag, var in STORE_FLAGS.items():
+        for i, x in enumerate(argv):
+            if x == flag and i + 1 < len(argv):
+                env[var] = argv[i + 1]
+            elif x.startswith(flag + "="):
+                env[var] = x.split("=", 1)[1]
+        argv = drop_option(argv, flag)
+    return argv, env
+
+
 def relaunch(a: argparse.Namespace, extra: list[str] = ()) -> None:
     """Run this same command again as `a.nproc` processes under torchrun (which sets WORLD_SIZE, so each
-    process runs the command itself) and exit with torchrun's code. The caller checks its input first, so
-    bad input fails in one line before any process starts."""
-    argv = drop_option(list(a.argv), "--nproc") + list(extra)
-    raise SystemExit(torchrun(["vae", *argv], a.nproc))
+    process runs the command itself) and exit with torchrun's code, the stores passed in the environment.
+    The caller checks its input first, so bad input fails in one line before any process starts."""
+    argv, env = stores_to_env(drop_option(list(a.argv), "--nproc") + list(extra))
+    raise SystemExit(torchrun(["vae", *argv], a.nproc, env=env))
 
 
 def load_model_ref(ref: str, tracking_uri: str | None, device: str):

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from vae import data
-from vae.cli.common import drop_option, relaunch, under_torchrun
+from vae.cli.common import drop_option, relaunch, stores_to_env, under_torchrun
 from vae.config import Config, DataConfig, ModelConfig, TrainConfig
 from vae.distributed import check_nproc
 from vae.errors import ConfigError
@@ -52,7 +52,8 @@ def cmd_tune(a: argparse.Namespace) -> dict[str, Any]:
         open_storage(settings.storage_url(), heartbeat=None)
         data.load(base.data, download=True)
     if a.workers > 1:
-        run_workers([x for x in drop_option(list(a.argv), "--workers") if x != "--json"], a.workers)
+        argv, env = stores_to_env([x for x in drop_option(list(a.argv), "--workers") if x != "--json"])
+        run_workers(argv, a.workers, env)
         return {**run_study(base, settings), "workers": a.workers}  # the trials are done: the summary
     if a.nproc > 1 and not under_torchrun():
         relaunch(a)

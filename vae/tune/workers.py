@@ -36,13 +36,13 @@ def worker_env(index: int, workers: int, cpus: int | None = None, gpus: int | No
     return env
 
 
-def run_workers(argv: Sequence[str], workers: int) -> None:
+def run_workers(argv: Sequence[str], workers: int, env: dict[str, str] | None = None) -> None:
     """`python -m vae ARGV` as `workers` processes at once, each with its worker_env(); returns when all have
     ended, or raises WorkerFailed naming the ones that failed."""
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "vae", *argv],
-            env={**os.environ, **worker_env(i, workers), PARENT_ENV: str(os.getpid())},  # die with this process
+            env={**os.environ, **(env or {}), **worker_env(i, workers), PARENT_ENV: str(os.getpid())},  # die with me
         )
         for i in range(workers)
     ]
