@@ -23,6 +23,7 @@ from pathlib import Path
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactCreate
 from prefect.runtime import flow_run as current_run
+from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
 from prefect.states import Crashed
 
 from vae.errors import VAEError
@@ -48,10 +49,20 @@ def _stale(old: dict, p: PipelineParams) -> bool:
     return time.time() - old.get("since", 0) > 2 * p.task_timeout + 3600
 
 
+def private_results() -> Path:
+    """Prefect's result folder made 0700: the cached records hold the store URLs the later steps connect with,
+    which may carry a password (they are JSON, and no other local user lists or reads the folder)."""
+    folder = Path(PREFECT_LOCAL_STORAGE_PATH.value()).expanduser()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder.chmod(0o700)
+    return folder
+
+
 @contextmanager
 def night_lock(p: PipelineParams, log):
     """Hold the work folder's night lock for the flow run; a crashed night's lock is taken over (and that
     night recorded as crashed); a live one refuses this night with NightBusy."""
+    private_results()
     path = Path(p.workdir) / LOCK
     me = {**holder(), "flow_run_id": str(current_run.id), "since": time.time()}
     crashed = None

@@ -5,6 +5,7 @@ asks for one."""
 import contextlib
 import json
 import os
+import stat
 import time
 import urllib.request
 from pathlib import Path
@@ -239,7 +240,9 @@ def test_pipeline_registers_promotes_and_reuses_finished_work(harness, tmp_path,
     assert states["evaluate"] == "Completed" and states["register"] == "Completed"
     metrics = result["metrics"]
     # the cached results are stored as JSON records, not pickles (the other files hold failed nights' exceptions)
-    files = [f.read_bytes() for f in (Path(os.environ["PREFECT_HOME"]) / "storage").iterdir()]
+    results = Path(os.environ["PREFECT_HOME"]) / "storage"
+    assert stat.S_IMODE(results.stat().st_mode) == 0o700  # the records hold store URLs: no other user reads them
+    files = [f.read_bytes() for f in results.iterdir()]
     stored = [json.loads(b) for b in files if b.startswith(b"{")]
     assert {r["metadata"]["serializer"]["type"] for r in stored} == {"json"}
     values = [v for v in (json.loads(r["result"]) for r in stored) if isinstance(v, dict)]
