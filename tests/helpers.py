@@ -181,3 +181,51 @@ def threaded_server(handler):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}/"
+
+
+@contextlib.contextmanager
+def throwaway_postgres():
+    """A throwaway PostgreSQL server on 127.0.0.1 with a database `optuna` that user `vae` reaches without a
+    password (as the `postgres` user when running as root): yields its URL; skips without the binaries."""
+    import shutil
+    import tempfile
+
+    import pytest
+
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    if not found:
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found under /usr/lib/postgresql/*/bin: "
+            "`apt-get install postgresql` (.ci/run does)"
+        )
+    bindir = found[-1].parent
+    pytest.importorskip("psycopg", reason="SQLAlchemy's PostgreSQL driver is missing: pip install 'psycopg[binary]'")
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    home = Path(tempfile.mkdtemp(prefix="vae-pg-"))
+    if as_user:
+        shutil.chown(home, "postgres")
+    data = home / "data"
+    subprocess.run(
+        [*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "vae"], check=True, capture_output=True
+    )
+    ctl = [*as_user, str(bindir / "pg_ctl"), "-D", str(data)]
+    for _attempt in range(3):  # the free port can be taken before postgres binds it: then another port
+        port = free_port()
+        started = subprocess.run(
+            [*ctl, "-l", str(home / "log"), "-w", "-o", f"-p {port} -k {home} -c listen_addresses=127.0.0.1", "start"],
+            capture_output=True,
+        )
+        if started.returncode == 0:
+            break
+    else:
+        raise RuntimeError(f"postgres did not start in 3 tries: {(home / 'log').read_text()[-2000:]}")
+    try:
+        subprocess.run(
+            [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "vae", "optuna"],
+            check=True,
+            capture_output=True,
+        )
+        yield f"postgresql://vae@127.0.0.1:{port}/optuna"
+    finally:
+        subprocess.run([*ctl, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)

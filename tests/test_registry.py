@@ -1,14 +1,21 @@
 """The promotion gate and rollback against a real MLflow registry (SQLite store in a temporary folder)."""
 
+import contextlib
 import json
 import math
+import os
+import subprocess
+import sys
+import time
 
 import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from tests.helpers import throwaway_postgres
 from vae.cli import main
-from vae.errors import ConfigError, StaleDecision
+from vae.errors import ConfigError, LockBusy, StaleDecision
+from vae.stores import champion_lock
 from vae.tracking import models as serving
 from vae.tracking import registry
 
@@ -255,3 +262,43 @@ def test_a_model_of_one_folder_refuses_another_until_the_switch_is_registered(st
     check_source(uri, "vae-test", "idx:/a/data")
     with pytest.raises(ConfigError, match="holds models of idx:/a/data, not of mnist-5k"):
         check_source(uri, "vae-test", "mnist-5k")
+
+
+def _rollback_while_held(uri: str, env: dict[str, str]) -> subprocess.Popen:
+    """`vae registry rollback` started in another process (another writer), while this one holds the lock."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "vae", "registry", "rollback", "--name", "vae-test", "--tracking-uri", uri],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite file"])
+def test_a_hand_rollback_waits_for_the_champion_lock_another_writer_holds(store, backend, monkeypatch):
+    """Every writer of the champion takes one lock: with a PostgreSQL to share (VAE_LOCK_URL, or the team's
+    Optuna storage) an advisory lock that any host sees, else a file beside the SQLite store. While another
+    writer holds it, `vae registry rollback` changes nothing; once it is released, the rollback goes through."""
+    uri = store[0]
+    v1, v2 = add(store, 100.0), add(store, 90.0)
+    for v in (v1, v2):
+        assert registry.promote(uri, "vae-test", v, 0.5).promote
+    with contextlib.ExitStack() as stack:
+        env = {k: v for k, v in os.environ.items() if k not in ("VAE_LOCK_URL", "VAE_OPTUNA_STORAGE")}
+        if backend == "postgresql":
+            env["VAE_LOCK_URL"] = stack.enter_context(throwaway_postgres())
+            monkeypatch.setenv("VAE_LOCK_URL", env["VAE_LOCK_URL"])
+        else:
+            monkeypatch.delenv("VAE_LOCK_URL", raising=False)
+            monkeypatch.delenv("VAE_OPTUNA_STORAGE", raising=False)
+        with champion_lock("vae-test", uri) as kind:
+            assert kind.startswith({"postgresql": "postgresql advisory lock", "sqlite file": "file lock"}[backend])
+            other = _rollback_while_held(uri, env)
+            time.sleep(6)  # long enough for the other process to start, connect and reach the lock
+            assert other.poll() is None and aliases(uri)["champion"] == v2, other.communicate()
+            busy = pytest.raises(LockBusy, match="another writer has held the champion of vae-test")
+            with busy, champion_lock("vae-test", uri, wait=0.5):  # this process's next writer waits too
+                pass
+        out, err = other.communicate(timeout=120)
+        assert other.returncode == 0 and aliases(uri)["champion"] == v1, err[-2000:]

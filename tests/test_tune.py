@@ -4,17 +4,15 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import communicate_all, free_port, run_cli, start_server, stop_server
+from tests.helpers import communicate_all, free_port, run_cli, start_server, stop_server, throwaway_postgres
 from vae.cli import main
 from vae.config import Config
 
@@ -429,50 +427,11 @@ def test_two_concurrent_workers_on_one_sqlite_study_finish_the_exact_trial_count
     _two_workers_finish_exactly(tmp_path, f"sqlite:///{tmp_path / 'optuna.db'}", trials=5)
 
 
-def _postgres_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-    return found[-1].parent if found else None
-
-
 @pytest.fixture
 def postgres():
-    """A throwaway PostgreSQL server on 127.0.0.1 (as the `postgres` user when running as root)."""
-    bindir = _postgres_bin()
-    if bindir is None:
-        pytest.skip(
-            "PostgreSQL server binaries (initdb, pg_ctl) not found under /usr/lib/postgresql/*/bin: "
-            "`apt-get install postgresql` (.ci/run does)"
-        )
-    pytest.importorskip("psycopg", reason="SQLAlchemy's PostgreSQL driver is missing: pip install 'psycopg[binary]'")
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    home = Path(tempfile.mkdtemp(prefix="vae-pg-"))
-    if as_user:
-        shutil.chown(home, "postgres")
-    data = home / "data"
-    subprocess.run(
-        [*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "vae"], check=True, capture_output=True
-    )
-    ctl = [*as_user, str(bindir / "pg_ctl"), "-D", str(data)]
-    for _attempt in range(3):  # the free port can be taken before postgres binds it: then another port
-        port = free_port()
-        started = subprocess.run(
-            [*ctl, "-l", str(home / "log"), "-w", "-o", f"-p {port} -k {home} -c listen_addresses=127.0.0.1", "start"],
-            capture_output=True,
-        )
-        if started.returncode == 0:
-            break
-    else:
-        raise RuntimeError(f"postgres did not start in 3 tries: {(home / 'log').read_text()[-2000:]}")
-    try:
-        subprocess.run(
-            [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "vae", "optuna"],
-            check=True,
-            capture_output=True,
-        )
-        yield f"postgresql://vae@127.0.0.1:{port}/optuna"
-    finally:
-        subprocess.run([*ctl, "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
+    """A throwaway PostgreSQL server on 127.0.0.1 (tests/helpers.throwaway_postgres)."""
+    with throwaway_postgres() as url:
+        yield url
 
 
 @pytest.mark.slow

@@ -46,6 +46,12 @@ class ResumableError(VAEError):
     exit_code = 1
 
 
+class LockBusy(VAEError):
+    """Another writer held a lock for longer than this one waits (the champion lock of a registered model)."""
+
+    exit_code = 1
+
+
 class StaleDecision(VAEError):
     """A promotion decision judged against a champion that has moved since (a hand promote or rollback during
     a sign-off): nothing is changed, the version stays undecided and is judged again."""

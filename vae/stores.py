@@ -7,16 +7,20 @@ Store URLs are SQLAlchemy URLs (sqlite:///PATH, postgresql://USER:PASSWORD@HOST/
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+
+from vae.errors import ConfigError, LockBusy
 
 JOURNAL = "journal:"
 
@@ -74,6 +78,80 @@ def file_lock(path: str | Path, timeout: float = -1) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path), timeout=timeout):
         yield
+
+
+CHAMPION_WAIT_S = 300.0  # how long a writer of the champion waits for another before it gives up
+
+
+def lock_url() -> str | None:
+    """The PostgreSQL database whose advisory locks every host's writers share: $VAE_LOCK_URL, else the team's
+    Optuna storage ($VAE_OPTUNA_STORAGE, as `make services` sets) when it is PostgreSQL, else None."""
+    for url in (os.environ.get("VAE_LOCK_URL"), os.environ.get("VAE_OPTUNA_STORAGE")):
+        if url and url.startswith("postgresql"):
+            return url
+    return None
+
+
+@contextmanager
+def champion_lock(name: str, tracking_uri: str, wait: float = CHAMPION_WAIT_S) -> Iterator[str]:
+    """The one lock every writer of model `name`'s champion takes (the night's promotion, `vae registry
+    promote|rollback`): a PostgreSQL advisory lock where there is a lock_url() (every host that reaches the
+    database sees it, and it ends with the session of a writer that dies), else a file lock beside a SQLite
+    tracking store (its one host, like SQLite itself), else one in ~/.cache/vae/locks (this host only).
+    Yields which it is; LockBusy after `wait` s."""
+    key = f"vae-champion:{name}"
+    if url := lock_url():
+        with _advisory_lock(url, key, wait):
+            yield "postgresql advisory lock"
+        return
+    db = sqlite_path(tracking_uri)
+    folder = db.parent if db else Path.home() / ".cache" / "vae" / "locks"
+    path = folder / f"champion-{hashlib.sha256(key.encode()).hexdigest()[:16]}.lock"
+    try:
+        lock = FileLock(str(path), timeout=wait)
+        folder.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except Timeout:
+        raise _busy(name, wait) from None
+    try:
+        yield f"file lock {path}"
+    finally:
+        lock.release()
+
+
+def _busy(name: str, wait: float) -> LockBusy:
+    return LockBusy(
+        f"another writer has held the champion of {name} for over {wait:.0f} s (a night promoting, or "
+        f"`vae registry promote|rollback`): nothing was changed; try again when it is done"
+    )
+
+
+@contextmanager
+def _advisory_lock(url: str, key: str, wait: float) -> Iterator[None]:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.pool import NullPool
+
+    k = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        try:
+            conn = engine.connect()
+        except SQLAlchemyError as e:
+            reason = type(e).__name__  # not its text, which may show the URL's password
+            raise ConfigError(f"the champion lock's database {redact(url)} is unreachable: {reason}") from None
+        with conn:
+            deadline = time.monotonic() + wait
+            while not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": k}).scalar():
+                if time.monotonic() > deadline:
+                    raise _busy(key.split(":", 1)[1], wait)
+                time.sleep(0.2)
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": k})
+    finally:
+        engine.dispose()
 
 
 def _started(pid: int) -> float | None:

@@ -28,8 +28,10 @@ from mlflow.exceptions import MlflowException
 from vae.comparison import interval_text
 from vae.errors import ConfigError, StaleDecision
 from vae.io import utc_stamp
+from vae.stores import champion_lock
 from vae.tracking import identity
 from vae.tracking.store import tag_value
+from vae.tracking.store import tracking_uri as tracking_uri_of
 
 METRIC = "test_neg_elbo"
 DECISION = "promotion.decision"  # written last by apply(): a version without it has no finished decision
@@ -223,8 +225,13 @@ def judge(
 def apply(tracking_uri: str | None, name: str, d: Decision, approval: Mapping[str, Any] | None = None) -> Decision:
     """Record the decision as tags on the version and, if it promotes, move `champion`. `approval` (a
     reviewer's answer: decision approve|reject, reviewer, comment, time) is recorded too; a reject keeps the
-    champion where it is."""
-    client = _client(tracking_uri)
+    champion where it is. Under the model's champion lock, which every writer takes: the check that the
+    champion is still the one judged against and the move are one step (compare-and-set)."""
+    with champion_lock(name, tracking_uri_of(tracking_uri)):
+        return _apply(_client(tracking_uri), name, d, approval)
+
+
+def _apply(client: MlflowClient, name: str, d: Decision, approval: Mapping[str, Any] | None) -> Decision:
     champ = alias_version(client, name, CHAMPION)
     now = str(champ.version) if champ is not None else None
     if d.promote and now == d.candidate and client.get_model_version(name, d.candidate).tags.get(DECISION):
@@ -294,8 +301,13 @@ def find_version(tracking_uri: str | None, name: str, tag: str, value: str) -> s
 
 
 def rollback(tracking_uri: str | None, name: str) -> dict[str, Any]:
-    """Point `champion` back at the previous champion; the history keeps what happened."""
-    client = _client(tracking_uri)
+    """Point `champion` back at the previous champion; the history keeps what happened. Under the model's
+    champion lock (see apply), so the history read and the move are one step."""
+    with champion_lock(name, tracking_uri_of(tracking_uri)):
+        return _rollback(_client(tracking_uri), name)
+
+
+def _rollback(client: MlflowClient, name: str) -> dict[str, Any]:
     history = _history(client, name)
     if len(history) < 2:
         raise ConfigError(f"model {name!r} has no previous champion to roll back to (history: {history or 'empty'})")
