@@ -51,8 +51,9 @@ bench: setup
 # The shared services a team runs, on 127.0.0.1: PostgreSQL (MLflow's backend and Optuna's storage), an MLflow
 # server, a Prefect server and one process worker on the work pool `vae` (vae/services.py), all behind logins.
 # Prints the URLs and the env file to read: set -a; . .services/client.env; set +a
+# NOTIFY=URL: failed nights, waiting sign-offs, drift, new versions and alias moves are sent there.
 services: setup
-	$(BIN)/python -m vae.services start
+	$(BIN)/python -m vae.services start $(if $(NOTIFY),--notify $(NOTIFY))
 
 services-stop: setup
 	$(BIN)/python -m vae.services stop

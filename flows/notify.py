@@ -4,6 +4,7 @@ vae.champion.drifted). The URL is kept in a Webhook block, `vae-notify`; the mes
 field (what chat incoming-webhooks show) naming the event, the run or model, and its page.
 
     python -m flows.notify --url https://hooks.example/vae     # against $PREFECT_API_URL, once
+    VAE_NOTIFY_URL=https://hooks.example/vae python -m flows.notify   # the URL off the command line
 
 Run it again to move the URL: the block and the automations are updated in place, never duplicated.
 The registry's own events (a new version, champion moved) come from MLflow: `vae registry notify`.
@@ -12,6 +13,7 @@ The registry's own events (a new version, champion moved) come from MLflow: `vae
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from prefect.automations import Automation, CallWebhook, EventTrigger, Posture, ResourceSpecification
@@ -64,9 +66,16 @@ def ensure_automations(url: str, allow_private: bool = False) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     telemetry_off()
     a = argparse.ArgumentParser(prog="flows.notify", description=__doc__.split("\n\n")[0])
-    a.add_argument("--url", required=True, help="the receiver: a chat's incoming-webhook https URL, or a relay")
+    a.add_argument(
+        "--url",
+        default=os.environ.get("VAE_NOTIFY_URL"),
+        help="the receiver: a chat's incoming-webhook https URL, or a relay (default $VAE_NOTIFY_URL)",
+    )
     a.add_argument("--allow-private", action="store_true", help="the URL is on a private address (a local relay)")
     args = a.parse_args(argv)
+    if not args.url:
+        print("flows.notify: error: give --url URL (or $VAE_NOTIFY_URL): the receiver of the calls", file=sys.stderr)
+        return 2
     if not args.url.startswith(("http://", "https://")):
         print(f"flows.notify: error: --url {args.url!r} is invalid: expected an http(s) URL", file=sys.stderr)
         return 2

@@ -4,6 +4,8 @@ no password in sight; a sign-off that takes the reviewer's own MLflow login; and
 
 import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -19,7 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, webhook_receiver
 from vae import credentials
 from vae.child import last_json
 
@@ -38,12 +40,23 @@ def services(home: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def receiver():
+    """A receiver on 127.0.0.1 that the stack's notifications are sent to: (its URL, the calls it got)."""
+    with webhook_receiver() as got:
+        yield got
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, receiver):
     if not sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")):
         pytest.skip("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin (.ci/run installs them)")
     home = Path(tempfile.mkdtemp(prefix="vae-services-"))  # under /tmp: the postgres user must reach it
     base = free_port()  # postgres here, mlflow and prefect on the next two
-    started = services(home, "start", "--base-port", str(base))
+    os.environ["VAE_TEST_HOOK_SECRET"] = "hook-secret-of-the-stack"
+    started = services(
+        home, "start", "--base-port", str(base), "--notify", f"{receiver[0]}/hook", "--notify-secret-env",
+        "VAE_TEST_HOOK_SECRET",
+    )  # fmt: skip
     try:
         assert started.returncode == 0, started.stderr[-3000:]
         yield home, credentials.read_env(home / "client.env"), started.stdout
@@ -189,10 +202,11 @@ def signoff(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_a_sign_off_is_taken_only_from_a_reviewer_logged_in_with_edit_on_the_model(stack, deployed):
+def test_a_sign_off_is_taken_only_from_a_reviewer_logged_in_with_edit_on_the_model(stack, deployed, receiver):
     """Prefect's one credential can resume a paused run with any name in the form: the night refuses such an
     answer and pauses again; a login without EDIT on the model is refused by MLflow; a granted reviewer's
-    answer frees the night, and the version records that login."""
+    answer frees the night, and the version records that login. The receiver that `start --notify` named was
+    told of the new version (by MLflow, signed) and of the waiting sign-off (by Prefect)."""
     home, env, _ = stack
     client, _ = deployed
     prefect = str(Path(sys.executable).parent / "prefect")
@@ -225,6 +239,29 @@ def test_a_sign_off_is_taken_only_from_a_reviewer_logged_in_with_edit_on_the_mod
     logs = subprocess.run([prefect, "flow-run", "logs", flow_run], capture_output=True, text=True, env=client).stdout
     assert "sign-off refused (approve by 'ada'): no sign_off tag on vae-signed v1" in logs, logs[-3000:]
     assert leaks(home, {"logs": logs, "answers": refused.stderr + posing.stderr + answered.stdout}) == []
+    deadline, told = time.time() + 60, receiver[1]
+    while not (heard := heard_of(told)) >= {"version created", "sign-off waits"} and time.time() < deadline:
+        time.sleep(1)
+    assert heard >= {"version created", "sign-off waits"}, [body[:300] for _, _, body in told]
+    signed = [(h, body) for _, h, body in told if "X-MLflow-Delivery-Id" in h]
+    secret = os.environ["VAE_TEST_HOOK_SECRET"].encode()
+    for h, body in signed:  # every MLflow call carries the HMAC of the secret `start --notify-secret-env` named
+        text = f"{h['X-MLflow-Delivery-Id']}.{h['X-MLflow-Timestamp']}.{body.decode()}".encode()
+        digest = hmac.new(secret, text, hashlib.sha256).digest()
+        assert h["X-MLflow-Signature"] == "v1," + base64.b64encode(digest).decode()
+    assert signed and {p for p, _, _ in told} == {"/hook"}
+
+
+def heard_of(told: list) -> set[str]:
+    """What the receiver was told: a new version of vae-signed (MLflow), a night waiting (Prefect)."""
+    heard = set()
+    for _, _headers, body in told:
+        event = json.loads(body)
+        if event.get("entity") == "model_version" and event.get("action") == "created":
+            heard |= {"version created"} if event["data"].get("name") == "vae-signed" else set()
+        if str(event.get("text", "")).startswith("vae: a night waits for a reviewer"):
+            heard.add("sign-off waits")
+    return heard
 
 
 def start_night(stack, work: Path, model: str) -> tuple[list[str], str, dict[str, str]]:

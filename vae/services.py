@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from vae import credentials, postgres
 from vae.postgres import USER, as_postgres, pg_bin, run
 from vae.stores import holder, holder_alive
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DEFAULT_PORTS = {"postgres": 5433, "mlflow": 5000, "prefect": 4200}
 
 
@@ -96,6 +98,8 @@ def wait_http(url: str, seconds: float = 120) -> None:
 
 
 def start(home: Path, pool: str, base_port: int | None = None) -> dict[str, str]:
+    """Every service of `home`, in order (PostgreSQL, the servers, the `pipeline` login, the pool, a worker),
+    and the notifications of HOME/notify.json if there is one; the client environment."""
     home.mkdir(parents=True, exist_ok=True)
     if (home / "pids.json").exists():
         raise SystemExit(f"services: already started ({home}/pids.json): `python -m vae.services stop` first")
@@ -125,7 +129,7 @@ def start(home: Path, pool: str, base_port: int | None = None) -> dict[str, str]
                 "--artifacts-destination",
                 str(home / "artifacts"),
             ],
-            {"PGPASSFILE": env["PGPASSFILE"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **login},
+            {"PGPASSFILE": env["PGPASSFILE"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **login, **_hooks(home)},
         )
     )
     prefect_env = {
@@ -147,7 +151,37 @@ def start(home: Path, pool: str, base_port: int | None = None) -> dict[str, str]
         env=client,
     )
     add_worker(home, pool)
+    if (home / "notify.json").exists():
+        notify(home, client)
     return env
+
+
+def _hooks(home: Path) -> dict[str, str]:
+    """What lets the MLflow server call a receiver on this machine (a relay on 127.0.0.1: MLflow refuses
+    private addresses and plain http by default)."""
+    saved = home / "notify.json"
+    url = json.loads(saved.read_text())["url"] if saved.exists() else ""
+    if urllib.parse.urlsplit(url).hostname not in LOOPBACK:
+        return {}
+    return {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true"}
+
+
+def notify(home: Path, client: dict[str, str]) -> None:
+    """Point the night's Prefect automations (flows/notify.py: a failed night, a waiting sign-off, a drifted
+    champion) and the registry's MLflow webhook (new versions, alias moves; signed when a secret was given)
+    at the URL of HOME/notify.json. The URL and the secret go to the two commands in their environment."""
+    saved = json.loads((home / "notify.json").read_text())
+    root, python = Path(__file__).resolve().parents[1], sys.executable
+    env = {**client, "VAE_NOTIFY_URL": saved["url"]}
+    private = ["--allow-private"] if _hooks(home) else []
+    run([python, "-m", "flows.notify", *private], env=env, cwd=root)
+    admin = {
+        "MLFLOW_TRACKING_USERNAME": credentials.ADMIN,
+        "MLFLOW_TRACKING_PASSWORD": credentials.stored(home)["mlflow_admin"],
+    }
+    signed = ["--secret-env", "VAE_NOTIFY_SECRET"] if saved.get("secret") else []
+    hook = [python, "-m", "vae", "registry", "notify", "--tracking-uri", client["MLFLOW_TRACKING_URI"], *signed]
+    run(hook, env={**env, **admin, "VAE_NOTIFY_SECRET": saved.get("secret") or ""}, cwd=root)
 
 
 def add_worker(home: Path, pool: str) -> int:
@@ -224,6 +258,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _keep_notify(p: argparse.ArgumentParser, home: Path, url: str, secret_env: str | None) -> None:
+    if not url.startswith(("http://", "https://")):
+        p.error(f"--notify {url!r} is invalid: expected an http(s) URL such as https://hooks.example/vae")
+    if secret_env and not os.environ.get(secret_env):
+        p.error(f"--notify-secret-env {secret_env}: that environment variable is not set or empty")
+    home.mkdir(parents=True, exist_ok=True)
+    secret = os.environ.get(secret_env) if secret_env else None
+    credentials.private_file(home / "notify.json", json.dumps({"url": url, "secret": secret}) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -234,6 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", nargs="?", help="user: the reviewer's name")
     p.add_argument("--grant", action="append", default=[], metavar="MODEL", help="user: EDIT on this model")
     p.add_argument("--home", type=Path, default=Path(".services"), help="data, logs and pids (git-ignored)")
+    p.add_argument(
+        "--notify",
+        metavar="URL",
+        help="start: send failed nights, waiting sign-offs, drift, new versions and alias moves here (kept, 0600, "
+        "for the next starts); a chat's incoming-webhook URL or a relay",
+    )
+    p.add_argument("--notify-secret-env", metavar="VAR", help="start: sign the MLflow calls with the secret in $VAR")
     p.add_argument("--pool", default="vae", help="the Prefect work pool the worker serves")
     p.add_argument(
         "--base-port", type=int, help="postgres on this port, mlflow +1, prefect +2 (default 5433, 5000, 4200)"
@@ -256,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:>8}: pid {pid} running")
         print(f"postgres: {'running' if (home / 'pg' / 'postmaster.pid').exists() else 'stopped'}")
     else:
+        if a.notify:
+            _keep_notify(p, home, a.notify, a.notify_secret_env)
         try:
             start(home, a.pool, a.base_port)
         except BaseException:

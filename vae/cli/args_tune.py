@@ -4,6 +4,7 @@ as vae/cli/args.py is."""
 from __future__ import annotations
 
 import argparse
+import os
 
 from vae.cli.args import command, data_args, dataset_help, json_arg, parent_arg, tracking_arg
 from vae.config import TrainConfig
@@ -120,5 +121,10 @@ def add_registry_command(sub) -> None:
         parents=[common],
         help="send new versions and alias moves to a URL (an MLflow server's webhook)",
     )
-    pn.add_argument("--url", required=True, help="the receiver, e.g. a chat's incoming-webhook https URL")
+    pn.add_argument(
+        "--url",
+        default=os.environ.get("VAE_NOTIFY_URL"),
+        help="the receiver, e.g. a chat's incoming-webhook https URL (default $VAE_NOTIFY_URL: such a URL is a "
+        "secret, which a command line shows to every local user)",
+    )
     pn.add_argument("--secret-env", help="name of an environment variable holding the HMAC secret to sign with")

@@ -36,6 +36,8 @@ def cmd_registry(a: argparse.Namespace) -> dict[str, Any]:
     if a.action == "list":
         return {"name": name, "versions": registry.list_versions(uri, name)}
     if a.action == "notify":
+        if not a.url:
+            raise ConfigError("registry notify needs --url URL (or $VAE_NOTIFY_URL): the receiver of the calls")
         secret = os.environ.get(a.secret_env) if a.secret_env else None
         if a.secret_env and not secret:
             raise ConfigError(f"--secret-env {a.secret_env}: that environment variable is not set or empty")
