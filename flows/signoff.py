@@ -35,7 +35,7 @@ from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL
 
 from vae.errors import ConfigError, VAEError
-from vae.night import steps
+from vae.night import review, steps
 from vae.night.params import PipelineParams
 from vae.records import Approval, Gated, Registered
 
@@ -81,7 +81,7 @@ def sign_off(p: PipelineParams, registered: Registered, gated: Gated, log: Calla
         except FlowPauseTimeout:
             break
         got = steps.approval(answer.decision, answer.reviewer, answer.comment)
-        refused = steps.sign_off_refusal(p, name, version, str(flow_run.get_id()), got)
+        refused = review.sign_off_refusal(p, name, version, str(flow_run.get_id()), got)
         if refused is None:
             log(f"sign-off: {answer.decision} by {answer.reviewer}: {answer.comment or '(no comment)'}")
             return got
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r.id}  {r.name}  paused since {r.state.timestamp:%Y-%m-%d %H:%M:%S}")
         return 0
     try:
-        login = steps.reviewer_login()
+        login = review.reviewer_login()
     except VAEError as e:
         return _error(str(e))
     if login and args.reviewer not in (None, login):
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         if (waits := paused_on(chosen[0])) is None:
             return _error(f"flow run {chosen[0].id} is not paused for a sign-off")
         try:
-            steps.sign(*waits, {**answer, "flow_run": str(chosen[0].id)})
+            review.sign(*waits, {**answer, "flow_run": str(chosen[0].id)})
         except VAEError as e:
             return _error(str(e))
     resume_flow_run(chosen[0].id, run_input=answer)

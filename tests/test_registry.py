@@ -302,3 +302,28 @@ def test_a_hand_rollback_waits_for_the_champion_lock_another_writer_holds(store,
                 pass
         out, err = other.communicate(timeout=120)
         assert other.returncode == 0 and aliases(uri)["champion"] == v1, err[-2000:]
+
+
+def test_two_nights_registering_one_candidate_at_once_make_one_version(store):
+    """Two nights on other work folders (no night lock between them) reach the same candidate at the same
+    moment: the registration lock makes find-then-create one step, so one registers and the other gets that
+    version back, never a second version of one candidate key."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vae.night.params import PipelineParams
+    from vae.night.steps import register_step
+
+    uri, model_uri, run_id, model_id = store
+    client = MlflowClient(uri, uri)
+    night = client.create_run(client.get_run(run_id).info.experiment_id, run_name="night").info.run_id
+    trained = {"candidate_key": "k" * 16, "mlflow_run_id": run_id, "model_uri": model_uri, "model_id": model_id}
+    metrics = {"neg_elbo": 100.0, "fingerprint": FP, "dataset": "mnist-5k", "split": "test", "images": 500}
+    p = PipelineParams(tracking_uri=uri, model_name="vae-test")
+    study = {"study": "s", "best_trial": 0, "parent_run_id": ""}
+    args = (p, study, trained, metrics, {"case": "first-night"}, night)
+    with ThreadPoolExecutor(2) as pool:
+        both = list(pool.map(lambda _: register_step(*args), range(2)))
+    # the second finds the first's version, undecided, and takes it to judge (resumed), not a new one
+    assert sorted(bool(r["duplicate"] or r.get("resumed")) for r in both) == [False, True], both
+    assert {r["version"] for r in both} == {"1"}
+    assert [str(v.version) for v in client.search_model_versions("name='vae-test'")] == ["1"]

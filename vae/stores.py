@@ -93,13 +93,14 @@ def lock_url() -> str | None:
 
 
 @contextmanager
-def champion_lock(name: str, tracking_uri: str, wait: float = CHAMPION_WAIT_S) -> Iterator[str]:
+def champion_lock(name: str, tracking_uri: str, wait: float = CHAMPION_WAIT_S, what: str = "champion") -> Iterator[str]:
     """The one lock every writer of model `name`'s champion takes (the night's promotion, `vae registry
     promote|rollback`): a PostgreSQL advisory lock where there is a lock_url() (every host that reaches the
     database sees it, and it ends with the session of a writer that dies), else a file lock beside a SQLite
     tracking store (its one host, like SQLite itself), else one in ~/.cache/vae/locks (this host only).
-    Yields which it is; LockBusy after `wait` s."""
-    key = f"vae-champion:{name}"
+    Yields which it is; LockBusy after `wait` s. what="registration": the lock of the night's find-then-create
+    of a version, a separate one (a writer may hold both)."""
+    key = f"vae-{what}:{name}"
     if url := lock_url():
         with _advisory_lock(url, key, wait):
             yield "postgresql advisory lock"
@@ -112,17 +113,18 @@ def champion_lock(name: str, tracking_uri: str, wait: float = CHAMPION_WAIT_S) -
         folder.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except Timeout:
-        raise _busy(name, wait) from None
+        raise _busy(key, wait) from None
     try:
         yield f"file lock {path}"
     finally:
         lock.release()
 
 
-def _busy(name: str, wait: float) -> LockBusy:
+def _busy(key: str, wait: float) -> LockBusy:
+    what, name = key.removeprefix("vae-").split(":", 1)
     return LockBusy(
-        f"another writer has held the champion of {name} for over {wait:.0f} s (a night promoting, or "
-        f"`vae registry promote|rollback`): nothing was changed; try again when it is done"
+        f"another writer has held the {what} of {name} for over {wait:.0f} s (a night registering or promoting, "
+        f"or `vae registry promote|rollback`): nothing was changed; try again when it is done"
     )
 
 
@@ -144,7 +146,7 @@ def _advisory_lock(url: str, key: str, wait: float) -> Iterator[None]:
             deadline = time.monotonic() + wait
             while not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": k}).scalar():
                 if time.monotonic() > deadline:
-                    raise _busy(key.split(":", 1)[1], wait)
+                    raise _busy(key, wait)
                 time.sleep(0.2)
             try:
                 yield

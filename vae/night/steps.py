@@ -41,8 +41,9 @@ from vae.records import (
     Winner,
 )
 from vae.redact import redact, redact_all
-from vae.tracking import candidate, drift, identity, night_runs, promotion, sign_off
-from vae.tracking.store import configure, tag_value, tracking_uri
+from vae.stores import champion_lock
+from vae.tracking import candidate, drift, identity, night_runs, promotion
+from vae.tracking.store import configure, tag_value
 from vae.tune import nightly
 
 
@@ -235,6 +236,13 @@ def register_step(
     that reaches a candidate already registered, gets that version back with duplicate=True, unless no decision
     was finished on it (resumed=True): then the night gates and promotes it as if it had just registered it."""
     uri, name = configure(p.resolved_tracking_uri()), p.registered_name
+    with champion_lock(name, uri, what="registration"):  # two nights on other workdirs: one version, not two
+        return _register(uri, name, study, trained, metrics, night, night_id)
+
+
+def _register(
+    uri: str, name: str, study: StudySummary, trained: Trained, metrics: Metrics, night: Night, night_id: str
+) -> Registered:
     key = trained["candidate_key"]
     found = candidate.find_candidate(uri, name, key)
     if found is not None and (left := candidate.undecided(uri, name, found)) is not None:
@@ -326,22 +334,3 @@ def reevaluate_champion(p: PipelineParams, log: Log = print) -> dict[str, Any]:
 def approval(decision: str, reviewer: str, comment: str) -> Approval:
     """A reviewer's answer to the sign-off form, stamped now."""
     return {"decision": decision, "reviewer": reviewer, "comment": comment, "time": utc_stamp()}
-
-
-def reviewer_login() -> str | None:
-    """Who this process is logged in to MLflow as (checked by the server), or None where there is no login."""
-    return sign_off.current_user(tracking_uri()) if sign_off.logged_in() else None
-
-
-def sign(name: str, version: str, answer: dict[str, Any]) -> None:
-    """The reviewer's answer, written on the version with the reviewer's own login (needs EDIT on the model)."""
-    sign_off.sign(tracking_uri(), name, version, answer)
-
-
-def sign_off_refusal(p: PipelineParams, name: str, version: str, flow_run: str, answer: Approval) -> str | None:
-    """Why the night must not take a paused run's answer, or None: with a login, the version's sign_off tag
-    must say the same (decision, reviewer, this flow run); without one (a local store) nothing is checked."""
-    if not sign_off.logged_in():
-        return None
-    uri = p.resolved_tracking_uri()
-    return sign_off.refusal(uri, name, version, flow_run, answer["decision"], answer["reviewer"])
