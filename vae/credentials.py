@@ -76,13 +76,12 @@ def logins(home: Path) -> dict[str, str]:
     }
 
 
-def call(url: str, path: str, body: dict, login: tuple[str, str], method: str = "POST") -> tuple[int, dict]:
-    """(status, JSON answer) of one MLflow REST call made as `login`."""
+def call(url: str, path: str, body: dict | None, login: tuple[str, str]) -> tuple[int, dict]:
+    """(status, JSON answer) of one MLflow REST call made as `login`: a POST of `body`, a GET without one."""
     token = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
     req = urllib.request.Request(
-        url + path,
-        data=json.dumps(body).encode(),
-        method=method,
+        url.rstrip("/") + path,
+        data=None if body is None else json.dumps(body).encode(),
         headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
     )
     try:

@@ -107,17 +107,12 @@ def champion_lock(name: str, tracking_uri: str, wait: float = CHAMPION_WAIT_S, w
         return
     db = sqlite_path(tracking_uri)
     folder = db.parent if db else Path.home() / ".cache" / "vae" / "locks"
-    path = folder / f"champion-{hashlib.sha256(key.encode()).hexdigest()[:16]}.lock"
+    path = folder / f"{what}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.lock"
     try:
-        lock = FileLock(str(path), timeout=wait)
-        folder.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
+        with file_lock(path, timeout=wait):
+            yield f"file lock {path}"
     except Timeout:
         raise _busy(key, wait) from None
-    try:
-        yield f"file lock {path}"
-    finally:
-        lock.release()
 
 
 def _busy(key: str, wait: float) -> LockBusy:

@@ -26,17 +26,24 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or "WORLD_SIZE" in os.environ
 
 
-def drop_option(argv: list[str], name: str) -> list[str]:
-    """argv without `name VALUE` / `name=VALUE`."""
-    out, skip = [], False
+def take_option(argv: list[str], name: str) -> tuple[list[str], str | None]:
+    """(argv without `name VALUE` / `name=VALUE`, the value given last, or None)."""
+    out, value, skip = [], None, False
     for x in argv:
         if skip:
-            skip = False
+            value, skip = x, False
         elif x == name:
             skip = True
-        elif not x.startswith(name + "="):
+        elif x.startswith(name + "="):
+            value = x.split("=", 1)[1]
+        else:
             out.append(x)
-    return out
+    return out, value
+
+
+def drop_option(argv: list[str], name: str) -> list[str]:
+    """argv without `name VALUE` / `name=VALUE`."""
+    return take_option(argv, name)[0]
 
 
 # The flags that name a store, and the variable each command reads when the flag is not given.
@@ -48,12 +55,9 @@ def stores_to_env(argv: list[str]) -> tuple[list[str], dict[str, str]]:
     may hold a password, which a command line shows to every local user (/proc/PID/cmdline)."""
     env = {}
     for flag, var in STORE_FLAGS.items():
-        for i, x in enumerate(argv):
-            if x == flag and i + 1 < len(argv):
-                env[var] = argv[i + 1]
-            elif x.startswith(flag + "="):
-                env[var] = x.split("=", 1)[1]
-        argv = drop_option(argv, flag)
+        argv, value = take_option(argv, flag)
+        if value is not None:
+            env[var] = value
     return argv, env
 
 

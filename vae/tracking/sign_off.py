@@ -6,15 +6,13 @@ that anyone holding Prefect's one shared credential could fill in (vae/credentia
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import urllib.error
-import urllib.request
 from typing import Any
 
 from mlflow.exceptions import MlflowException
 
+from vae.credentials import call
 from vae.errors import ConfigError
 from vae.tracking.store import open_client
 
@@ -28,21 +26,22 @@ def logged_in() -> bool:
 
 def current_user(uri: str) -> str:
     """The user the MLflow server says this process is logged in as; ConfigError when it refuses the login."""
-    login = f"{os.environ['MLFLOW_TRACKING_USERNAME']}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}"
-    req = urllib.request.Request(
-        uri.rstrip("/") + "/api/2.0/mlflow/users/current",
-        headers={"Authorization": "Basic " + base64.b64encode(login.encode()).decode()},
-    )
+    user = os.environ["MLFLOW_TRACKING_USERNAME"]
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.loads(r.read())["user"]["username"]
-    except urllib.error.HTTPError as e:
-        raise ConfigError(
-            f"MLflow at {uri} refused the login of {os.environ['MLFLOW_TRACKING_USERNAME']!r} ({e.code}): read "
-            f"your login first (set -a; . .services/users/NAME.env; set +a)"
-        ) from None
-    except (OSError, ValueError, KeyError) as e:
+        status, answer = call(
+            uri, "/api/2.0/mlflow/users/current", None, (user, os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+        )
+    except OSError as e:
         raise ConfigError(f"MLflow at {uri} did not say who is logged in: {e}") from None
+    if status != 200:
+        raise ConfigError(
+            f"MLflow at {uri} refused the login of {user!r} ({status}): read your login first "
+            f"(set -a; . .services/users/NAME.env; set +a)"
+        )
+    try:
+        return answer["user"]["username"]
+    except (KeyError, TypeError):
+        raise ConfigError(f"MLflow at {uri} did not say who is logged in: {answer}") from None
 
 
 def sign(uri: str, name: str, version: str, answer: dict[str, Any]) -> None:
