@@ -14,6 +14,7 @@ and in Prefect (a Markdown artifact `vae-night-failure` on the flow run, whose s
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from contextlib import contextmanager
@@ -110,6 +111,13 @@ def _record_crashed(p: PipelineParams, old: dict, log) -> None:
             _artifact(client, run.id, f"# Night crashed\n\n{reason}.\n")
     steps.night_record_step(p, {"case": "crashed", "reason": reason}, {"prefect.flow_run_id": old["flow_run_id"]}, True)
     log(f"the last night (flow run {old['flow_run_id']}) crashed: recorded in Prefect and MLflow; resuming its work")
+
+
+def drill(step: str, p: PipelineParams) -> None:
+    """Fault injection at the night's stage boundaries (fetch, tune, candidate, evaluate, register, gate), for
+    recovery drills and tests: VAE_PIPELINE_FAIL_AFTER=<step> raises right after the step."""
+    if os.environ.get("VAE_PIPELINE_FAIL_AFTER") == step:
+        raise RuntimeError(f"injected failure after {step} (VAE_PIPELINE_FAIL_AFTER)")
 
 
 def record_failure(flow, flow_run, state) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import os
 import sys
 import time
 import typing
@@ -36,7 +35,7 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run as current_run
 
 from flows import artifacts
-from flows.nights import night_lock, record_failure
+from flows.nights import drill, night_lock, record_failure
 from flows.policies import CACHED, RESUMED, RETRIED
 from flows.signoff import need_server, sign_off
 from vae import summaries
@@ -80,12 +79,6 @@ class _Clock:
 
 def _log(line: str) -> None:
     get_run_logger().info(line)
-
-
-def _fail_after(step: str) -> None:
-    """Fault injection for recovery drills and tests: VAE_PIPELINE_FAIL_AFTER=<step> fails right after it."""
-    if os.environ.get("VAE_PIPELINE_FAIL_AFTER") == step:
-        raise RuntimeError(f"injected failure after {step} (VAE_PIPELINE_FAIL_AFTER)")
 
 
 @task(retries=3, retry_delay_seconds=[2, 8, 30])
@@ -200,6 +193,7 @@ def _night(p: PipelineParams, clock: _Clock) -> NightResult:
     night_id = open_night(p)  # the night's MLflow run: everything below hangs under it
     with clock("fetch"):
         data = fetch_data(p)
+    drill("fetch", p)
     with clock("tune"):
         night = plan(p, data["fingerprint"])
         _log(f"night: {night['case']} on study {night['study']}: {night['reason']}")
@@ -209,7 +203,7 @@ def _night(p: PipelineParams, clock: _Clock) -> NightResult:
             **steps.nightly.after_search(night, best, code_version()),
             "skipped_files": len(data.get("skipped", [])),
         }
-    _fail_after("tune")
+    drill("tune", p)
     _log(f"after the search: {night['case']}: {night['reason']}")
     if not night["train"]:
         return _quiet(p, best, night, data, clock, night_id)
@@ -222,16 +216,16 @@ def _night(p: PipelineParams, clock: _Clock) -> NightResult:
         stale = not (Path(trained["out"]) / "history.json").is_file() or not Path(trained["checkpoint"]).is_file()
         if stale:
             trained = choose.with_options(refresh_cache=True)(p, steps.winner(best), data["fingerprint"], night_id)
-    _fail_after("candidate")
+    drill("candidate", p)
     with clock("evaluate"):
         model_checkpoint = trained.get("best_checkpoint") or trained["checkpoint"]  # the best epoch, not the last
         recipe = baseline(p, best.get("recipe"), data["fingerprint"], night_id)
         metrics = evaluate.with_options(refresh_cache=stale)(p, model_checkpoint, data["fingerprint"])
         metrics = steps.with_baseline(metrics, recipe)
-    _fail_after("evaluate")
+    drill("evaluate", p)
     with clock("register"):
         registered = register(p, best, trained, metrics, night, night_id)
-    _fail_after("register")
+    drill("register", p)
     if registered.get("duplicate"):  # this night's case stands; it just has nothing new to offer
         steps.registered_step(p, best, registered["version"])
         night = {
@@ -241,6 +235,7 @@ def _night(p: PipelineParams, clock: _Clock) -> NightResult:
         return _quiet(p, best, night, data, clock, night_id)
     with clock("promote"):
         gated = gate(p, trained, registered, metrics, recipe)
+    drill("gate", p)
     approval = sign_off(p, registered, gated, _log) if p.require_approval and gated["decision"]["promote"] else None
     with clock("promote"):
         decision = promote(p, best, trained, registered, metrics, gated, approval)
