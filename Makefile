@@ -17,8 +17,8 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 setup: $(BIN)/.installed
 
-# The pipeline on the 5,000 embedded MNIST digits: fetch, tune (16 trials), train the best (50 epochs),
-# evaluate, register in MLflow (mlruns/), promote. About 6 minutes on 2 cores.
+# The pipeline on the 5,000 embedded MNIST digits: fetch, tune (8 trials of up to 50 epochs, early stopping),
+# evaluate the winner, register in MLflow (mlruns/), promote. The README's quick start gives its measured time.
 run: setup
 	$(BIN)/python -m flows.pipeline $(PIPELINE_ARGS)
 
@@ -27,7 +27,7 @@ train: setup
 	out=runs/seed-$$(date +%Y%m%d-%H%M%S) && $(BIN)/vae train --dataset mnist-5k --epochs 10 --out $$out \
 	  && $(BIN)/vae evaluate $$out --iw-samples 100 && echo "figures: $$out/figures"
 
-# The whole suite, slow tests included (253 tests, 4 GPU-only; about 21 minutes on 2 cores: live servers and flows).
+# The whole suite, slow tests included (415 tests; 30 minutes on 2 cores, 2026-12-07: live servers and flows).
 test: setup
 	$(BIN)/python -m pytest
 
