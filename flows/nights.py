@@ -113,7 +113,7 @@ def _record_crashed(p: PipelineParams, old: dict, log) -> None:
     log(f"the last night (flow run {old['flow_run_id']}) crashed: recorded in Prefect and MLflow; resuming its work")
 
 
-def drill(step: str, p: PipelineParams) -> None:
+def drill(step: str) -> None:
     """Fault injection at the night's stage boundaries (fetch, tune, candidate, evaluate, register, gate), for
     recovery drills and tests: VAE_PIPELINE_FAIL_AFTER=<step> raises right after the step."""
     if os.environ.get("VAE_PIPELINE_FAIL_AFTER") == step:

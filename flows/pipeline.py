@@ -193,7 +193,7 @@ def _night(p: PipelineParams, clock: _Clock) -> NightResult:
     night_id = open_night(p)  # the night's MLflow run: everything below hangs under it
     with clock("fetch"):
         data = fetch_data(p)
-    drill("fetch", p)
+    drill("fetch")
     with clock("tune"):
         night = plan(p, data["fingerprint"])
         _log(f"night: {night['case']} on study {night['study']}: {night['reason']}")
@@ -203,7 +203,7 @@ def _night(p: PipelineParams, clock: _Clock) -> NightResult:
             **steps.nightly.after_search(night, best, code_version()),
             "skipped_files": len(data.get("skipped", [])),
         }
-    drill("tune", p)
+    drill("tune")
     _log(f"after the search: {night['case']}: {night['reason']}")
     if not night["train"]:
         return _quiet(p, best, night, data, clock, night_id)
@@ -216,16 +216,16 @@ def _night(p: PipelineParams, clock: _Clock) -> NightResult:
         stale = not (Path(trained["out"]) / "history.json").is_file() or not Path(trained["checkpoint"]).is_file()
         if stale:
             trained = choose.with_options(refresh_cache=True)(p, steps.winner(best), data["fingerprint"], night_id)
-    drill("candidate", p)
+    drill("candidate")
     with clock("evaluate"):
         model_checkpoint = trained.get("best_checkpoint") or trained["checkpoint"]  # the best epoch, not the last
         recipe = baseline(p, best.get("recipe"), data["fingerprint"], night_id)
         metrics = evaluate.with_options(refresh_cache=stale)(p, model_checkpoint, data["fingerprint"])
         metrics = steps.with_baseline(metrics, recipe)
-    drill("evaluate", p)
+    drill("evaluate")
     with clock("register"):
         registered = register(p, best, trained, metrics, night, night_id)
-    drill("register", p)
+    drill("register")
     if registered.get("duplicate"):  # this night's case stands; it just has nothing new to offer
         steps.registered_step(p, best, registered["version"])
         night = {
@@ -235,7 +235,7 @@ def _night(p: PipelineParams, clock: _Clock) -> NightResult:
         return _quiet(p, best, night, data, clock, night_id)
     with clock("promote"):
         gated = gate(p, trained, registered, metrics, recipe)
-    drill("gate", p)
+    drill("gate")
     approval = sign_off(p, registered, gated, _log) if p.require_approval and gated["decision"]["promote"] else None
     with clock("promote"):
         decision = promote(p, best, trained, registered, metrics, gated, approval)
