@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import time
 from contextlib import contextmanager
@@ -115,9 +116,18 @@ def _record_crashed(p: PipelineParams, old: dict, log) -> None:
 
 def drill(step: str) -> None:
     """Fault injection at the night's stage boundaries (fetch, tune, candidate, evaluate, register, gate), for
-    recovery drills and tests: VAE_PIPELINE_FAIL_AFTER=<step> raises right after the step."""
+    recovery drills, tests and the fault matrix (benchmarks/faults.py):
+    - VAE_PIPELINE_FAIL_AFTER=<step> raises right after the step;
+    - VAE_PIPELINE_HOLD_AT=<step> with VAE_PIPELINE_HOLD_FILE=<path> writes the night's pid to that file and
+      stops the process (SIGSTOP) right after the step: whoever drills injects a fault at that exact point,
+      then sends SIGCONT (the night goes on) or SIGKILL."""
     if os.environ.get("VAE_PIPELINE_FAIL_AFTER") == step:
         raise RuntimeError(f"injected failure after {step} (VAE_PIPELINE_FAIL_AFTER)")
+    if os.environ.get("VAE_PIPELINE_HOLD_AT") == step and os.environ.get("VAE_PIPELINE_HOLD_FILE"):
+        hold = Path(os.environ["VAE_PIPELINE_HOLD_FILE"])
+        hold.with_suffix(".tmp").write_text(str(os.getpid()))
+        hold.with_suffix(".tmp").replace(hold)  # whole or absent: the driller never reads a half-written pid
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def record_failure(flow, flow_run, state) -> None:

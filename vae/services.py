@@ -9,6 +9,7 @@ is why it lives in vae/ and not in flows/.
     python -m vae.services user ada --grant vae-mnist-5k           # a reviewer's login: .services/users/ada.env
     python -m vae.services status
     python -m vae.services worker                                  # one more worker on the pool
+    python -m vae.services restart mlflow                          # bring back one that died (or postgres, prefect)
     python -m vae.services stop
 
 Everything listens on 127.0.0.1 and needs a login (vae/credentials.py): MLflow runs its basic-auth app (users
@@ -29,72 +30,22 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 from vae import credentials, postgres
-from vae.postgres import USER, as_postgres, pg_bin, run
+from vae.postgres import as_postgres, pg_bin, run
+from vae.servers import (
+    DEFAULT_PORTS,
+    client_env,
+    mlflow_server,
+    ports,
+    prefect_server,
+    spawn,
+    urls,
+    wait_http,
+    webhook_env,
+)
 from vae.stores import holder, holder_alive
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-DEFAULT_PORTS = {"postgres": 5433, "mlflow": 5000, "prefect": 4200}
-
-
-def ports(home: Path) -> dict[str, int]:
-    """The ports of this home's services: chosen at the first start (--base-port), kept in HOME/ports.json."""
-    saved = home / "ports.json"
-    return json.loads(saved.read_text()) if saved.exists() else dict(DEFAULT_PORTS)
-
-
-def urls(home: Path) -> dict[str, str]:
-    port = ports(home)
-    pg = f"postgresql+psycopg://{USER}@127.0.0.1:{port['postgres']}"
-    return {
-        "mlflow": f"http://127.0.0.1:{port['mlflow']}",
-        "prefect": f"http://127.0.0.1:{port['prefect']}/api",
-        "optuna": f"{pg}/optuna",
-        "mlflow_backend": f"{pg}/mlflow",
-        "pgpass": str(home / "pgpass"),
-    }
-
-
-def client_env(home: Path) -> dict[str, str]:
-    """What a client of these services sets (the pipeline, `vae tune`, a worker): URLs and the pipeline's
-    logins. Secrets among them: keep it in files of mode 0600 (HOME/client.env) and in environments."""
-    u = urls(home)
-    return {
-        **credentials.logins(home),
-        "MLFLOW_TRACKING_URI": u["mlflow"],
-        "PREFECT_API_URL": u["prefect"],
-        "VAE_OPTUNA_STORAGE": u["optuna"],
-        "PGPASSFILE": u["pgpass"],
-        "DO_NOT_TRACK": "true",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        # the worker's flow runs beat; flows.deploy's automation marks one that stops beating Crashed
-        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
-    }
-
-
-def spawn(home: Path, name: str, cmd: list[str], env: dict[str, str]) -> int:
-    log = open(home / f"{name}.log", "ab")
-    proc = subprocess.Popen(
-        cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )  # its own group: stop() ends it and its children
-    return proc.pid
-
-
-def wait_http(url: str, seconds: float = 120) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit(f"services: {url} did not answer within {seconds} s")
 
 
 def start(home: Path, pool: str, base_port: int | None = None) -> dict[str, str]:
@@ -105,41 +56,9 @@ def start(home: Path, pool: str, base_port: int | None = None) -> dict[str, str]
         raise SystemExit(f"services: already started ({home}/pids.json): `python -m vae.services stop` first")
     if base_port is not None:
         (home / "ports.json").write_text(json.dumps({k: base_port + i for i, k in enumerate(DEFAULT_PORTS)}))
-    port = ports(home)
-    postgres.start(home, port["postgres"])
-    bindir, env, pids = Path(sys.executable).parent, client_env(home), {}
-    login = credentials.mlflow_server_env(home, urls(home)["mlflow_backend"] + "_auth")
-    pids["mlflow"] = holder(
-        spawn(
-            home,
-            "mlflow",
-            [
-                str(bindir / "mlflow"),
-                "server",
-                "--app-name",
-                "basic-auth",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port["mlflow"]),
-                "--workers",
-                "1",
-                "--backend-store-uri",
-                urls(home)["mlflow_backend"],
-                "--artifacts-destination",
-                str(home / "artifacts"),
-            ],
-            {"PGPASSFILE": env["PGPASSFILE"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **login, **_hooks(home)},
-        )
-    )
-    prefect_env = {
-        "PREFECT_HOME": str(home / "prefect"),
-        "PREFECT_SERVER_API_HOST": "127.0.0.1",
-        "PREFECT_SERVER_API_PORT": str(port["prefect"]),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_API_AUTH_STRING": env["PREFECT_API_AUTH_STRING"],
-    }
-    pids["prefect"] = holder(spawn(home, "prefect", [str(bindir / "prefect"), "server", "start"], prefect_env))
+    postgres.start(home, ports(home)["postgres"])
+    env = client_env(home)
+    pids = {"mlflow": mlflow_server(home), "prefect": prefect_server(home)}
     (home / "pids.json").write_text(json.dumps(pids))
     wait_http(urls(home)["mlflow"] + "/health")
     wait_http(urls(home)["prefect"] + "/health")
@@ -147,23 +66,13 @@ def start(home: Path, pool: str, base_port: int | None = None) -> dict[str, str]
     credentials.write_env(home / "client.env", env)
     client = {**os.environ, **env, "PREFECT_HOME": str(home / "prefect")}
     run(
-        [str(bindir / "prefect"), "work-pool", "create", pool, "--type", "process", "--overwrite"],
+        [str(Path(sys.executable).parent / "prefect"), "work-pool", "create", pool, "--type", "process", "--overwrite"],
         env=client,
     )
     add_worker(home, pool)
     if (home / "notify.json").exists():
         notify(home, client)
     return env
-
-
-def _hooks(home: Path) -> dict[str, str]:
-    """What lets the MLflow server call a receiver on this machine (a relay on 127.0.0.1: MLflow refuses
-    private addresses and plain http by default)."""
-    saved = home / "notify.json"
-    url = json.loads(saved.read_text())["url"] if saved.exists() else ""
-    if urllib.parse.urlsplit(url).hostname not in LOOPBACK:
-        return {}
-    return {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true"}
 
 
 def notify(home: Path, client: dict[str, str]) -> None:
@@ -173,7 +82,7 @@ def notify(home: Path, client: dict[str, str]) -> None:
     saved = json.loads((home / "notify.json").read_text())
     root, python = Path(__file__).resolve().parents[1], sys.executable
     env = {**client, "VAE_NOTIFY_URL": saved["url"]}
-    private = ["--allow-private"] if _hooks(home) else []
+    private = ["--allow-private"] if webhook_env(home) else []
     run([python, "-m", "flows.notify", *private], env=env, cwd=root)
     admin = {
         "MLFLOW_TRACKING_USERNAME": credentials.ADMIN,
@@ -236,6 +145,33 @@ def stop(home: Path) -> None:
     (home / "pids.json").unlink(missing_ok=True)
 
 
+SERVERS = {"mlflow": mlflow_server, "prefect": prefect_server}
+
+
+def restart(home: Path, name: str) -> None:
+    """Bring one service of a started stack back (after it died, or stopping it first if it still runs), with
+    its data and logins: PostgreSQL through pg_ctl (a crashed cluster recovers from its WAL), a server from its
+    binary again, its new pid in pids.json."""
+    if not (home / "pids.json").exists():
+        raise SystemExit(f"services: not started ({home}/pids.json is missing): `python -m vae.services start`")
+    if name == "postgres":
+        postgres.start(home, ports(home)["postgres"])
+        return
+    live = running(home)
+    if name in live:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(live[name], signal.SIGTERM)
+        deadline = time.time() + 20
+        while _alive(live[name]) and time.time() < deadline:
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(live[name], signal.SIGKILL)
+    pids = json.loads((home / "pids.json").read_text())
+    pids[name] = SERVERS[name](home)
+    (home / "pids.json").write_text(json.dumps(pids))
+    wait_http(urls(home)[name] + "/health")
+
+
 def running(home: Path) -> dict[str, int]:
     """The pids of pids.json that are still the processes started (pid and start time agree): a pid the system
     has given to another process since (a reboot, a wrap) is named and left alone, never signalled."""
@@ -272,10 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "action",
-        choices=["start", "stop", "status", "worker", "user"],
-        help="worker: start one more worker; user NAME: a reviewer's MLflow login",
+        choices=["start", "stop", "status", "worker", "user", "restart"],
+        help="worker: start one more worker; user NAME: a reviewer's MLflow login; restart NAME: bring back "
+        "postgres, mlflow or prefect",
     )
-    p.add_argument("name", nargs="?", help="user: the reviewer's name")
+    p.add_argument("name", nargs="?", help="user: the reviewer's name; restart: postgres, mlflow or prefect")
     p.add_argument("--grant", action="append", default=[], metavar="MODEL", help="user: EDIT on this model")
     p.add_argument("--home", type=Path, default=Path(".services"), help="data, logs and pids (git-ignored)")
     p.add_argument(
@@ -294,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.action == "stop":
         stop(home)
         print(f"services stopped ({home})")
+    elif a.action == "restart":
+        if a.name not in ("postgres", *SERVERS):
+            p.error(f"restart {a.name!r}: expected postgres, mlflow or prefect")
+        restart(home, a.name)
+        print(f"{a.name} restarted ({home})")
     elif a.action == "worker":
         print(f"worker pid {add_worker(home, a.pool)} on pool {a.pool!r}")
     elif a.action == "user":
