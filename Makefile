@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # The default night, as benchmarks/search_quality.py measures it (its NIGHT): keep the two in step.
 PIPELINE_ARGS ?= --dataset mnist-5k --trials 8 --epochs 50 --iw-samples 100
 
-.PHONY: setup run train test test-fast lint format bench gpu-prep gpu-check-cpu services services-stop clean
+.PHONY: setup run train test test-fast lint format bench faults faults-quick gpu-prep gpu-check-cpu services services-stop clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -43,6 +43,15 @@ lint: setup
 format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Issue 22's fault matrix (benchmarks/faults.py): a small night on a stack of its own (PostgreSQL, MLflow and
+# Prefect servers on ports 6300-6302), one fault per case, the next night, then the checks; ends with
+# `faults: S of N survived`. faults-quick is the three cases CI runs beside `make test`.
+faults: setup
+	$(BIN)/python benchmarks/faults.py --json benchmarks/results/faults.json
+
+faults-quick: setup
+	$(BIN)/python benchmarks/faults.py --quick
 
 bench: setup
 	$(BIN)/python benchmarks/train_speed.py --json benchmarks/results/train_speed.json
