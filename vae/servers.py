@@ -59,6 +59,11 @@ def client_env(home: Path) -> dict[str, str]:
     }
 
 
+def tool(name: str) -> str:
+    """A command of this environment (mlflow, prefect): the one installed beside the running Python."""
+    return str(Path(sys.executable).parent / name)
+
+
 def spawn(home: Path, name: str, cmd: list[str], env: dict[str, str]) -> int:
     log = open(home / f"{name}.log", "ab")
     proc = subprocess.Popen(
@@ -93,7 +98,7 @@ def mlflow_server(home: Path) -> dict:
     """The MLflow server (basic-auth app, backend in PostgreSQL, artifacts under HOME/artifacts): its holder."""
     u, port = urls(home), ports(home)["mlflow"]
     login = credentials.mlflow_server_env(home, u["mlflow_backend"] + "_auth")
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1"]
+    cmd = [tool("mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--workers", "1", "--backend-store-uri", u["mlflow_backend"]]
     cmd += ["--artifacts-destination", str(home / "artifacts")]
     env = {"PGPASSFILE": u["pgpass"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **login, **webhook_env(home)}
@@ -109,4 +114,4 @@ def prefect_server(home: Path) -> dict:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_API_AUTH_STRING": client_env(home)["PREFECT_API_AUTH_STRING"],
     }
-    return holder(spawn(home, "prefect", [str(Path(sys.executable).parent / "prefect"), "server", "start"], env))
+    return holder(spawn(home, "prefect", [tool("prefect"), "server", "start"], env))

@@ -41,6 +41,7 @@ from vae.servers import (
     ports,
     prefect_server,
     spawn,
+    tool,
     urls,
     wait_http,
     webhook_env,
@@ -66,7 +67,7 @@ def start(home: Path, pool: str, base_port: int | None = None) -> dict[str, str]
     credentials.write_env(home / "client.env", env)
     client = {**os.environ, **env, "PREFECT_HOME": str(home / "prefect")}
     run(
-        [str(Path(sys.executable).parent / "prefect"), "work-pool", "create", pool, "--type", "process", "--overwrite"],
+        [tool("prefect"), "work-pool", "create", pool, "--type", "process", "--overwrite"],
         env=client,
     )
     add_worker(home, pool)
@@ -98,7 +99,7 @@ def add_worker(home: Path, pool: str) -> int:
     the client environment); its pid joins pids.json as worker, worker-2, ..."""
     pids = json.loads((home / "pids.json").read_text())
     name = "worker" if "worker" not in pids else f"worker-{sum(k.startswith('worker') for k in pids) + 1}"
-    prefect = str(Path(sys.executable).parent / "prefect")
+    prefect = tool("prefect")
     pids[name] = holder(
         spawn(
             home,
