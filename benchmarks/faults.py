@@ -58,13 +58,11 @@ class Stack:
         self.env = credentials.read_env(home / "client.env")
 
     def _services(self, *args: str) -> None:
-        subprocess.run(
-            [PY, "-m", "vae.services", *args, "--home", str(self.home)],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
+        done = subprocess.run(
+            [PY, "-m", "vae.services", *args, "--home", str(self.home)], cwd=ROOT, capture_output=True, text=True
         )
+        if done.returncode != 0:  # the services' own message, not a bare CalledProcessError
+            raise SystemExit(f"faults: vae.services {' '.join(args)} failed:\n{(done.stdout + done.stderr)[-2000:]}")
 
     def procs(self, name: str) -> list[psutil.Process]:
         """The processes of one service: a server's process group, or the postmaster and its backends."""
@@ -265,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the results here")
     a = p.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="vae-faults-")) if a.home is None else a.home.resolve()
+    if a.home is None:  # mkdtemp's 0700 would shut out PostgreSQL, which runs as the `postgres` user under root
+        root.chmod(0o755)
     space = root / "diverge.toml"
     todo = cases(space)
     names = [c.name for c in todo]
