@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vae import stores
 from vae.records import NightResult
 
 
@@ -84,8 +85,12 @@ def mlflow_hint(result: NightResult) -> str:
     reg, decision = result["registered"], result["decision"] or {}
     assert reg is not None
     role = "champion" if decision.get("promote") else "challenger"
+    uri = stores.redact(reg["tracking_uri"])
+    # A server already serves the UI at its own URL; a local store needs `mlflow ui` to serve it.
+    where = f"open {uri}" if uri.startswith(("http://", "https://")) else (
+        f"run `mlflow ui --backend-store-uri {uri}` and open http://127.0.0.1:5000")  # fmt: skip
     return (
-        f"MLflow: run `mlflow ui --backend-store-uri {reg['tracking_uri']}` and open http://127.0.0.1:5000 "
+        f"MLflow: {where} "
         f"(experiment {reg['name']}: night run {result['night_run_id']}, its training run {reg['run_id']} holds "
         f"the model); registered model {reg['name']} v{reg['version']} ({role})."
     )
