@@ -327,3 +327,31 @@ def test_two_nights_registering_one_candidate_at_once_make_one_version(store):
     assert sorted(bool(r["duplicate"] or r.get("resumed")) for r in both) == [False, True], both
     assert {r["version"] for r in both} == {"1"}
     assert [str(v.version) for v in client.search_model_versions("name='vae-test'")] == ["1"]
+
+
+def test_a_version_a_dead_night_left_undecided_is_superseded_by_the_next_candidate_not_left_unjudged(store):
+    """A night registers v1 and dies before the gate; the next night runs other code (a fix deployed between),
+    so its candidate key differs and it registers v2 instead of judging v1. v1 must still end with a decision
+    ("superseded", with the reason), while a version whose night is still running is left to that night."""
+    from vae.night.params import PipelineParams
+    from vae.night.steps import register_step
+
+    uri, model_uri, run_id, model_id = store
+    client = MlflowClient(uri, uri)
+    experiment = client.get_run(run_id).info.experiment_id
+    metrics = {"neg_elbo": 100.0, "fingerprint": FP, "dataset": "mnist-5k", "split": "test", "images": 500}
+    p = PipelineParams(tracking_uri=uri, model_name="vae-test")
+    study = {"study": "s", "best_trial": 0, "parent_run_id": ""}
+
+    def night_registers(key: str) -> tuple[str, str]:
+        night = client.create_run(experiment, run_name=f"night-{key}").info.run_id
+        trained = {"candidate_key": key * 16, "mlflow_run_id": run_id, "model_uri": model_uri, "model_id": model_id}
+        return night, register_step(p, study, trained, metrics, {"case": "first-night"}, night)["version"]
+
+    dead, v1 = night_registers("a")
+    client.set_terminated(dead, "FAILED")  # as the next night's open records a crashed night
+    running, v2 = night_registers("b")  # v1 is superseded; v2's own night is still running
+    _, v3 = night_registers("c")
+    tags = {v: client.get_model_version("vae-test", v).tags for v in (v1, v2, v3)}
+    assert tags[v1][registry.DECISION] == "superseded" and f"superseded by v{v2}" in tags[v1]["promotion.reason"]
+    assert registry.DECISION not in tags[v2] and registry.DECISION not in tags[v3]

@@ -234,7 +234,8 @@ def register_step(
     """The evaluation run under the night, then a new registered version of the training run's logged model
     with the alias `challenger`. Never a second version of one candidate (config + data): a retry, or a night
     that reaches a candidate already registered, gets that version back with duplicate=True, unless no decision
-    was finished on it (resumed=True): then the night gates and promotes it as if it had just registered it."""
+    was finished on it (resumed=True): then the night gates and promotes it as if it had just registered it.
+    An earlier night's version left undecided for another candidate (other code or data) is marked superseded."""
     uri, name = configure(p.resolved_tracking_uri()), p.registered_name
     with champion_lock(name, uri, what="registration"):  # two nights on other workdirs: one version, not two
         return _register(uri, name, study, trained, metrics, night, night_id)
@@ -256,10 +257,9 @@ def _register(
         "night_run_id": night_id,
     }
     version_tags = {"candidate_key": key, "nightly.case": night["case"], **code_tags()}
-    return {
-        "duplicate": False,
-        **candidate.register_candidate(uri, name, trained, metrics, night_id, tags, version_tags),
-    }
+    registered = candidate.register_candidate(uri, name, trained, metrics, night_id, tags, version_tags)
+    candidate.supersede(uri, name, registered["version"])  # an earlier night's undecided version of other code
+    return {"duplicate": False, **registered}
 
 
 def code_tags() -> dict[str, str]:

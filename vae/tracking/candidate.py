@@ -11,11 +11,13 @@ from typing import Any
 import mlflow
 from mlflow.entities import RunTag
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 
 from vae.checkpoint import load_model
 from vae.data import load
 from vae.errors import ConfigError
 from vae.figures import write_figures
+from vae.io import utc_stamp
 from vae.tracking import registry
 from vae.tracking.models import resolve_model
 from vae.tracking.night_runs import log_evaluation
@@ -109,6 +111,30 @@ def undecided(uri: str | None, name: str, version: str) -> dict[str, Any] | None
         "tracking_uri": configure(uri),
         **{k: mv.tags[k] for k in ("evaluation_run_id", "night_run_id") if k in mv.tags},
     }
+
+
+def supersede(uri: str | None, name: str, newest: str) -> list[str]:
+    """Versions left undecided by a night that ended before judging them, when a later night registers another
+    candidate (`newest`: other code or data) instead of judging them: each gets the decision "superseded",
+    with the reason, so no version stays without one. A version whose night is still running (another night,
+    now) is left to it. Returns the versions marked."""
+    client = open_client(configure(uri))
+    marked = []
+    for mv in client.search_model_versions(f"name='{name}'"):
+        night = mv.tags.get("night_run_id")
+        if str(mv.version) == str(newest) or mv.tags.get(registry.DECISION) or not night:
+            continue
+        try:
+            if client.get_run(night).info.status == "RUNNING":
+                continue
+        except MlflowException:
+            pass  # the night's run is gone (deleted by hand): nobody will judge the version
+        reason = f"superseded by v{newest}: its night ended before judging it, and the next one made another candidate"
+        client.set_model_version_tag(name, mv.version, "promotion.reason", reason)
+        client.set_model_version_tag(name, mv.version, "promotion.time", utc_stamp())
+        client.set_model_version_tag(name, mv.version, registry.DECISION, "superseded")
+        marked.append(str(mv.version))
+    return marked
 
 
 def champion(uri: str, name: str) -> ModelVersion | None:
