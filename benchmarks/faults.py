@@ -94,6 +94,9 @@ class Case:
     recovery_args: list[str] | None = None  # the next night's own arguments (default: the faulted night's)
 
 
+LIVE: list[Night] = []  # every night started, killed if the matrix is stopped before it ends
+
+
 class Night:
     """One `python -m flows.pipeline` of a case, and every process seen under it while it ran."""
 
@@ -108,6 +111,13 @@ class Night:
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.workdir, self.model, self.seen, self._done = workdir, model, {}, threading.Event()
         threading.Thread(target=self._watch, daemon=True).start()
+        LIVE.append(self)
+
+    def kill(self) -> None:
+        """The night and everything seen under it (the matrix itself was stopped mid-case)."""
+        for pid in [self.proc.pid, *self.seen]:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
 
     def _watch(self) -> None:
         while not self._done.is_set():
@@ -279,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     # planted NaN); the night's second trial draws it, after the seed recipe.
     space.write_text('model = "vae"\nlr = 50.0\n')
     print(f"faults: stack and cases under {root}", flush=True)
+    # SIGTERM (a CI timeout, a kill) ends the matrix through its finally: no held night or stack left behind
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     stack = Stack(root / "stack", a.base_port)
     results = []
     try:
@@ -291,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     finally:
+        for night in LIVE:
+            if night.proc.poll() is None:
+                night.kill()
         stack.stop()
     survived = sum(r["survived"] for r in results)
     if a.json:
