@@ -12,6 +12,8 @@ from prefect.tasks import exponential_backoff
 
 from vae.code import code_version
 from vae.errors import ResumableError, VAEError
+from vae.night.params import PipelineParams
+from vae.night.store_key import store_key
 
 
 # The night's run id is no part of a cache key: a later night reuses the training and takes its run under itself.
@@ -26,8 +28,19 @@ class CodeVersion(CachePolicy):
         return code_version()
 
 
+@dataclass
+class TrackingStore(CachePolicy):
+    """The MLflow store the night writes to (vae/night/store_key.py) as part of a cache key: a cached training
+    names runs of that store, so after mlruns/ is wiped the next night trains again instead of registering a
+    run that no longer exists (which would fail every night until the cache expired)."""
+
+    def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str | None:
+        p = inputs.get("p")
+        return store_key(p) if isinstance(p, PipelineParams) else None
+
+
 CACHED = dict(
-    cache_policy=(INPUTS - "night_id") + TASK_SOURCE + CodeVersion(),
+    cache_policy=(INPUTS - "night_id") + TASK_SOURCE + CodeVersion() + TrackingStore(),
     persist_result=True,
     result_serializer="json",
     cache_expiration=timedelta(days=30),

@@ -3,6 +3,7 @@ tuning and training retry a child that started and failed (their work resumes), 
 a task_timeout; the registry steps retry anything but the project's own input errors."""
 
 import sys
+from pathlib import Path
 
 import pytest
 from prefect.states import Failed
@@ -34,3 +35,42 @@ def test_registry_steps_retry_what_may_be_transient_and_not_bad_input():
     transient = RETRIED["retry_condition_fn"]
     assert transient(None, None, Failed(data=ConnectionError("connection refused")))
     assert not transient(None, None, Failed(data=ConfigError("min_improvement=-1 is invalid")))
+
+
+def test_the_cache_key_changes_when_the_tracking_store_is_wiped_and_stays_for_the_same_store(tmp_path):
+    """A cached training names runs of the store it was made in: after mlruns/ is deleted the key must differ
+    (the next night trains again), while the same store keeps it (a rerun reuses the finished work). Each key
+    is computed by a process of its own, as each night is (a process keeps its handle on a deleted SQLite file)."""
+    import os
+    import shutil
+    import subprocess
+
+    from flows.policies import TrackingStore
+
+    store = tmp_path / "mlruns"
+    code = (
+        "import sys\nfrom flows.policies import TrackingStore\nfrom vae.night.params import PipelineParams\n"
+        "from vae.tracking.store import experiment_id, open_client\n"
+        f"p = PipelineParams(tracking_uri='sqlite:///{store}/mlflow.db', model_name='vae-test')\n"
+        "print(TrackingStore().compute_key(None, {'p': p}, {}))\n"
+        "experiment_id('vae-test', open_client(p.tracking_uri))  # as the night's first step makes it\n"
+        "print(TrackingStore().compute_key(None, {'p': p}, {}))\n"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+
+    def night() -> list[str]:
+        store.mkdir(exist_ok=True)
+        env = {**os.environ, "PYTHONPATH": root}
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        return done.stdout.split()
+
+    from vae.night.params import PipelineParams
+
+    first = night()
+    assert first[0] == "none" and first[1] != "none"  # no experiment, then the night's own
+    same = PipelineParams(tracking_uri=f"sqlite:///{store}/mlflow.db", model_name="vae-test")
+    assert TrackingStore().compute_key(None, {"p": same}, {}) == first[1]  # the same store: cached work reused
+    shutil.rmtree(store)  # mlruns/ wiped
+    wiped = night()
+    assert wiped[0] == "none" and wiped[1] not in (first[1], "none")
+    assert TrackingStore().compute_key(None, {"other": 1}, {}) is None
