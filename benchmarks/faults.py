@@ -41,6 +41,7 @@ from vae import credentials
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fault_checks  # noqa: E402  (benchmarks/ is not a package)
+from train_speed import matmul_peak  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -288,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     # A learning rate of 50 turns the weights non-finite within the first epoch (a real divergence, not a
     # planted NaN); the night's second trial draws it, after the seed recipe.
     space.write_text('model = "vae"\nlr = 50.0\n')
-    print(f"faults: stack and cases under {root}", flush=True)
+    peak = matmul_peak()  # the machine's speed beside the cases' seconds (2 cores AVX2 and AVX-512 differ ~3x)
+    print(f"faults: stack and cases under {root}; float32 matmul peak {peak:.0f} GFLOP/s", flush=True)
     # SIGTERM (a CI timeout, a kill) ends the matrix through its finally: no held night or stack left behind
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     stack = Stack(root / "stack", a.base_port)
@@ -309,7 +311,11 @@ def main(argv: list[str] | None = None) -> int:
         stack.stop()
     survived = sum(r["survived"] for r in results)
     if a.json:
-        a.json.write_text(json.dumps({"results": results, "survived": survived, "of": len(results)}, indent=1))
+        a.json.write_text(
+            json.dumps(
+                {"results": results, "survived": survived, "of": len(results), "matmul_gflops": round(peak)}, indent=1
+            )
+        )
     print(f"faults: {survived} of {len(results)} survived")
     return 0 if survived == len(results) else 1
 
