@@ -264,6 +264,12 @@ def run_case(stack: Stack, case: Case, root: Path) -> dict:
     }
 
 
+def write_results(path: Path, results: list[dict], peak: float) -> None:
+    survived = sum(r["survived"] for r in results)
+    doc = {"results": results, "survived": survived, "of": len(results), "matmul_gflops": round(peak)}
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="+", metavar="NAME", help="these cases (default: all)")
@@ -299,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         for case in (c for c in todo if c.name in wanted):
             result = run_case(stack, case, root / "cases")
             results.append(result)
+            if a.json:  # after each case: a matrix stopped half-way keeps what it found
+                write_results(a.json, results, peak)
             why = "" if result["survived"] else ": " + "; ".join(result["failures"])
             print(
                 f"{case.name}: {'survived' if result['survived'] else 'LOST'} ({result.get('seconds')} s){why}",
@@ -310,12 +318,6 @@ def main(argv: list[str] | None = None) -> int:
                 night.kill()
         stack.stop()
     survived = sum(r["survived"] for r in results)
-    if a.json:
-        a.json.write_text(
-            json.dumps(
-                {"results": results, "survived": survived, "of": len(results), "matmul_gflops": round(peak)}, indent=1
-            )
-        )
     print(f"faults: {survived} of {len(results)} survived")
     return 0 if survived == len(results) else 1
 
