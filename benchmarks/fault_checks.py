@@ -58,6 +58,10 @@ def registry_failures(client, model: str) -> list[str]:
     return failures
 
 
+# where a run says why it ended: a training run's error, a night's reason, a trial's reason (vae/tracking/study.py)
+WHY = ("error", "nightly.reason", "reason")
+
+
 def run_failures(client, model: str) -> list[str]:
     """No run of the model's experiment left RUNNING; every FAILED or KILLED one says why."""
     experiment = client.get_experiment_by_name(model)
@@ -69,8 +73,8 @@ def run_failures(client, model: str) -> list[str]:
         name = f"{run.info.run_name or run.info.run_id} ({run.info.run_id[:8]})"
         if status == "RUNNING":
             failures.append(f"run {name} left RUNNING")
-        elif status in ("FAILED", "KILLED") and not any(k in tags for k in ("error", "nightly.reason")):
-            failures.append(f"run {name} is {status} without an error or nightly.reason tag")
+        elif status in ("FAILED", "KILLED") and not any(tags.get(k) for k in WHY):
+            failures.append(f"run {name} is {status} without a non-empty {', '.join(WHY)} tag")
     return failures
 
 

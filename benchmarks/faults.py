@@ -93,6 +93,7 @@ class Case:
     args: list[str] = field(default_factory=list)
     setup: list[list[str]] = field(default_factory=list)  # earlier nights of the same model, run first
     recovery_args: list[str] | None = None  # the next night's own arguments (default: the faulted night's)
+    expect: str | None = None  # what the faulted night's log must show, where the fault is in its own arguments
 
 
 LIVE: list[Night] = []  # every night started, killed if the matrix is stopped before it ends
@@ -224,8 +225,10 @@ def cases(space: Path) -> list[Case]:
     out.append(Case("mlflow-kill-before-promote", "gate", crash("mlflow", 20)))
     out.append(Case("postgres-kill-before-tune", "fetch", crash("postgres", 20)))
     ddp = ["--nproc", "2", "--subset", "3000", "--epochs", "30", "--task-timeout", "40"]
-    out.append(Case("task-timeout-ddp", None, no_injection, ddp, recovery_args=["--nproc", "2"]))
-    out.append(Case("nan-weights", None, no_injection, ["--trials", "2", "--space", str(space)], recovery_args=[]))
+    timeout = "was stopped after its timeout of 40 s"
+    out.append(Case("task-timeout-ddp", None, no_injection, ddp, recovery_args=["--nproc", "2"], expect=timeout))
+    nan = ["--trials", "2", "--space", str(space)]
+    out.append(Case("nan-weights", None, no_injection, nan, recovery_args=[], expect="training diverged"))
     two = [[], ["--epochs", "2"]]
     out.append(
         Case("hand-promote-race", "gate", hand(["promote", "--version", "2", "--force"]), ["--epochs", "3"], setup=two)
@@ -251,9 +254,12 @@ def run_case(stack: Stack, case: Case, root: Path) -> dict:
     except RuntimeError as e:
         night.finish(5)
         return {"case": case.name, "survived": False, "failures": [f"fault not injected: {e}"]}
+    seen = (workdir.parent / f"{workdir.name}.log").read_text(errors="replace")
     recovery = case.args if case.recovery_args is None else case.recovery_args
     rc = Night(stack, workdir, model, recovery).finish()
     failures = fault_checks.check(stack.env, model, rc, night.seen)
+    if case.expect and case.expect not in seen:  # else the case passes without its fault having happened
+        failures.insert(0, f"the fault did not happen: the faulted night's log never says {case.expect!r}")
     return {
         "case": case.name,
         "faulted_exit": faulted,
@@ -292,9 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(names))
         return 0
     (root / "cases").mkdir(parents=True, exist_ok=True)
-    # A learning rate of 50 turns the weights non-finite within the first epoch (a real divergence, not a
-    # planted NaN); the night's second trial draws it, after the seed recipe.
-    space.write_text('model = "vae"\nlr = 50.0\n')
+    # The largest learning rate a config accepts (10) on batches of 8 turns the loss NaN within the first epoch
+    # (a real divergence, not a planted NaN; lr = 50 is refused as bad input since the config checks its range).
+    # The night's second trial draws it, after the seed recipe.
+    space.write_text('model = "vae"\nlr = 10.0\nbatch_size = 8\n')
     peak = matmul_peak()  # the machine's speed beside the cases' seconds (2 cores AVX2 and AVX-512 differ ~3x)
     print(f"faults: stack and cases under {root}; float32 matmul peak {peak:.0f} GFLOP/s", flush=True)
     # SIGTERM (a CI timeout, a kill) ends the matrix through its finally: no held night or stack left behind
