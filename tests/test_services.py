@@ -112,6 +112,26 @@ def test_every_service_needs_a_login_and_the_logins_stay_private(stack):
     assert leaks(home, {"printed": printed}) == []
 
 
+def test_a_changed_password_is_refused_at_once_though_good_logins_are_cached(stack):
+    """The server keeps a good login for AUTH_CACHE_S (vae/credentials.py): a password changed through its API
+    must still end the old one at once."""
+    home, env, _ = stack
+    url, search = env["MLFLOW_TRACKING_URI"], "/api/2.0/mlflow/experiments/search?max_results=1"
+    assert f"auth_cache_ttl_seconds = {credentials.AUTH_CACHE_S}" in (home / "mlflow-auth.ini").read_text()
+    credentials.ensure_user(url, home, "rotated", "first-password-of-rotated")
+    assert "experiments" in mlflow_get(env, search, ("rotated", "first-password-of-rotated"))  # now cached
+    admin = ("admin", credentials.stored(home)["mlflow_admin"])
+    body = json.dumps({"username": "rotated", "password": "second-password-of-rotated"}).encode()
+    token = base64.b64encode(":".join(admin).encode()).decode()
+    headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
+    change = urllib.request.Request(url + "/api/2.0/mlflow/users/update-password", body, headers, method="PATCH")
+    assert status_of(change) == 200
+    with pytest.raises(urllib.error.HTTPError) as old:
+        mlflow_get(env, search, ("rotated", "first-password-of-rotated"))
+    assert old.value.code == 401
+    assert "experiments" in mlflow_get(env, search, ("rotated", "second-password-of-rotated"))
+
+
 def test_a_study_runs_through_postgresql_and_the_mlflow_server_and_the_password_stays_hidden(stack, tmp_path):
     home, env, printed = stack
     assert env["VAE_OPTUNA_STORAGE"].startswith("postgresql+psycopg://vae@127.0.0.1:")

@@ -28,6 +28,10 @@ from pathlib import Path
 ADMIN, PIPELINE = "admin", "pipeline"
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
 AUTH = "mlflow.server.auth:authenticate_request_basic_auth"
+# MLflow checks a login's password hash (scrypt, ~0.1 s of CPU) on every request unless it may keep a good
+# login for a while: with the one worker the server runs, a password change or a deleted user made through
+# its API takes effect at once, one made in its database directly within this many seconds.
+AUTH_CACHE_S = 60
 
 
 def private_file(path: Path, text: str) -> None:
@@ -61,7 +65,8 @@ def mlflow_server_env(home: Path, database_uri: str) -> dict[str, str]:
     private_file(
         ini,
         f"[mlflow]\ndefault_permission = READ\ndatabase_uri = {database_uri}\nadmin_username = {ADMIN}\n"
-        f"admin_password = {s['mlflow_admin']}\nauthorization_function = {AUTH}\n",
+        f"admin_password = {s['mlflow_admin']}\nauthorization_function = {AUTH}\n"
+        f"auth_cache_ttl_seconds = {AUTH_CACHE_S}\n",
     )
     return {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": s["flask_secret"]}
 
