@@ -546,6 +546,57 @@ def test_deployments_with_cron_schedules_register_on_a_live_prefect_server(prefe
         stop_server(serve)
 
 
+def _post(api: str, path: str, body: dict) -> dict:
+    req = urllib.request.Request(
+        api + path, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req) as r:
+        return json.load(r)
+
+
+def test_on_overlap_enqueue_makes_a_second_night_wait_for_the_slot_then_run(prefect_server):
+    """`flows.deploy --on-overlap enqueue`: the server keeps a second run of `nightly` waiting while one holds
+    the deployment's slot, and lets it start once that run ends. The states are proposed as a worker or
+    runner proposes them, so no night has to run (the default, cancel, is test_nightly's overlapping runs)."""
+    import subprocess
+    import sys
+
+    api, env = prefect_server
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "flows.deploy", "--on-overlap", "enqueue", "--param", 'model_name="vae-enqueue"'],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline, found = time.time() + 90, []
+        while time.time() < deadline and not found:
+            found = [
+                d
+                for d in _post(api, "/deployments/filter", {})
+                if d["name"] == "nightly" and d["parameters"].get("model_name") == "vae-enqueue"
+            ]
+            time.sleep(1)
+    finally:
+        stop_server(serve)  # the deployment and its limit stay on the server; nothing picks the runs up
+    dep = found[0]
+    assert dep["concurrency_options"]["collision_strategy"] == "ENQUEUE", dep
+    first, second = (_post(api, f"/deployments/{dep['id']}/create_flow_run", {})["id"] for _ in range(2))
+
+    def propose(run: str, kind: str) -> dict:
+        return _post(api, f"/flow_runs/{run}/set_state", {"state": {"type": kind}})
+
+    assert propose(first, "PENDING")["status"] == "ACCEPT"
+    waiting = propose(second, "PENDING")
+    assert waiting["status"] == "REJECT", waiting
+    assert (waiting["state"]["type"], waiting["state"]["name"]) == ("SCHEDULED", "AwaitingConcurrencySlot"), waiting
+    assert propose(first, "RUNNING")["status"] == "ACCEPT"
+    assert propose(second, "PENDING")["status"] == "REJECT"  # still waiting while the first runs
+    assert propose(first, "COMPLETED")["status"] == "ACCEPT"
+    assert propose(second, "PENDING")["status"] == "ACCEPT", "the slot was not handed on"
+
+
 def paused_run(api: str, proc, timeout: float = 420) -> str:
     """The id of the flow run that is paused on the server, once there is one."""
     import time
