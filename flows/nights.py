@@ -35,6 +35,10 @@ from vae.stores import file_lock, holder, holder_alive
 
 LOCK = "night.lock"
 FAILURE_KEY = "vae-night-failure"
+# What each failed night of this process raised, by flow run id. Prefect's Failed state does not always carry
+# it: a sign-off pause that timed out is failed by the server, whose message is "The flow was failed and never
+# resumed.", and the night's own reason (SignOffTimeout naming the version and the command) would be lost.
+RAISED: dict[str, str] = {}
 
 
 class NightBusy(VAEError):
@@ -82,6 +86,9 @@ def night_lock(p: PipelineParams, log):
         if crashed:
             _record_crashed(p, crashed, log)
         yield
+    except Exception as e:  # for record_failure, which may be handed the server's message instead of this one
+        RAISED[me["flow_run_id"]] = f"{type(e).__name__}: {e}"
+        raise
     finally:
         with file_lock(path.with_name(LOCK + ".guard")):
             if path.exists() and json.loads(path.read_text() or "{}").get("flow_run_id") == me["flow_run_id"]:
@@ -133,7 +140,7 @@ def drill(step: str) -> None:
 def record_failure(flow, flow_run, state) -> None:
     """on_failure / on_crashed hook: the failed night in MLflow and as a Prefect artifact on its run."""
     case = "crashed" if state.is_crashed() else "failed"
-    reason = state.message or state.name
+    reason = RAISED.pop(str(flow_run.id), None) or state.message or state.name
     names = {f.name for f in fields(PipelineParams)}
     try:
         p = PipelineParams(**{k: v for k, v in (flow_run.parameters or {}).items() if k in names})

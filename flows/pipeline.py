@@ -248,7 +248,7 @@ def _night(p: PipelineParams, clock: _Clock) -> NightResult:
     return _result(p, night_id, best, night, record, clock, registered, metrics, decision)
 
 
-def _pipeline(**params: Any) -> dict:
+def vae_pipeline(**params: Any) -> dict:  # the same name as the flow below: see its comment
     p = PipelineParams(**params)  # bad parameters fail here
     need_server(p)
     clock = _Clock()
@@ -269,10 +269,12 @@ def _signature() -> inspect.Signature:
     )
 
 
-_pipeline.__signature__ = _signature()
-_pipeline.__doc__ = PipelineParams.__doc__
+vae_pipeline.__signature__ = _signature()
+vae_pipeline.__doc__ = PipelineParams.__doc__
+# A served deployment's entrypoint is this file and the function's own name: the function must be named as the
+# flow it becomes, or the runner loads the bare function, which Prefect turns into a flow without these hooks.
 vae_pipeline = flow(name="vae-pipeline", log_prints=True, on_failure=[record_failure], on_crashed=[record_failure])(
-    _pipeline
+    vae_pipeline
 )
 
 

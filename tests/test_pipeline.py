@@ -713,3 +713,79 @@ def test_a_sign_off_nobody_gives_times_out_and_leaves_the_champion_and_the_lock(
     from flows.nights import LOCK
 
     assert (tmp_path / "work").is_dir() and not (tmp_path / "work" / LOCK).exists()  # the next night may run
+    assert_failure_recorded(api, client, "vae-test", "failed", "no sign-off for vae-test v1")
+
+
+def assert_failure_recorded(api: str, client, model: str, case: str, reason: str) -> None:
+    """The one night of `model` ended `case` (failed, crashed), and says so in both places: its MLflow night run
+    (FAILED, named night-...-<case>, tagged with the case, the reason and its flow run), and in Prefect, whose
+    flow run is in that state with the `vae-night-failure` artifact giving the reason."""
+    from flows.nights import FAILURE_KEY
+
+    exp = client.get_experiment_by_name(model)
+    [night] = client.search_runs([exp.experiment_id], "tags.`vae.step` = 'night'")
+    tags = night.data.tags
+    assert night.info.status == "FAILED" and night.info.run_name.endswith(f"-{case}"), night.info
+    assert night.info.run_name.startswith("night-") and tags["nightly.case"] == case, tags
+    assert reason in tags["nightly.reason"], tags["nightly.reason"]
+    flow_run = tags["prefect.flow_run_id"]
+    with urllib.request.urlopen(f"{api}/flow_runs/{flow_run}") as r:
+        assert json.load(r)["state"]["type"] == case.upper()
+    found = _post(api, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run]}}})
+    [artifact] = [a for a in found if a["key"] == FAILURE_KEY]
+    assert artifact["data"].startswith(f"# Night {case}") and reason in artifact["data"], artifact["data"]
+
+
+def test_a_served_night_whose_process_is_killed_is_recorded_crashed_by_the_runners_hook(prefect_server, tmp_path):
+    """The runner of `flows.deploy` sees the flow run's process die (SIGKILL while it holds at a stage boundary),
+    marks the run Crashed and runs the on_crashed hook in its own process: the night run, the artifact and the
+    freed lock come from that hook, since the killed process could write nothing."""
+    import signal
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    from flows.nights import LOCK
+
+    api, env = prefect_server
+    params = tiny(tmp_path, trials=1, epochs=1, iw_samples=0, model_name="vae-crashed")
+    held = tmp_path / "night.held"
+    hold = {"VAE_PIPELINE_HOLD_AT": "fetch", "VAE_PIPELINE_HOLD_FILE": str(held), "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "flows.deploy", *[f"--param={k}={json.dumps(v)}" for k, v in params.items()]],
+        cwd=tmp_path,
+        env={**env, **hold, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        stdout=(served := open(tmp_path / "serve.log", "wb")),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline, found = time.time() + 90, []
+        while time.time() < deadline and not found:
+            found = [
+                d for d in _post(api, "/deployments/filter", {}) if d["parameters"].get("model_name") == "vae-crashed"
+            ]
+            time.sleep(1)
+        flow_run = _post(api, f"/deployments/{found[0]['id']}/create_flow_run", {})["id"]
+        deadline = time.time() + 300
+        while not held.exists():
+            assert time.time() < deadline, "the served night never reached the end of its fetch step"
+            time.sleep(0.5)
+        assert json.loads((tmp_path / "work" / LOCK).read_text())["flow_run_id"] == flow_run
+        os.kill(int(held.read_text()), signal.SIGKILL)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            with urllib.request.urlopen(f"{api}/flow_runs/{flow_run}") as r:
+                if json.load(r)["state"]["type"] == "CRASHED" and not (tmp_path / "work" / LOCK).exists():
+                    break
+            time.sleep(1)
+        uri = params["tracking_uri"]
+        with urllib.request.urlopen(f"{api}/flow_runs/{flow_run}") as r:
+            state = json.load(r)["state"]
+        log = (tmp_path / "serve.log").read_text(errors="replace")[-3000:]
+        assert state["type"] == "CRASHED", (state, log)
+        assert_failure_recorded(api, MlflowClient(uri, uri), "vae-crashed", "crashed", "status code: -9")
+    finally:
+        stop_server(serve)
+        served.close()
