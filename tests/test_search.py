@@ -142,3 +142,17 @@ def test_a_study_of_another_data_set_is_not_warm_started_from(tmp_path):
     moved = plan_night(storage, "vae-m", "c" * 64, BASE, 2, source="idx:/b/data", switch=True)
     assert moved["case"] == "new-data"
     assert plan_night(storage, "vae-m", "d" * 64, BASE, 2, source="idx:/b/data")["case"] == "new-data"  # moved
+
+
+def test_a_night_queues_no_more_first_trials_than_it_has_trials(tmp_path):
+    """With --trials 1 the anchor used to be queued behind the recipe and then refused as surplus: an Optuna
+    'Trial 1 failed' in a healthy night's log and fail: 1 in its counts."""
+    from vae.tune.nightly import plan_night
+
+    storage = f"sqlite:///{tmp_path}/o.db"
+    one = plan_night(storage, "vae-one", "a" * 64, BASE, 1)
+    assert [q[ORIGIN] for q in one["seeded"]] == ["recipe"]
+    study = optuna.load_study(study_name=one["study"], storage=storage)
+    assert [t.state for t in study.get_trials()] == [TrialState.WAITING]
+    more = plan_night(storage, "vae-more", "a" * 64, BASE, 4)
+    assert [q[ORIGIN] for q in more["seeded"]] == ["recipe", "anchor"]

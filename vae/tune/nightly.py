@@ -98,16 +98,19 @@ def _best_configs(storage, source: str, n: int) -> list[Config]:
 
 
 def _seed(storage, study: optuna.Study, base: Config, space: Any, champion: Config | None, warm: str | None, n: int):
-    """The new study's first trials: the recipe, the champion's config, the warm-start configs and the space's
-    anchor (duplicates once)."""
+    """The new study's first trials, at most n (its trials): the recipe, the champion's config, WARM_START
+    warm-start configs and the space's anchor (duplicates once). One queued past the night's trials would
+    only be refused as surplus (a failed trial in the log and the counts)."""
     resolved = load_space(space, base)
-    queued = [seeds.enqueue_recipe(study, resolved, base)]
-    if champion is not None:
-        queued.append(seeds.enqueue(study, champion, resolved, base, "champion"))
-    for cfg in _best_configs(storage, warm, n) if warm else []:
-        queued.append(seeds.enqueue(study, cfg, resolved, base, "warm-start", {"warm_start_from": warm}))
-    queued += seeds.enqueue_anchors(study, resolved, base)
-    return [q for q in queued if q is not None]
+    wanted = [(base, seeds.RECIPE, {})] + ([(champion, "champion", {})] if champion is not None else [])
+    carried = _best_configs(storage, warm, min(WARM_START, n)) if warm else []
+    wanted += [(cfg, "warm-start", {"warm_start_from": warm}) for cfg in carried]
+    wanted += [(cfg, seeds.ANCHOR, {}) for cfg in seeds.anchor_configs(resolved, base)]
+    queued = []
+    for cfg, origin, attrs in wanted:
+        if len(queued) < n and (q := seeds.enqueue(study, cfg, resolved, base, origin, attrs)) is not None:
+            queued.append(q)
+    return queued
 
 
 def _new_study(
@@ -142,7 +145,7 @@ def _new_study(
         change = _changed(previous[0].user_attrs.get("nightly.settings", {}), settings)
         plan.update(case="new-settings", reason=f"the settings changed since {previous[0].study_name}: {change}")
     waiting = any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
-    plan["seeded"] = [] if waiting else _seed(storage, study, base, space, champion, warm, min(WARM_START, trials))
+    plan["seeded"] = [] if waiting else _seed(storage, study, base, space, champion, warm, trials)
     plan["warm_started"] = [q for q in plan["seeded"] if q["origin"] == "warm-start"]
     return plan
 

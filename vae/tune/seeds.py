@@ -75,13 +75,14 @@ def enqueue_recipe(study: optuna.Study, space: Mapping[str, Any], base: Config) 
     return enqueue(study, base, space, base, RECIPE)
 
 
+def anchor_configs(space: Mapping[str, Any], base: Config) -> list[Config]:
+    """The anchors the space can express (queued as points of it, never as fixed configs)."""
+    configs = [base.replace(**anchor) for anchor in ANCHORS]
+    return [cfg for cfg in configs if params_of(on_budget(cfg, base), space, base) is not None]
+
+
 def enqueue_anchors(study: optuna.Study, space: Mapping[str, Any], base: Config) -> list[dict[str, Any]]:
-    """Queue the anchors the space can express (as points of it, never as fixed configs)."""
-    queued = []
-    for anchor in ANCHORS:
-        cfg = base.replace(**anchor)
-        if params_of(on_budget(cfg, base), space, base) is not None:
-            queued.append(enqueue(study, cfg, space, base, ANCHOR))
+    queued = [enqueue(study, cfg, space, base, ANCHOR) for cfg in anchor_configs(space, base)]
     return [q for q in queued if q is not None]
 
 
