@@ -302,7 +302,7 @@ def start_night(stack, work: Path, model: str) -> tuple[list[str], str, dict[str
     return params, started.stdout.split("UUID: ")[1].split()[0], client
 
 
-def test_a_worker_killed_mid_run_leaves_a_crashed_run_and_the_next_run_completes(stack, tmp_path):
+def test_a_worker_killed_mid_run_leaves_a_crashed_run_and_the_next_run_completes(stack, deployed, tmp_path):
     home = stack[0]
     prefect = str(Path(sys.executable).parent / "prefect")
     work = tmp_path / "work"
@@ -316,6 +316,10 @@ def test_a_worker_killed_mid_run_leaves_a_crashed_run_and_the_next_run_completes
     os.killpg(pids["worker"]["pid"], signal.SIGKILL)  # the worker's machine dies: the worker and the night it ran
     with contextlib.suppress(ProcessLookupError):
         os.kill(night["pid"], signal.SIGKILL)
+    import torch
+
+    [checkpoint] = work.glob("studies/*/trial-*/checkpoint.pt")
+    killed_at = torch.load(checkpoint, weights_only=False)["epoch"]
     # flows.deploy's automation marks the silent run Crashed after 3 missed heartbeats (90 s), which frees
     # the deployment's slot: the next run is not cancelled as an overlap, nor kept waiting for the lease
     deadline = time.time() + 300
@@ -332,6 +336,16 @@ def test_a_worker_killed_mid_run_leaves_a_crashed_run_and_the_next_run_completes
         env=client,
     )
     assert "Flow run finished successfully in 'Completed'" in second.stdout, second.stdout[-3000:]
+    # and it resumed the killed training (the README's claim), not started it again: its log says so, and the
+    # registered version's curve goes on from the epoch the killed night's checkpoint had reached
+    second_id = second.stdout.split("UUID: ")[1].split()[0]
+    logs = subprocess.run([prefect, "flow-run", "logs", second_id], capture_output=True, text=True, env=client).stdout
+    assert "trial 1 resumes the training of trial 0 (its worker died)" in logs, logs[-3000:]
+    version = mlflow_get(stack[1], "/api/2.0/mlflow/registered-models/alias?name=vae-killed&alias=champion")
+    run_id = version["model_version"]["run_id"]
+    curve = mlflow_get(stack[1], f"/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key=val_neg_elbo")
+    steps = sorted(int(m["step"]) for m in curve["metrics"])
+    assert steps and steps[0] == killed_at + 1 and 1 <= killed_at < 40, (killed_at, steps[:5])
 
 
 def inspect(prefect: str, flow_run_id: str, env: dict[str, str]) -> str:
@@ -340,7 +354,7 @@ def inspect(prefect: str, flow_run_id: str, env: dict[str, str]) -> str:
     ).stdout
 
 
-def test_stop_ends_every_service_and_the_night_a_worker_is_running(tmp_path, stack):
+def test_stop_ends_every_service_and_the_night_a_worker_is_running(tmp_path, stack, deployed):
     import psutil
 
     home = stack[0]
