@@ -195,7 +195,8 @@ def test_a_nan_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path, monke
     assert len(client.get_metric_history(done.info.run_id, "val_neg_elbo")) == 2
     assert not any(k.startswith("system/") for k in done.data.metrics)
     study_run = client.get_run(summary["parent_run_id"])
-    assert study_run.data.tags["best_trial_run_id"] == done.info.run_id or summary["best_trial"] != 1
+    assert summary["best_trial"] in (0, 1)  # the two that completed
+    assert study_run.data.tags["best_trial_run_id"] == study.trials[summary["best_trial"]].user_attrs["mlflow_run_id"]
     assert not (tmp_path / "mlruns" / "studies" / summary["study"] / "trial-2").exists()
     best = Path(summary["out"]) / f"trial-{summary['best_trial']}" / "checkpoint.pt"
     assert best.is_file() and Config.from_dict(summary["best_config"]).train.lr == 0.001
@@ -515,7 +516,7 @@ def test_workers_run_trials_at_once_and_the_study_ends_at_the_exact_count(tmp_pa
     assert sum(summary["counts"].values()) == 3 and summary["surplus"] == 0
     study = load_study(storage, "w2")
     assert sorted(t.number for t in study.trials) == [0, 1, 2]
-    assert {t.user_attrs["worker"] for t in study.trials} <= {"0", "1"}
+    assert {t.user_attrs["worker"] for t in study.trials} == {"0", "1"}  # both workers took trials
 
 
 @pytest.mark.slow
