@@ -1,12 +1,14 @@
 """Helpers the tests import: the CLI in a subprocess, free ports, live servers on 127.0.0.1."""
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -229,3 +231,22 @@ def throwaway_postgres():
     finally:
         subprocess.run([*ctl, "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def prefect_api(url: str, path: str, body=None, tries: int = 5):
+    """One call of the Prefect REST API; a 503 (the server busy, seen in CI under load) is tried again, as
+    Prefect's own client does."""
+    req = urllib.request.Request(
+        url + path,
+        data=json.dumps(body).encode() if body is not None else None,
+        method="POST" if body is not None else "GET",
+        headers={"Content-Type": "application/json"},
+    )
+    for attempt in range(tries):
+        try:
+            with urllib.request.urlopen(req) as r:
+                return json.load(r)
+        except urllib.error.HTTPError as e:
+            if e.code != 503 or attempt == tries - 1:
+                raise
+            time.sleep(2 * (attempt + 1))

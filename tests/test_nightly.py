@@ -10,15 +10,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import start_server, stop_server
+from tests.helpers import prefect_api, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,25 +206,6 @@ def test_a_night_killed_mid_training_is_resumed_by_the_next(tmp_path, mnist5k):
     assert any("died without finishing" in x for x in lines)
 
 
-def _api(url, path, body=None, tries=5):
-    """One call of the Prefect REST API; a 503 (the server busy, seen in CI under load) is tried again, as
-    Prefect's own client does."""
-    req = urllib.request.Request(
-        url + path,
-        data=json.dumps(body).encode() if body is not None else None,
-        method="POST" if body is not None else "GET",
-        headers={"Content-Type": "application/json"},
-    )
-    for attempt in range(tries):
-        try:
-            with urllib.request.urlopen(req) as r:
-                return json.load(r)
-        except urllib.error.HTTPError as e:
-            if e.code != 503 or attempt == tries - 1:
-                raise
-            time.sleep(2 * (attempt + 1))
-
-
 def test_two_overlapping_runs_of_the_nightly_deployment(tmp_path, mnist5k):
     drop = tmp_path / "drop"
     write_pngs(mnist5k, drop, 0, 600)
@@ -253,16 +232,16 @@ def test_two_overlapping_runs_of_the_nightly_deployment(tmp_path, mnist5k):
     try:
         deadline, found = time.time() + 90, []
         while time.time() < deadline and not found:
-            found = [d for d in _api(api, "/deployments/filter", {}) if d["name"] == "nightly"]
+            found = [d for d in prefect_api(api, "/deployments/filter", {}) if d["name"] == "nightly"]
             time.sleep(1)
         dep = found[0]
         assert dep["global_concurrency_limit"]["limit"] == 1, dep
         assert dep["concurrency_options"]["collision_strategy"] == "CANCEL_NEW", dep
-        runs = [_api(api, f"/deployments/{dep['id']}/create_flow_run", {})["id"] for _ in range(2)]
+        runs = [prefect_api(api, f"/deployments/{dep['id']}/create_flow_run", {})["id"] for _ in range(2)]
         states = {}
         deadline = time.time() + 400
         while time.time() < deadline:
-            states = {r: _api(api, f"/flow_runs/{r}")["state"] for r in runs}
+            states = {r: prefect_api(api, f"/flow_runs/{r}")["state"] for r in runs}
             if all(s["type"] in ("COMPLETED", "CANCELLED", "FAILED", "CRASHED") for s in states.values()):
                 break
             time.sleep(2)

@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.helpers import start_server, stop_server, webhook_receiver
+from tests.helpers import prefect_api, start_server, stop_server, webhook_receiver
 from vae.errors import ConfigError
 from vae.records import Baseline, NightResult, problems
 
@@ -526,17 +526,9 @@ def prefect_server(tmp_path_factory):
 
 
 def test_deployments_with_cron_schedules_register_on_a_live_prefect_server(prefect_server):
-    import subprocess
-    import sys
 
     api, env = prefect_server
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "flows.deploy", "--cron", "15 3 * * *", "--trials", "2"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    serve = serve_deployments(env, "--cron", "15 3 * * *", "--trials", "2")
     try:
         deadline = __import__("time").time() + 90
         found = {}
@@ -556,46 +548,48 @@ def test_deployments_with_cron_schedules_register_on_a_live_prefect_server(prefe
         stop_server(serve)
 
 
-def _post(api: str, path: str, body: dict) -> dict:
-    req = urllib.request.Request(
-        api + path, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+def serve_deployments(env: dict, *args: str, cwd=None, log=None):
+    """`python -m flows.deploy ARGS`, serving the deployments from a process group of its own."""
+    import subprocess
+    import sys
+
+    out = subprocess.DEVNULL if log is None else log
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.deploy", *args],
+        env=env,
+        cwd=cwd,
+        stdout=out,
+        stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
+        start_new_session=True,
     )
-    with urllib.request.urlopen(req) as r:
-        return json.load(r)
+
+
+def nightly_deployment(api: str, model_name: str, timeout: float = 90) -> dict:
+    """The served `nightly` deployment whose parameters name `model_name`, once the server has it."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for d in prefect_api(api, "/deployments/filter", {}):
+            if d["name"] == "nightly" and d["parameters"].get("model_name") == model_name:
+                return d
+        time.sleep(1)
+    raise TimeoutError(f"no nightly deployment of {model_name} within {timeout} s")
 
 
 def test_on_overlap_enqueue_makes_a_second_night_wait_for_the_slot_then_run(prefect_server):
     """`flows.deploy --on-overlap enqueue`: the server keeps a second run of `nightly` waiting while one holds
     the deployment's slot, and lets it start once that run ends. The states are proposed as a worker or
     runner proposes them, so no night has to run (the default, cancel, is test_nightly's overlapping runs)."""
-    import subprocess
-    import sys
-
     api, env = prefect_server
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "flows.deploy", "--on-overlap", "enqueue", "--param", 'model_name="vae-enqueue"'],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    serve = serve_deployments(env, "--on-overlap", "enqueue", "--param", 'model_name="vae-enqueue"')
     try:
-        deadline, found = time.time() + 90, []
-        while time.time() < deadline and not found:
-            found = [
-                d
-                for d in _post(api, "/deployments/filter", {})
-                if d["name"] == "nightly" and d["parameters"].get("model_name") == "vae-enqueue"
-            ]
-            time.sleep(1)
+        dep = nightly_deployment(api, "vae-enqueue")
     finally:
         stop_server(serve)  # the deployment and its limit stay on the server; nothing picks the runs up
-    dep = found[0]
     assert dep["concurrency_options"]["collision_strategy"] == "ENQUEUE", dep
-    first, second = (_post(api, f"/deployments/{dep['id']}/create_flow_run", {})["id"] for _ in range(2))
+    first, second = (prefect_api(api, f"/deployments/{dep['id']}/create_flow_run", {})["id"] for _ in range(2))
 
     def propose(run: str, kind: str) -> dict:
-        return _post(api, f"/flow_runs/{run}/set_state", {"state": {"type": kind}})
+        return prefect_api(api, f"/flow_runs/{run}/set_state", {"state": {"type": kind}})
 
     assert propose(first, "PENDING")["status"] == "ACCEPT"
     waiting = propose(second, "PENDING")
@@ -605,6 +599,8 @@ def test_on_overlap_enqueue_makes_a_second_night_wait_for_the_slot_then_run(pref
     assert propose(second, "PENDING")["status"] == "REJECT"  # still waiting while the first runs
     assert propose(first, "COMPLETED")["status"] == "ACCEPT"
     assert propose(second, "PENDING")["status"] == "ACCEPT", "the slot was not handed on"
+    ended = propose(second, "CANCELLED")  # and give the slot back: the module's later tests serve `nightly` again
+    assert ended["status"] == "ACCEPT", ended
 
 
 def paused_run(api: str, proc, timeout: float = 420) -> str:
@@ -739,9 +735,8 @@ def assert_failure_recorded(api: str, client, model: str, case: str, reason: str
     assert night.info.run_name.startswith("night-") and tags["nightly.case"] == case, tags
     assert reason in tags["nightly.reason"], tags["nightly.reason"]
     flow_run = tags["prefect.flow_run_id"]
-    with urllib.request.urlopen(f"{api}/flow_runs/{flow_run}") as r:
-        assert json.load(r)["state"]["type"] == case.upper()
-    found = _post(api, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run]}}})
+    assert prefect_api(api, f"/flow_runs/{flow_run}")["state"]["type"] == case.upper()
+    found = prefect_api(api, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run]}}})
     [artifact] = [a for a in found if a["key"] == FAILURE_KEY]
     assert artifact["data"].startswith(f"# Night {case}") and reason in artifact["data"], artifact["data"]
 
@@ -751,8 +746,6 @@ def test_a_served_night_whose_process_is_killed_is_recorded_crashed_by_the_runne
     marks the run Crashed and runs the on_crashed hook in its own process: the night run, the artifact and the
     freed lock come from that hook, since the killed process could write nothing."""
     import signal
-    import subprocess
-    import sys
 
     from mlflow import MlflowClient
 
@@ -762,37 +755,31 @@ def test_a_served_night_whose_process_is_killed_is_recorded_crashed_by_the_runne
     params = tiny(tmp_path, trials=1, epochs=1, iw_samples=0, model_name="vae-crashed")
     held = tmp_path / "night.held"
     hold = {"VAE_PIPELINE_HOLD_AT": "fetch", "VAE_PIPELINE_HOLD_FILE": str(held), "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "flows.deploy", *[f"--param={k}={json.dumps(v)}" for k, v in params.items()]],
-        cwd=tmp_path,
-        env={**env, **hold, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-        stdout=(served := open(tmp_path / "serve.log", "wb")),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    served = open(tmp_path / "serve.log", "wb")
+    env = {**env, **hold, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    serve = serve_deployments(
+        env, *[f"--param={k}={json.dumps(v)}" for k, v in params.items()], cwd=tmp_path, log=served
     )
     try:
-        deadline, found = time.time() + 90, []
-        while time.time() < deadline and not found:
-            found = [
-                d for d in _post(api, "/deployments/filter", {}) if d["parameters"].get("model_name") == "vae-crashed"
-            ]
-            time.sleep(1)
-        flow_run = _post(api, f"/deployments/{found[0]['id']}/create_flow_run", {})["id"]
+        dep = nightly_deployment(api, "vae-crashed")
+        flow_run = prefect_api(api, f"/deployments/{dep['id']}/create_flow_run", {})["id"]
         deadline = time.time() + 300
         while not held.exists():
-            assert time.time() < deadline, "the served night never reached the end of its fetch step"
+            state = prefect_api(api, f"/flow_runs/{flow_run}")["state"]
+            assert time.time() < deadline and state["type"] != "CANCELLED", ("never reached the end of fetch", state)
             time.sleep(0.5)
         assert json.loads((tmp_path / "work" / LOCK).read_text())["flow_run_id"] == flow_run
         os.kill(int(held.read_text()), signal.SIGKILL)
         deadline = time.time() + 120
         while time.time() < deadline:
-            with urllib.request.urlopen(f"{api}/flow_runs/{flow_run}") as r:
-                if json.load(r)["state"]["type"] == "CRASHED" and not (tmp_path / "work" / LOCK).exists():
-                    break
+            if (
+                prefect_api(api, f"/flow_runs/{flow_run}")["state"]["type"] == "CRASHED"
+                and not (tmp_path / "work" / LOCK).exists()
+            ):
+                break
             time.sleep(1)
         uri = params["tracking_uri"]
-        with urllib.request.urlopen(f"{api}/flow_runs/{flow_run}") as r:
-            state = json.load(r)["state"]
+        state = prefect_api(api, f"/flow_runs/{flow_run}")["state"]
         log = (tmp_path / "serve.log").read_text(errors="replace")[-3000:]
         assert state["type"] == "CRASHED", (state, log)
         assert_failure_recorded(api, MlflowClient(uri, uri), "vae-crashed", "crashed", "status code: -9")
