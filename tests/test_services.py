@@ -132,6 +132,19 @@ def test_a_changed_password_is_refused_at_once_though_good_logins_are_cached(sta
     assert "experiments" in mlflow_get(env, search, ("rotated", "second-password-of-rotated"))
 
 
+def test_a_replaced_credentials_file_is_named_not_a_bare_401(stack, tmp_path):
+    """credentials.json deleted after the first start: the next start makes a new admin password, which the
+    auth database (made at the first start) refuses; the message says which file and what to do."""
+    home, env, _ = stack
+    other = tmp_path / "home"
+    other.mkdir()
+    credentials.stored(other)  # a new credentials.json: other passwords than the stack's database knows
+    with pytest.raises(SystemExit) as refused:
+        credentials.ensure_user(env["MLFLOW_TRACKING_URI"], other, "pipeline", "any")
+    assert str(refused.value).startswith(f"services: MLflow refused the admin login of {other / 'credentials.json'}")
+    assert "drop the mlflow_auth database" in str(refused.value)
+
+
 def test_a_study_runs_through_postgresql_and_the_mlflow_server_and_the_password_stays_hidden(stack, tmp_path):
     home, env, printed = stack
     assert env["VAE_OPTUNA_STORAGE"].startswith("postgresql+psycopg://vae@127.0.0.1:")

@@ -108,6 +108,12 @@ def ensure_user(url: str, home: Path, name: str, password: str) -> bool:
         return True
     if "already exists" in str(answer.get("message", "")) or answer.get("error_code") == "RESOURCE_ALREADY_EXISTS":
         return False
+    if status == 401:  # MLflow's auth database keeps the admin password of the first start
+        raise SystemExit(
+            f"services: MLflow refused the admin login of {home / 'credentials.json'}: its auth database was made "
+            "with another admin password (was credentials.json deleted or replaced after the first start?); put "
+            "the first one back, or stop the services and drop the mlflow_auth database to make new logins"
+        )
     raise SystemExit(f"services: creating MLflow user {name!r} failed ({status}): {answer.get('message', answer)}")
 
 
