@@ -156,3 +156,14 @@ def test_a_night_queues_no_more_first_trials_than_it_has_trials(tmp_path):
     assert [t.state for t in study.get_trials()] == [TrialState.WAITING]
     more = plan_night(storage, "vae-more", "a" * 64, BASE, 4)
     assert [q[ORIGIN] for q in more["seeded"]] == ["recipe", "anchor"]
+
+
+def test_vae_tune_with_one_trial_runs_the_recipe_and_fails_nothing(tmp_path):
+    r = run_cli(
+        "tune", "--subset", "300", "--trials", "1", "--epochs", "1", "--no-tracking",
+        "--storage", f"sqlite:///{tmp_path}/o.db", "--out", tmp_path / "study", "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.splitlines()[-1])
+    assert summary["counts"] == {"complete": 1, "pruned": 0, "fail": 0, "running": 0, "waiting": 0}, summary
+    assert summary["surplus"] == 0 and summary["recipe"]["trial"] == 0 and "Trial 1 failed" not in r.stderr

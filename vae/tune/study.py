@@ -242,7 +242,7 @@ def _first_trials_and_sampler(st: optuna.Study, s: TuneSettings, base: Config, s
         trials = st.get_trials(deepcopy=False)
         if not trials:
             enqueue_recipe(st, space, base)
-            if s.anchors:
+            if s.anchors and s.n_trials > 1:  # with one trial, the anchor would only be refused as surplus
                 enqueue_anchors(st, space, base)
         worker = int(os.environ.get("VAE_TUNE_WORKER", "0"))
         started = sum(t.state != TrialState.WAITING for t in trials)  # queued ones (the recipe) do not count
