@@ -43,3 +43,22 @@ def test_file_lock_excludes_another_process(tmp_path):
     with file_lock(lock):  # waits for the other process to let go: it wrote `released` while still holding it
         assert released.exists()
     proc.wait(timeout=30)
+
+
+def test_a_champion_lock_for_a_remote_server_without_postgresql_warns_it_is_this_hosts_only(
+    tmp_path, monkeypatch, caplog
+):
+    from vae.stores import champion_lock
+
+    for name in ("VAE_LOCK_URL", "VAE_OPTUNA_STORAGE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # the host-local lock's folder, ~/.cache/vae/locks
+    with caplog.at_level("WARNING", logger="vae.stores"):
+        with champion_lock("vae-m", "http://me:secret@127.0.0.1:5000") as kind:
+            assert kind.startswith(f"file lock {tmp_path}/.cache/vae/locks/"), kind
+        assert "this host's only" in caplog.text and "set VAE_LOCK_URL" in caplog.text
+        assert "secret" not in caplog.text and "http://me:***@127.0.0.1:5000" in caplog.text
+        caplog.clear()
+        with champion_lock("vae-m", f"sqlite:///{tmp_path}/mlflow.db"):  # one host, as SQLite itself
+            pass
+        assert caplog.text == ""

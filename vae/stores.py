@@ -8,6 +8,7 @@ Store URLs are SQLAlchemy URLs (sqlite:///PATH, postgresql://USER:PASSWORD@HOST/
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 import time
@@ -106,6 +107,12 @@ def champion_lock(name: str, tracking_uri: str, wait: float = CHAMPION_WAIT_S, w
             yield "postgresql advisory lock"
         return
     db = sqlite_path(tracking_uri)
+    if (tracking_uri or "").startswith(("http://", "https://")):  # a server other hosts may write to as well
+        logging.getLogger(__name__).warning(
+            "the %s lock of %s is this host's only (no PostgreSQL to share: VAE_LOCK_URL): writers on other hosts "
+            "of %s are not serialised with this one; set VAE_LOCK_URL to a PostgreSQL every writer reaches",
+            what, name, redact(tracking_uri),
+        )  # fmt: skip
     folder = db.parent if db else Path.home() / ".cache" / "vae" / "locks"
     path = folder / f"{what}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.lock"
     try:
