@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.helpers import start_server, stop_server
 from vae.cli import main
@@ -436,3 +438,69 @@ def test_malformed_bodies_get_a_4xx_with_one_message_never_a_5xx(server, images,
     assert set(answer) == {"error_code", "message"}  # no stack trace, no echo of the data
     status, answer = post(server, {"inputs": images.tolist(), "params": {"op": "encode"}})
     assert status == 200, answer  # the server still answers
+
+
+# ---------------------------------------------------------------- REST bodies, fuzzed (issue 23)
+
+JSON_SCALAR = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8)
+)
+JSON_ANY = st.recursive(
+    JSON_SCALAR,
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids, max_size=4),
+    max_leaves=16,
+)
+PIXELS = st.lists(st.floats(min_value=0, max_value=1), min_size=784, max_size=784)
+INPUTS = (
+    JSON_ANY
+    | st.lists(st.lists(JSON_SCALAR, max_size=800), max_size=3)  # rows of any length and content
+    | st.lists(PIXELS, min_size=1, max_size=3)  # well formed
+)
+PARAM = st.dictionaries(
+    st.sampled_from(["op", "n", "seed", "kind", "temperature"]) | st.text(max_size=5),
+    st.sampled_from(["encode", "reconstruct", "score", "sample", "recon", "neg-elbo", "auto"]) | JSON_SCALAR,
+    max_size=4,
+)
+BODY = (
+    st.binary(max_size=300).map(lambda b: b.decode("latin-1"))
+    | JSON_ANY.map(json.dumps)
+    | st.dictionaries(
+        st.sampled_from(["inputs", "instances", "dataframe_split", "dataframe_records", "params"]), JSON_ANY, max_size=3
+    ).map(json.dumps)  # fmt: skip
+    | st.fixed_dictionaries({"inputs": INPUTS}, optional={"params": PARAM | JSON_ANY}).map(json.dumps)
+)
+
+
+@pytest.mark.slow
+def test_fuzzed_bodies_get_an_answer_or_a_4xx_with_one_message_never_a_5xx(server):
+    """A few hundred generated bodies (well formed, near misses, any JSON, any bytes) on the live `vae serve`:
+    each gets 200 or a 4xx whose JSON message is one line; none a 5xx, a hang or a dropped connection."""
+    host, port = server.removeprefix("http://").split(":")
+    seen = {"ok": 0, "refused": 0}
+
+    quiet = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
+
+    @settings(max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=quiet)
+    @given(body=BODY)
+    def one(body: str) -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        try:
+            data = body.encode("utf-8", "surrogatepass")
+            conn.request("POST", "/invocations", data, {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            status, raw = r.status, r.read()
+        finally:
+            conn.close()
+        assert status == 200 or 400 <= status < 500, (status, raw[:300], body[:300])
+        answer = json.loads(raw)
+        if status != 200:
+            assert "\n" not in answer["message"], answer
+        seen["ok" if status == 200 else "refused"] += 1
+
+    one()
+    assert seen["ok"] and seen["refused"] > seen["ok"], seen  # both kinds were exercised
+    print(f"REST bodies: {seen}")  # for the README's count (pytest -s)
