@@ -99,18 +99,13 @@ def _best_configs(storage, source: str, n: int) -> list[Config]:
 
 def _seed(storage, study: optuna.Study, base: Config, space: Any, champion: Config | None, warm: str | None, n: int):
     """The new study's first trials, at most n (its trials): the recipe, the champion's config, WARM_START
-    warm-start configs and the space's anchor (duplicates once). One queued past the night's trials would
-    only be refused as surplus (a failed trial in the log and the counts)."""
+    warm-start configs and the space's anchor (seeds.enqueue_first)."""
     resolved = load_space(space, base)
     wanted = [(base, seeds.RECIPE, {})] + ([(champion, "champion", {})] if champion is not None else [])
     carried = _best_configs(storage, warm, min(WARM_START, n)) if warm else []
     wanted += [(cfg, "warm-start", {"warm_start_from": warm}) for cfg in carried]
     wanted += [(cfg, seeds.ANCHOR, {}) for cfg in seeds.anchor_configs(resolved, base)]
-    queued = []
-    for cfg, origin, attrs in wanted:
-        if len(queued) < n and (q := seeds.enqueue(study, cfg, resolved, base, origin, attrs)) is not None:
-            queued.append(q)
-    return queued
+    return seeds.enqueue_first(study, wanted, resolved, base, n)
 
 
 def _new_study(

@@ -15,7 +15,7 @@ model but the study still ranks.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import optuna
@@ -81,9 +81,18 @@ def anchor_configs(space: Mapping[str, Any], base: Config) -> list[Config]:
     return [cfg for cfg in configs if params_of(on_budget(cfg, base), space, base) is not None]
 
 
-def enqueue_anchors(study: optuna.Study, space: Mapping[str, Any], base: Config) -> list[dict[str, Any]]:
-    queued = [enqueue(study, cfg, space, base, ANCHOR) for cfg in anchor_configs(space, base)]
-    return [q for q in queued if q is not None]
+def enqueue_first(
+    study: optuna.Study, wanted: Iterable[tuple[Config, str, Mapping[str, Any]]], space: Mapping[str, Any],
+    base: Config, n: int,
+) -> list[dict[str, Any]]:
+    """Queue a new study's first trials in their order (cfg, origin, attrs), duplicates once, at most n (the
+    trials the night or the tune runs): one queued past them would only be refused as surplus, a failed trial
+    in the log and in the counts."""
+    queued: list[dict[str, Any]] = []
+    for cfg, origin, attrs in wanted:
+        if len(queued) < n and (q := enqueue(study, cfg, space, base, origin, attrs)) is not None:
+            queued.append(q)
+    return queued
 
 
 def is_recipe(t: FrozenTrial) -> bool:

@@ -31,7 +31,7 @@ from vae.errors import ConfigError
 from vae.stores import default_study_storage, redact
 from vae.tune.objective import Bookkeeper, Objective, Surplus, TrialFailed
 from vae.tune.search import make_pruner, make_sampler, sampler_seed
-from vae.tune.seeds import enqueue_anchors, enqueue_recipe
+from vae.tune.seeds import ANCHOR, RECIPE, anchor_configs, enqueue_first
 from vae.tune.space import load_space, space_tag
 from vae.tune.storage import AskLock, counted, next_action, open_storage
 from vae.tune.summary import summarize
@@ -241,9 +241,8 @@ def _first_trials_and_sampler(st: optuna.Study, s: TuneSettings, base: Config, s
     try:
         trials = st.get_trials(deepcopy=False)
         if not trials:
-            enqueue_recipe(st, space, base)
-            if s.anchors and s.n_trials > 1:  # with one trial, the anchor would only be refused as surplus
-                enqueue_anchors(st, space, base)
+            anchors = [(cfg, ANCHOR, {}) for cfg in anchor_configs(space, base)] if s.anchors else []
+            enqueue_first(st, [(base, RECIPE, {}), *anchors], space, base, s.n_trials)
         worker = int(os.environ.get("VAE_TUNE_WORKER", "0"))
         started = sum(t.state != TrialState.WAITING for t in trials)  # queued ones (the recipe) do not count
         st.sampler = make_sampler(s.sampler, sampler_seed(s.sampler_seed, started, worker), s.startup_trials)
