@@ -82,8 +82,11 @@ def anchor_configs(space: Mapping[str, Any], base: Config) -> list[Config]:
 
 
 def enqueue_first(
-    study: optuna.Study, wanted: Iterable[tuple[Config, str, Mapping[str, Any]]], space: Mapping[str, Any],
-    base: Config, n: int,
+    study: optuna.Study,
+    wanted: Iterable[tuple[Config, str, Mapping[str, Any]]],
+    space: Mapping[str, Any],
+    base: Config,
+    n: int,
 ) -> list[dict[str, Any]]:
     """Queue a new study's first trials in their order (cfg, origin, attrs), duplicates once, at most n (the
     trials the night or the tune runs): one queued past them would only be refused as surplus, a failed trial
