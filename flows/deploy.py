@@ -42,7 +42,8 @@ from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
 from prefect.schedules import Cron
 
-from flows.pipeline import reevaluate_champion, vae_pipeline
+from flows.pipeline import vae_pipeline
+from flows.reevaluate import reevaluate_champion
 from vae.errors import ConfigError
 from vae.night.params import PipelineParams
 
@@ -122,7 +123,7 @@ def deploy_to_pool(pool: str, cron: str, reeval_cron: str, timezone: str, parame
     """The two deployments on a work pool, their code read from this checkout by the worker; returns their ids."""
     root = str(Path(__file__).resolve().parents[1])
     ids = {}
-    entries = ("flows/pipeline.py:vae_pipeline", "flows/pipeline.py:reevaluate_champion")
+    entries = ("flows/pipeline.py:vae_pipeline", "flows/reevaluate.py:reevaluate_champion")
     for deployment, entry in zip(deployments(cron, reeval_cron, timezone, parameters, on_overlap), entries):
         flow = vae_pipeline.from_source(source=root, entrypoint=entry)
         ids[f"{deployment.flow_name}/{deployment.name}"] = str(

@@ -95,7 +95,7 @@ def night_lock(p: PipelineParams, log):
                 path.unlink()
 
 
-def _artifact(client, flow_run_id, markdown: str) -> None:
+def failure_artifact(client, flow_run_id, markdown: str) -> None:
     client.create_artifact(
         ArtifactCreate(
             type="markdown",
@@ -116,7 +116,7 @@ def _record_crashed(p: PipelineParams, old: dict, log) -> None:
         run = client.read_flow_run(old["flow_run_id"])
         if run.state is not None and not run.state.is_final():
             client.set_flow_run_state(run.id, Crashed(message=reason), force=True)
-            _artifact(client, run.id, f"# Night crashed\n\n{reason}.\n")
+            failure_artifact(client, run.id, f"# Night crashed\n\n{reason}.\n")
     steps.night_record_step(p, {"case": "crashed", "reason": reason}, {"prefect.flow_run_id": old["flow_run_id"]}, True)
     log(f"the last night (flow run {old['flow_run_id']}) crashed: recorded in Prefect and MLflow; resuming its work")
 
@@ -150,7 +150,7 @@ def record_failure(flow, flow_run, state) -> None:
     if lock.exists() and json.loads(lock.read_text() or "{}").get("flow_run_id") == str(flow_run.id):
         lock.unlink()  # recorded here: the next night need not record it again
     with get_client(sync_client=True) as client:
-        _artifact(client, flow_run.id, f"# Night {case}\n\n{reason}\n\nThe next night resumes what was left.\n")
+        failure_artifact(client, flow_run.id, f"# Night {case}\n\n{reason}\n\nThe next night resumes what was left.\n")
     try:
         steps.night_record_step(p, {"case": case, "reason": reason}, {"prefect.flow_run_id": flow_run.id}, True)
     except Exception as e:  # the store itself may be what failed: the Prefect state and artifact still say it

@@ -11,10 +11,9 @@ on errors that may be transient; tuning and training are killed after `task_time
     python -m flows.pipeline --trials 4 --epochs 10          # run once, on a temporary local Prefect server
     python -m flows.deploy                                    # nightly schedule on a running `prefect server`
 
-With require_approval, the run pauses after the gate and before `champion` moves, until someone answers the
-form of the paused run (approve or reject, with a comment) in the Prefect UI or through its API; the answer
-is recorded on the registered version. Pausing needs a Prefect server that outlives the run (PREFECT_API_URL):
-without one the flow refuses to start.
+With require_approval, the run waits after the gate, before `champion` moves, for a reviewer's answer
+(flows/signoff.py: a deployed night is suspended and frees the night; one run from a shell pauses). It needs
+a Prefect server that outlives the run (PREFECT_API_URL): without one the flow refuses to start.
 """
 
 from __future__ import annotations
@@ -31,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.events import emit_event
 from prefect.runtime import flow_run as current_run
 
-from flows import artifacts
+from flows import artifacts, signoff
 from flows.nights import drill, night_lock, record_failure
 from flows.policies import CACHED, RESUMED, RETRIED
 from flows.signoff import need_server, sign_off
@@ -236,24 +234,39 @@ def _night(p: PipelineParams, clock: _Clock) -> NightResult:
     with clock("promote"):
         gated = gate(p, trained, registered, metrics, recipe)
     drill("gate")
-    approval = sign_off(p, registered, gated, _log) if p.require_approval and gated["decision"]["promote"] else None
+    done = {"params": asdict(p), "best": best, "trained": trained, "registered": registered, "metrics": metrics}
+    done |= {"gated": gated, "night": night, "night_id": night_id}
+    approval = sign_off(p, done, _log) if p.require_approval and gated["decision"]["promote"] else None
+    return _decide(p, done, approval, clock)
+
+
+def _decide(p: PipelineParams, done: dict, approval: Approval | None, clock: _Clock) -> NightResult:
+    """Promote or not (the gate's decision, the reviewer's answer), close the night, publish its summary."""
+    best, trained, registered, metrics, night = (done[k] for k in ("best", "trained", "registered", "metrics", "night"))
     with clock("promote"):
-        decision = promote(p, best, trained, registered, metrics, gated, approval)
+        decision = promote(p, best, trained, registered, metrics, done["gated"], approval)
     outcome = {"registered_version": registered["version"], "promoted": decision["promote"], "study": best}
     extra = {**outcome, "metrics": metrics, "registered": registered, "decision": decision}
-    record = close_night(p, night_id, night, extra)
+    record = close_night(p, done["night_id"], night, extra)
     markdown = summaries.summary_markdown(best, metrics, registered, decision, night)
     desc = "the case, metrics, promotion decision, MLflow run"
     artifacts.publish(p.registered_name, night, record, markdown, desc, metrics, registered, decision)
-    return _result(p, night_id, best, night, record, clock, registered, metrics, decision)
+    return _result(p, done["night_id"], best, night, record, clock, registered, metrics, decision)
 
 
 def vae_pipeline(**params: Any) -> dict:  # the same name as the flow below: see its comment
     p = PipelineParams(**params)  # bad parameters fail here
     need_server(p)
     clock = _Clock()
-    with night_lock(p, _log):
-        return _night(p, clock)
+    if (done := signoff.parked(p)) is not None:  # resumed after a suspended sign-off: decide, nothing more
+        result = _decide(p, done, sign_off(p, done, _log), clock)
+        signoff.decided(p, done)
+        return result
+    try:
+        with night_lock(p, _log):
+            return _night(p, clock)
+    finally:
+        signoff.tend(p, _log)
 
 
 def _signature() -> inspect.Signature:
@@ -276,34 +289,6 @@ vae_pipeline.__doc__ = PipelineParams.__doc__
 vae_pipeline = flow(name="vae-pipeline", log_prints=True, on_failure=[record_failure], on_crashed=[record_failure])(
     vae_pipeline
 )
-
-
-DRIFTED = "vae.champion.drifted"  # the event of a re-evaluation that finds the champion off its record
-
-
-@flow(name="vae-reevaluate-champion", log_prints=True)
-def reevaluate_champion(
-    dataset: str = "mnist-5k",
-    tracking_uri: str | None = None,
-    model_name: str | None = None,
-    iw_samples: int = 100,
-    min_improvement: float = 0.5,
-) -> dict:
-    """Score the current champion on today's test split, compare it with its record (drifted: beyond the
-    gate's interval and min_improvement: the event vae.champion.drifted), log both to its MLflow run."""
-    p = PipelineParams(
-        dataset=dataset,
-        tracking_uri=tracking_uri,
-        model_name=model_name,
-        iw_samples=iw_samples,
-        min_improvement=min_improvement,
-    )
-    fetch_data(p)
-    result = steps.reevaluate_champion(p, log=_log)
-    if result["drift"]["drifted"]:  # for an automation to tell someone (Prefect events)
-        resource = {"prefect.resource.id": f"vae.model.{result['name']}", "prefect.resource.name": result["name"]}
-        emit_event(DRIFTED, resource=resource, payload={"version": result["version"], **result["drift"]})
-    return result
 
 
 def _scalar(hint) -> type:

@@ -71,7 +71,7 @@ def test_the_champion_is_compared_with_its_record_and_a_drift_raises_an_event(ch
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.pipeline import DRIFTED, reevaluate_champion
+    from flows.reevaluate import DRIFTED, reevaluate_champion
 
     uri, metrics, model_id, _ = champion
     with prefect_test_harness(server_startup_timeout=120):

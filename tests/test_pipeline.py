@@ -785,3 +785,84 @@ def test_a_served_night_whose_process_is_killed_is_recorded_crashed_by_the_runne
     finally:
         stop_server(serve)
         served.close()
+
+
+def test_a_served_sign_off_suspends_and_frees_the_night_while_the_next_night_runs(prefect_server, tmp_path):
+    """A deployed night with require_approval is suspended, not paused: its process ends and the night lock and
+    the deployment's slot are free, so the next night runs, and leaves the waiting version alone. The answer,
+    given while that next night holds the slot, is cancelled by the deployment's limit (on-overlap cancel) and
+    rescheduled when that night ends; the resumed run then only decides: v1 becomes champion with the answer."""
+    import signal
+    import stat
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    from flows.nights import LOCK
+
+    api, env = prefect_server
+    params = tiny(tmp_path, trials=1, epochs=1, iw_samples=0, model_name="vae-suspend", require_approval=True)
+    held = tmp_path / "night.held"
+    hold = {"VAE_PIPELINE_HOLD_AT": "fetch", "VAE_PIPELINE_HOLD_FILE": str(held), "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+    env = {**env, **hold, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    served = open(tmp_path / "serve.log", "wb")
+    serve = serve_deployments(
+        env, *[f"--param={k}={json.dumps(v)}" for k, v in params.items()], cwd=tmp_path, log=served
+    )
+    lock, uri = tmp_path / "work" / LOCK, params["tracking_uri"]
+
+    def state(run: str) -> dict:
+        return prefect_api(api, f"/flow_runs/{run}")["state"]
+
+    def until(what, check, timeout=420):
+        deadline = time.time() + timeout
+        while not (got := check()):
+            if time.time() > deadline:
+                log = (tmp_path / "serve.log").read_text(errors="replace")[-4000:]
+                raise AssertionError(f"{what}: not within {timeout} s\n{log}")
+            time.sleep(0.5)
+        return got
+
+    def held_pid() -> int:
+        pid = int(until("a night held at the end of fetch", lambda: held.exists() and held.read_text()))
+        held.unlink()
+        return pid
+
+    try:
+        dep = nightly_deployment(api, "vae-suspend")
+        first = prefect_api(api, f"/deployments/{dep['id']}/create_flow_run", {})["id"]
+        os.kill(held_pid(), signal.SIGCONT)
+        until("night 1 suspended", lambda: state(first)["name"] == "Suspended")
+        assert state(first)["type"] == "PAUSED"
+        until("night 1's process gone and its lock freed", lambda: not lock.exists())
+        parked = tmp_path / "work" / "sign-off" / f"{first}.json"
+        assert stat.S_IMODE(parked.stat().st_mode) == 0o600
+        client = MlflowClient(uri, uri)
+        v1 = client.get_model_version("vae-suspend", "1")
+        assert json.loads(v1.tags["sign_off.awaiting"])["flow_run"] == first and "promotion.decision" not in v1.tags
+
+        second = prefect_api(api, f"/deployments/{dep['id']}/create_flow_run", {})["id"]
+        night2 = held_pid()  # the next night runs, holding the lock and the slot, while night 1 waits
+        assert state(second)["type"] == "RUNNING" and json.loads(lock.read_text())["flow_run_id"] == second
+        signed = subprocess.run(
+            [sys.executable, "-m", "flows.signoff", "approve", "--reviewer", "ada", "--flow-run", first],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert signed.returncode == 0, signed.stderr[-3000:]
+        cancelled = until("the resumed night 1 refused the busy slot", lambda: state(first)["type"] == "CANCELLED")
+        assert cancelled and "concurrency limit" in state(first)["message"], state(first)
+        os.kill(night2, signal.SIGCONT)
+        until("night 2 over", lambda: state(second)["type"] in ("COMPLETED", "PAUSED"))
+        until("night 1 rescheduled and decided", lambda: state(first)["type"] == "COMPLETED")
+        v1 = client.get_model_version("vae-suspend", "1")
+        assert str(client.get_registered_model("vae-suspend").aliases["champion"]) == "1"
+        assert v1.tags["promotion.decision"] == "promoted" and v1.tags["approval.reviewer"] == "ada", v1.tags
+        assert "sign_off.awaiting" not in v1.tags and not parked.exists()
+        log = (tmp_path / "serve.log").read_text(errors="replace")
+        assert "rescheduled to decide" in log and log.count("sign-off: approve by ada") == 1, log[-4000:]
+    finally:
+        for run in prefect_api(api, "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}}):
+            prefect_api(api, f"/flow_runs/{run['id']}/set_state", {"state": {"type": "CANCELLED"}, "force": True})
+        stop_server(serve)
+        served.close()

@@ -192,6 +192,7 @@ class Registered(TypedDict):
     tracking_uri: str
     run_id: str | None
     resumed: NotRequired[bool]  # registered by an earlier night that never finished deciding on it
+    awaits: NotRequired[str]  # a duplicate whose sign-off a suspended night (this flow run id) waits for
     model_uri: NotRequired[str]
     model_id: NotRequired[str]
     evaluation_run_id: NotRequired[str]

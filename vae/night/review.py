@@ -28,3 +28,13 @@ def sign_off_refusal(p: PipelineParams, name: str, version: str, flow_run: str, 
         return None
     uri = p.resolved_tracking_uri()
     return sign_off.refusal(uri, name, version, flow_run, answer["decision"], answer["reviewer"])
+
+
+def await_sign_off(p: PipelineParams, name: str, version: str, flow_run: str, until: float) -> None:
+    """Mark the version as waiting for a sign-off in the suspended night `flow_run` (later nights leave it alone)."""
+    sign_off.mark_awaiting(p.resolved_tracking_uri(), name, version, flow_run, until)
+
+
+def sign_off_over(p: PipelineParams, name: str, version: str) -> None:
+    """The wait is over (answered, or expired): the version is an undecided one, or a decided one, again."""
+    sign_off.clear_awaiting(p.resolved_tracking_uri(), name, version)

@@ -246,10 +246,12 @@ def _register(
 ) -> Registered:
     key = trained["candidate_key"]
     found = candidate.find_candidate(uri, name, key)
+    if found is not None and (waits := candidate.awaiting(uri, name, found)):
+        return {**_duplicate(uri, name, found), "awaits": waits}  # that night decides it, not this one
     if found is not None and (left := candidate.undecided(uri, name, found)) is not None:
         return {"duplicate": False, "resumed": True, **left}  # registered, never decided: judged tonight
     if found is not None:
-        return {"duplicate": True, "version": found, "name": name, "tracking_uri": uri, "run_id": None}
+        return _duplicate(uri, name, found)
     tags = {
         "study": study.get("study", ""),
         "study_trial": str(study.get("best_trial")),
@@ -260,6 +262,10 @@ def _register(
     registered = candidate.register_candidate(uri, name, trained, metrics, night_id, tags, version_tags)
     candidate.supersede(uri, name, registered["version"])  # an earlier night's undecided version of other code
     return {"duplicate": False, **registered}
+
+
+def _duplicate(uri: str, name: str, version: str) -> Registered:
+    return {"duplicate": True, "version": version, "name": name, "tracking_uri": uri, "run_id": None}
 
 
 def code_tags() -> dict[str, str]:

@@ -4,6 +4,7 @@ its run, and a re-evaluation of the champion on new data."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from vae.data import load
 from vae.errors import ConfigError
 from vae.figures import write_figures
 from vae.io import utc_stamp
-from vae.tracking import registry
+from vae.tracking import registry, sign_off
 from vae.tracking.models import resolve_model
 from vae.tracking.night_runs import log_evaluation
 from vae.tracking.store import configure, open_client, tag_value, using_store
@@ -93,6 +94,11 @@ def find_candidate(uri: str | None, name: str, key: str) -> str | None:
     return registry.find_version(configure(uri), name, "candidate_key", key)
 
 
+def awaiting(uri: str | None, name: str, version: str) -> str | None:
+    """The suspended night (flow run id) whose sign-off `version` waits for, while that wait lasts, else None."""
+    return sign_off.awaited(open_client(configure(uri)).get_model_version(name, version).tags, time.time())
+
+
 def undecided(uri: str | None, name: str, version: str) -> dict[str, Any] | None:
     """The registered record of `version` when no promotion decision was finished on it (a night that died, or
     whose tracking server stopped answering, between registering it and deciding), else None. Such a version
@@ -117,13 +123,15 @@ def supersede(uri: str | None, name: str, newest: str) -> list[str]:
     """Versions left undecided by a night that ended before judging them, when a later night registers another
     candidate (`newest`: other code or data) instead of judging them: each gets the decision "superseded",
     with the reason, so no version stays without one. A version whose night is still running (another night,
-    now) is left to it. Returns the versions marked."""
+    now), or waits for a sign-off in a suspended night, is left to it. Returns the versions marked."""
     client = open_client(configure(uri))
     marked = []
     for mv in client.search_model_versions(f"name='{name}'"):
         night = mv.tags.get("night_run_id")
         if str(mv.version) == str(newest) or mv.tags.get(registry.DECISION) or not night:
             continue
+        if sign_off.awaited(mv.tags, time.time()):
+            continue  # a suspended night waits for its sign-off: that night decides it
         try:
             if client.get_run(night).info.status == "RUNNING":
                 continue

@@ -74,3 +74,30 @@ def refusal(uri: str, name: str, version: str, flow_run: str, decision: str, rev
     if differs:
         return f"the sign_off tag on {name} v{version} differs from the answer in {', '.join(differs)}"
     return None
+
+
+AWAITING = "sign_off.awaiting"  # {"flow_run", "until"} on a version a suspended night waits on
+
+
+def mark_awaiting(uri: str, name: str, version: str, flow_run: str, until: float) -> None:
+    """The version waits for a sign-off in a suspended night until `until` (epoch seconds): later nights leave
+    it alone (neither judge it again nor supersede it) until that night decides it or its wait expires."""
+    value = json.dumps({"flow_run": flow_run, "until": round(until, 3)}, sort_keys=True)
+    open_client(uri).set_model_version_tag(name, version, AWAITING, value)
+
+
+def clear_awaiting(uri: str, name: str, version: str) -> None:
+    client = open_client(uri)
+    if AWAITING in client.get_model_version(name, version).tags:
+        client.delete_model_version_tag(name, version, AWAITING)
+
+
+def awaited(tags: dict[str, str], now: float) -> str | None:
+    """The flow run a version's sign-off is awaited in, while its wait has not expired; else None."""
+    try:
+        said = json.loads(tags.get(AWAITING) or "null")
+    except ValueError:
+        return None
+    if isinstance(said, dict) and isinstance(said.get("until"), (int, float)) and said["until"] > now:
+        return str(said.get("flow_run"))
+    return None
