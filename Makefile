@@ -27,7 +27,7 @@ train: setup
 	out=runs/seed-$$(date +%Y%m%d-%H%M%S) && $(BIN)/vae train --dataset mnist-5k --epochs 10 --out $$out \
 	  && $(BIN)/vae evaluate $$out --iw-samples 100 && echo "figures: $$out/figures"
 
-# The whole suite, slow tests included (428 tests; 31 minutes of pytest with 424 on 2 cores, 2026-12-07: live servers and flows).
+# The whole suite, slow tests included (429 tests; 31:52 of pytest with 428 on 2 cores, 2026-12-07: live servers and flows).
 test: setup
 	$(BIN)/python -m pytest
 
