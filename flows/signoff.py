@@ -158,20 +158,27 @@ def tend(p: PipelineParams, log: Callable[[str], None]) -> None:
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             if path.stem == str(flow_run.get_id()):
                 continue
-            run, night = client.read_flow_run(path.stem), json.loads(path.read_text())
-            state = run.state
-            if state is None or not state.is_final():
-                continue
-            if state.is_cancelled() and "concurrency limit" in (state.message or ""):
-                when = datetime.now(UTC) + timedelta(seconds=REQUEUE_S)
-                client.set_flow_run_state(run.id, Scheduled(scheduled_time=when, message=REQUEUED), force=True)
-                log(f"flow run {run.name} was answered while this night ran: rescheduled to decide")
-            elif not state.is_completed():
-                _expired(PipelineParams(**night["params"]), night, run, client)
-                path.unlink()
-                log(f"flow run {run.name}'s sign-off ended {state.name} without a decision: recorded")
-            else:
-                path.unlink()
+            try:  # in the night's `finally`: a record it cannot tend must not replace the night's own outcome
+                _tend_one(p, path, client, log)
+            except Exception as e:
+                log(f"could not tend the suspended night {path.name}: {type(e).__name__}: {e}")
+
+
+def _tend_one(p: PipelineParams, path: Path, client, log: Callable[[str], None]) -> None:
+    run, night = client.read_flow_run(path.stem), json.loads(path.read_text())
+    state = run.state
+    if state is None or not state.is_final():
+        return
+    if state.is_cancelled() and "concurrency limit" in (state.message or ""):
+        when = datetime.now(UTC) + timedelta(seconds=REQUEUE_S)
+        client.set_flow_run_state(run.id, Scheduled(scheduled_time=when, message=REQUEUED), force=True)
+        log(f"flow run {run.name} was answered while this night ran: rescheduled to decide")
+    elif not state.is_completed():
+        _expired(PipelineParams(**night["params"]), night, run, client)
+        path.unlink()
+        log(f"flow run {run.name}'s sign-off ended {state.name} without a decision: recorded")
+    else:
+        path.unlink()
 
 
 REQUEUE_S = 20
